@@ -1,0 +1,252 @@
+"""The model spec: what transformer a run trains, and how it is parametrized.
+
+A :class:`ModelSpec` is typed, frozen data. Quantities that follow from others (number of
+heads, MLP width, width multiplier) are derived here as properties and never passed around.
+The architecture options are the ablations of Lingle, "A Large-Scale Exploration of
+µ-Transfer" (arXiv 2404.05728), each an enum so a run's record says exactly what it trained.
+
+Options whose default depends on the parametrization (attention scale, readout init) may be
+left unset; they are resolved when the spec is built, so a stored spec is always explicit.
+
+>>> spec = ModelSpec(width=256, head_dim=32)
+>>> spec.heads, spec.width_multiplier, spec.attention_scale.value
+(8, 2.0, '1/D')
+>>> ModelSpec(width=128, param="sp").attention_scale.value
+'1/sqrt(D)'
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "Activation",
+    "AttentionScale",
+    "EmbeddingNorm",
+    "KeyValueHeads",
+    "ModelSpec",
+    "NormGain",
+    "Parametrization",
+    "Precision",
+    "QueryInit",
+    "ReadoutInit",
+    "Bias",
+    "FrozenConfig",
+]
+
+
+class FrozenConfig(BaseModel):
+    """Base of every hptransfer config: immutable, unknown fields rejected, enums by value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False,
+                              validate_default=True)
+
+
+class Parametrization(str, Enum):
+    """How init scales and per-tensor learning rates follow width (SPEC §2)."""
+
+    SP = "sp"  # standard: fan-in inits, one global LR
+    MUP = "mup"  # µP, Lingle's relative rule: matrices get α / m, m = width / base_width
+    MUP_ABS = "mup-abs"  # µP, absolute rule: matrices get α / fan_in
+
+
+class AttentionScale(str, Enum):
+    """Softmax temperature of q·kᵀ. µP needs 1/D; 1/√D broke transfer in the paper."""
+
+    INV_D = "1/D"
+    INV_SQRT_D = "1/sqrt(D)"
+
+
+class NormGain(str, Enum):
+    """Trainable RMSNorm gains. The paper's baseline has none; gains broke transfer."""
+
+    NONE = "none"
+    VECTOR = "vector"
+    SCALAR = "scalar"
+
+
+class EmbeddingNorm(str, Enum):
+    """An RMSNorm (without gain) right after the token embedding (paper ablation)."""
+
+    NONE = "none"
+    RMS = "rms"
+
+
+class Bias(str, Enum):
+    """Biases on the projections (q, k, v, attention out, MLP in/out)."""
+
+    NONE = "none"
+    PROJECTIONS = "projections"
+
+
+class QueryInit(str, Enum):
+    NORMAL = "normal"
+    ZERO = "zero"
+
+
+class ReadoutInit(str, Enum):
+    """Unembedding init: µP std 1/M, SP std 1/√M, or zero."""
+
+    MUP = "mup"
+    SP = "sp"
+    ZERO = "zero"
+
+
+class Activation(str, Enum):
+    RELU = "relu"
+    GELU = "gelu"
+    SQUARED_RELU = "squared-relu"
+    SWIGLU = "swiglu"
+
+
+class KeyValueHeads(str, Enum):
+    """Multi-head (one k/v head per query head) or multi-query (one shared k/v head)."""
+
+    MULTI_HEAD = "multi-head"
+    MULTI_QUERY = "multi-query"
+
+
+class Precision(str, Enum):
+    """Matmul precision. BF16 is autocast: fp32 master weights and optimizer state."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
+# Parametrization-dependent defaults, the one place they are decided (SPEC §2: SP is
+# fan-in inits, readout var 1/M, attention 1/√D; µP uses 1/D and readout var 1/M²).
+_DEFAULTS: dict[Parametrization, dict[str, Enum]] = {
+    Parametrization.SP: {
+        "attention_scale": AttentionScale.INV_SQRT_D,
+        "readout_init": ReadoutInit.SP,
+    },
+    Parametrization.MUP: {
+        "attention_scale": AttentionScale.INV_D,
+        "readout_init": ReadoutInit.MUP,
+    },
+    Parametrization.MUP_ABS: {
+        "attention_scale": AttentionScale.INV_D,
+        "readout_init": ReadoutInit.MUP,
+    },
+}
+
+
+class ModelSpec(FrozenConfig):
+    """A decoder-only, pre-norm transformer (RMSNorm, RoPE, untied embeddings).
+
+    ``width`` is d_model (M); ``head_dim`` (D) stays fixed across widths so the number of
+    heads grows with width; ``base_width`` (M₀) is the width at which µP equals SP.
+    """
+
+    width: int = Field(128, gt=0, description="d_model, M")
+    depth: int = Field(4, gt=0, description="number of transformer blocks, L")
+    head_dim: int = Field(16, gt=0, description="per-head dimension D, fixed across widths")
+    vocab: int = Field(256, gt=1, description="vocabulary size (256 for byte tokens)")
+    seq_len: int = Field(256, gt=1, description="training context length in tokens")
+    base_width: int = Field(128, gt=0, description="µP base width M₀ (multipliers are 1 here)")
+    mlp_ratio: int = Field(4, gt=0, description="MLP hidden width F = mlp_ratio · width")
+    param: Parametrization = Field(Parametrization.MUP, description="parametrization")
+    attention_scale: AttentionScale = Field(
+        None, description="attention logit scale (1/D for µP, 1/sqrt(D) for SP)")
+    readout_init: ReadoutInit = Field(
+        None, description="unembedding init (mup for µP, sp for SP)")
+    norm_gain: NormGain = Field(NormGain.NONE, description="trainable RMSNorm gains")
+    embedding_norm: EmbeddingNorm = Field(EmbeddingNorm.NONE,
+                                          description="RMSNorm after the embedding")
+    bias: Bias = Field(Bias.NONE, description="projection biases")
+    query_init: QueryInit = Field(QueryInit.NORMAL, description="query projection init")
+    activation: Activation = Field(Activation.RELU, description="MLP activation")
+    kv_heads: KeyValueHeads = Field(KeyValueHeads.MULTI_HEAD,
+                                    description="multi-head or multi-query attention")
+    precision: Precision = Field(Precision.FP32, description="matmul precision")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_parametrization_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        try:
+            param = Parametrization(data.get("param", Parametrization.MUP))
+        except ValueError:
+            return data  # the field validator reports the bad value with its choices
+        filled = dict(data)
+        for key, default in _DEFAULTS[param].items():
+            if filled.get(key) is None:
+                filled[key] = default
+        return filled
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> ModelSpec:
+        if self.width % self.head_dim:
+            raise ValueError(
+                f"width={self.width} is not divisible by head_dim={self.head_dim}; "
+                f"heads = width / head_dim must be whole: pick a width that is a multiple "
+                f"of {self.head_dim} or change head_dim")
+        if self.base_width % self.head_dim:
+            raise ValueError(
+                f"base_width={self.base_width} is not divisible by head_dim={self.head_dim}; "
+                f"choose a base width that is a multiple of {self.head_dim}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        return self
+
+    # ---- derived quantities: computed here, never passed around -------------------------
+
+    @property
+    def heads(self) -> int:
+        return self.width // self.head_dim
+
+    @property
+    def kv_head_count(self) -> int:
+        return 1 if self.kv_heads is KeyValueHeads.MULTI_QUERY else self.heads
+
+    @property
+    def mlp_width(self) -> int:
+        return self.mlp_ratio * self.width
+
+    @property
+    def width_multiplier(self) -> float:
+        """m = M / M₀."""
+        return self.width / self.base_width
+
+    def parameter_count(self, *, embedding: bool = False) -> int:
+        """Number of trainable parameters (non-embedding unless ``embedding=True``).
+
+        The readout matrix counts as non-embedding, as in Kaplan et al. and Step Law.
+        """
+        total = self._matrix_params() + self._vector_params()
+        return total + (self.vocab * self.width if embedding else 0)
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 3 × (forward matmuls + attention), Kaplan's convention.
+
+        Forward: 2 FLOPs per multiply-add of every weight matrix (including the readout,
+        excluding the embedding lookup), plus 2·2·L·T·(H·D) for q·kᵀ and attention·v counted
+        over the full T×T square (not halved for causality). Backward costs twice the forward.
+        """
+        attention = 2 * 2 * self.depth * self.seq_len * self.heads * self.head_dim
+        return 3.0 * (2.0 * self._matrix_params() + attention)
+
+    def _projection_widths(self) -> tuple[int, int, int, int]:
+        """Output widths of q, k+v, attention out, MLP in (SwiGLU's in-projection is 2F)."""
+        glu = 2 if self.activation is Activation.SWIGLU else 1
+        return (self.heads * self.head_dim, 2 * self.kv_head_count * self.head_dim,
+                self.width, glu * self.mlp_width)
+
+    def _matrix_params(self) -> int:
+        q, kv, out, mlp_in = self._projection_widths()
+        per_block = (q + kv + mlp_in) * self.width + out * self.heads * self.head_dim
+        per_block += self.mlp_width * self.width  # MLP out
+        return self.depth * per_block + self.width * self.vocab  # + readout
+
+    def _vector_params(self) -> int:
+        biases = 0
+        if self.bias is Bias.PROJECTIONS:
+            biases = self.depth * (sum(self._projection_widths()) + self.width)
+        gain = {NormGain.NONE: 0, NormGain.VECTOR: self.width, NormGain.SCALAR: 1}[
+            self.norm_gain]
+        norms = 2 * self.depth + 1  # two per block and the final norm
+        return biases + norms * gain
