@@ -8,8 +8,10 @@ under SP they grow with width once the first update has happened.
 
 Pass/fail, after microsoft/mup's numeric test: for every module type and step, fit
 log2|activation| against log2(width); the growth per doubling of width, 2^slope, must lie
-within [1/tolerance, tolerance]. One exception, predicted by the theory: at t = 1 the logits
-of a non-zero µP readout (init std 1/M) shrink like 1/√M, so logits at t = 1 are exempt.
+within [1/tolerance, tolerance]. Exceptions predicted by the theory: at t = 1 the logits of a
+non-zero µP readout (init std 1/M) shrink like 1/√M, so logits at t = 1 are exempt, and at
+later steps the logits are only required not to grow (their init part still shrinks like
+1/√M while the Θ(1) learned part builds up). Hidden activations must be flat both ways.
 
 >>> report = coord_check(widths=(32, 64), steps=2, depth=1, seq_len=16, batch_size=2)
 >>> report.widths, len(report.points) > 0
@@ -145,8 +147,11 @@ def coord_check(*, widths: tuple[int, ...] = (32, 64, 128, 256),
         slope = float(np.polyfit(log_widths, np.log2(np.maximum(values, 1e-30)), 1)[0])
         per_doubling = 2.0**slope
         exempt = exempt_logits and name == "logits" and t == 1
-        ok = exempt or (1.0 / tolerance <= per_doubling <= tolerance
-                        and math.isfinite(per_doubling))
+        # The network output keeps its 1/√M init part for a few steps after the first
+        # (sign-like) Adam update, so early logits may shrink with width at small widths; a
+        # parametrization error shows as growth. Hidden activations must be flat both ways.
+        low = 0.0 if name == "logits" else 1.0 / tolerance
+        ok = exempt or (low <= per_doubling <= tolerance and math.isfinite(per_doubling))
         growth.append(Growth(module=name, step=t, per_doubling=per_doubling, exempt=exempt,
                              ok=ok))
     return CoordCheckReport(param=specs[0].param, widths=tuple(widths), steps=steps, lr=lr,

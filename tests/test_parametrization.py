@@ -1,0 +1,146 @@
+"""The µP table (SPEC §2) and the base-width identity: µP at m = 1 is SP with µP's inits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from hptransfer.budget import Budget
+from hptransfer.hparams import HParams, WeightDecay
+from hptransfer.model import Transformer
+from hptransfer.optimizer import build_optimizer
+from hptransfer.parametrization import Declaration, Declared, Role, param_groups, tensor_rules
+from hptransfer.spec import AttentionScale, ModelSpec, ReadoutInit
+from hptransfer.training import train
+
+
+def _rules(spec: ModelSpec, hparams: HParams | None = None):
+    return {r.name: r for r in tensor_rules(Transformer(spec), spec, hparams)}
+
+
+def test_every_multiplier_is_one_at_base_width():
+    spec = ModelSpec(width=64, base_width=64, depth=2)
+    for rule in _rules(spec, HParams(weight_decay=0.1,
+                                     weight_decay_rule=WeightDecay.COUPLED_SCALED)).values():
+        assert rule.lr_multiplier == 1.0
+        assert rule.weight_decay in (0.0, 0.1)
+
+
+@pytest.mark.parametrize("width", [64, 256])
+def test_relative_rule_table(width):
+    spec = ModelSpec(width=width, base_width=128, depth=1)
+    m = width / 128
+    rules = _rules(spec)
+    assert rules["embed.weight"].init_std == 1.0 and rules["embed.weight"].lr_multiplier == 1
+    for name in ("blocks.0.attn.wq", "blocks.0.attn.wkv", "blocks.0.mlp.w_in"):
+        assert rules[name].init_std == pytest.approx(1 / math.sqrt(width))
+        assert rules[name].lr_multiplier == pytest.approx(1 / m)
+    assert rules["blocks.0.mlp.w_out"].init_std == pytest.approx(1 / math.sqrt(4 * width))
+    assert rules["readout.weight"].init_std == pytest.approx(1 / width)
+    assert rules["readout.weight"].lr_multiplier == pytest.approx(1 / m)
+
+
+def test_absolute_rule_divides_by_fan_in():
+    spec = ModelSpec(width=128, param="mup-abs", depth=1)
+    rules = _rules(spec)
+    assert rules["blocks.0.attn.wq"].lr_multiplier == pytest.approx(1 / 128)
+    assert rules["blocks.0.mlp.w_out"].lr_multiplier == pytest.approx(1 / 512)
+    assert rules["readout.weight"].lr_multiplier == pytest.approx(1 / 128)
+    assert rules["embed.weight"].lr_multiplier == 1.0
+
+
+def test_sp_has_one_lr_and_fan_in_readout():
+    spec = ModelSpec(width=256, param="sp", depth=1)
+    rules = _rules(spec)
+    assert {r.lr_multiplier for r in rules.values()} == {1.0}
+    assert rules["readout.weight"].init_std == pytest.approx(1 / 16)
+    assert len(param_groups(Transformer(spec), spec, HParams())) == 1
+
+
+def test_initial_weights_have_the_declared_std():
+    spec = ModelSpec(width=256, depth=1, query_init="zero")
+    model = Transformer(spec, seed=3)
+    rules = _rules(spec)
+    for name, parameter in model.named_parameters():
+        expected = rules[name].init_std
+        if expected == 0:
+            assert torch.count_nonzero(parameter) == 0, name
+        else:
+            assert parameter.std().item() == pytest.approx(expected, rel=0.05), name
+
+
+def test_weight_decay_conventions_give_the_stated_per_step_decay():
+    """Per-step decay of a hidden matrix = lr_tensor · λ_tensor (SPEC §3 table)."""
+    spec = ModelSpec(width=512, base_width=128, depth=1)  # m = 4
+    lr, lam = 2.0**-6, 0.1
+    expected = {WeightDecay.COUPLED: lr / 4 * lam, WeightDecay.COUPLED_SCALED: lr * lam,
+                WeightDecay.INDEPENDENT: lam}
+    for rule, per_step in expected.items():
+        hidden = _rules(spec, HParams(lr=lr, weight_decay=lam, weight_decay_rule=rule))[
+            "blocks.0.mlp.w_in"]
+        assert lr * hidden.lr_multiplier * hidden.weight_decay == pytest.approx(per_step)
+
+
+def test_vectors_are_not_decayed():
+    spec = ModelSpec(width=64, depth=1, norm_gain="vector", bias="projections")
+    rules = _rules(spec, HParams(weight_decay=0.1))
+    for rule in rules.values():
+        assert (rule.weight_decay == 0) == (rule.role in (Role.GAIN, Role.BIAS))
+
+
+def test_undeclared_parameter_is_refused():
+    class Sneaky(Declared):
+        def __init__(self):
+            super().__init__()
+            self.extra = nn.Parameter(torch.zeros(3))  # not declared
+
+    with pytest.raises(TypeError, match="has no µP role"):
+        tensor_rules(Sneaky(), ModelSpec(width=32), HParams())
+
+
+def test_declared_roles_survive_renaming():
+    """Roles come from the declaring module, not from parameter names."""
+
+    class Renamed(Declared):
+        def __init__(self):
+            super().__init__()
+            self.declare("readout_looking_name", (4, 8), Declaration(Role.HIDDEN, 8))
+
+    (rule,) = tensor_rules(Renamed(), ModelSpec(width=256, base_width=128), HParams())
+    assert rule.role is Role.HIDDEN and rule.init_std == pytest.approx(1 / math.sqrt(8))
+
+
+@pytest.mark.parametrize("weight_decay_rule", list(WeightDecay))
+def test_mup_at_base_width_trains_bit_for_bit_like_sp(tiny_corpus, weight_decay_rule):
+    """microsoft/mup's backward-compatibility property (SPEC §2): at m = 1, µP is the same
+    model and inits with one global LR. SP differs only in attention scale and readout init,
+    so SP with those two set to µP's values must match exactly."""
+    mup = ModelSpec(width=32, base_width=32, depth=2, seq_len=32)
+    sp = ModelSpec(width=32, base_width=32, depth=2, seq_len=32, param="sp",
+                   attention_scale=AttentionScale.INV_D, readout_init=ReadoutInit.MUP)
+    hparams = HParams(lr=2.0**-5, batch_size=4, weight_decay=0.05,
+                      weight_decay_rule=weight_decay_rule)
+    budget = Budget(steps=8, eval_every=4, eval_tokens=512)
+    a = train(mup, hparams, budget, tiny_corpus, seed=1)
+    b = train(sp, hparams, budget, tiny_corpus, seed=1)
+    assert [p.loss for p in a.train_curve] == [p.loss for p in b.train_curve]
+    assert [p.loss for p in a.val_curve] == [p.loss for p in b.val_curve]
+
+
+def test_sp_default_differs_from_mup_at_base_width(tiny_corpus):
+    """...and the identity above is not vacuous: SP's own defaults change the run."""
+    hparams, budget = HParams(batch_size=4), Budget(steps=4, eval_every=4, eval_tokens=512)
+    a = train(ModelSpec(width=32, base_width=32, depth=1, seq_len=32), hparams, budget,
+              tiny_corpus)
+    b = train(ModelSpec(width=32, base_width=32, depth=1, seq_len=32, param="sp"), hparams,
+              budget, tiny_corpus)
+    assert a.final_val_loss != b.final_val_loss
+
+
+def test_optimizer_groups_carry_the_table_lrs():
+    spec = ModelSpec(width=256, base_width=128, depth=1)
+    optimizer = build_optimizer(Transformer(spec), spec, HParams(lr=0.01))
+    assert sorted({g["lr"] for g in optimizer.param_groups}) == [0.005, 0.01]
