@@ -10,7 +10,9 @@ naming the option, before anything is trained or written.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import sys
 import tempfile
 from enum import Enum
@@ -41,10 +43,15 @@ class _Number(click.ParamType):
         try:
             if "^" in text:
                 base, exponent = text.split("^", 1)
-                return float(base) ** float(exponent)
-            return float(text)
-        except ValueError:
-            self.fail(f"{value!r} is not a number (examples: 0.015, 1e-3, 2^-6)", param, ctx)
+                number = float(base) ** float(exponent)
+            else:
+                number = float(text)
+        except (ValueError, OverflowError):
+            number = None
+        if not isinstance(number, float) or not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite real number (examples: 0.015, 1e-3, 2^-6)",
+                      param, ctx)
+        return number
 
 
 NUMBER = _Number()
@@ -99,13 +106,17 @@ def _fail(message: str) -> None:
 
 
 def _explain(error: ValidationError) -> str:
+    """One line per problem, naming the option. Model-level checks write ``field=value``;
+    those field names are rewritten as the options a CLI user types."""
     lines = []
     for item in error.errors():
         field = item["loc"][0] if item["loc"] else None
-        where = f"{_option_name(str(field))}: " if field else ""
         message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{where}{message} (got {item.get('input')!r})" if field
-                     else f"{where}{message}")
+        if field:
+            lines.append(f"{_option_name(str(field))}: {message} (got {item.get('input')!r})")
+        else:
+            lines.append(re.sub(r"\b([a-z][a-z0-9_]*)=",
+                                lambda m: f"{_option_name(m.group(1))}=", message))
     return "; ".join(lines)
 
 
@@ -177,10 +188,12 @@ def train(seed: int, data: str | None, threads: int | None, out: str | None, as_
     """Train one model and print its record (validation loss, cost, status)."""
     from hptransfer.training import train as run
 
+    # Validate every option before touching the corpus or torch; the vocabulary, when not
+    # given, is the corpus's and is filled in once the corpus is loaded.
+    spec, hparams, budget = (build(m, values) for m in (ModelSpec, HParams, Budget))
     corpus = _load_corpus(data)
     if values.get("vocab") is None:
-        values["vocab"] = corpus.vocab_size
-    spec, hparams, budget = (build(m, values) for m in (ModelSpec, HParams, Budget))
+        spec = build(ModelSpec, {**values, "vocab": corpus.vocab_size})
     try:
         record = run(spec, hparams, budget, corpus, seed=seed, threads=threads)
     except ValueError as error:
@@ -217,12 +230,13 @@ def describe(as_json: bool, **values: Any) -> None:
     click.echo(f"{spec.param.value}: width {spec.width} (m = {spec.width_multiplier:g}), "
                f"depth {spec.depth}, heads {spec.heads} × {spec.head_dim}, "
                f"attention scale {spec.attention_scale.value}, lr α = {hparams.lr:g}")
-    header = f"{'name':<28} {'role':<10} {'shape':<12} {'init std':>10} {'lr mult':>9} " \
+    header = f"{'name':<28} {'role':<10} {'shape':<12} {'init':>10} {'lr mult':>9} " \
              f"{'wd (λ)':>9}"
     click.echo(header)
     for rule in rules:
         shape = "×".join(str(s) for s in rule.shape)
-        click.echo(f"{rule.name:<28} {rule.role.value:<10} {shape:<12} {rule.init_std:>10.4g} "
+        init = f"{rule.init_std:.4g}" if rule.init == "normal" else rule.init
+        click.echo(f"{rule.name:<28} {rule.role.value:<10} {shape:<12} {init:>10} "
                    f"{rule.lr_multiplier:>9.4g} {rule.weight_decay:>9.3g}")
 
 
@@ -258,6 +272,8 @@ def coord_check_command(widths: tuple[int, ...], param: str, steps: int, lr: flo
             ModelSpec(width=width, head_dim=head_dim, param=param)
     except ValidationError as error:
         _fail(_explain(error))
+    if lr is not None and lr <= 0:
+        _fail(f"--lr: must be positive, got {lr}")
     if lr is None:
         lr = 2.0**-5 * (spec.base_width if spec.param is Parametrization.MUP_ABS else 1)
     corpus = _load_corpus(data)

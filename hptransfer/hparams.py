@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from hptransfer.spec import FrozenConfig
 
@@ -75,11 +75,3 @@ class HParams(FrozenConfig):
     eps: float = Field(1e-9, gt=0, description="Adam epsilon (unused by Lion)")
     eps_rule: EpsRule = Field(EpsRule.CONSTANT, description="per-tensor Adam epsilon")
     grad_clip: float = Field(1.0, ge=0, description="global gradient-norm clip (0 disables)")
-
-    @model_validator(mode="after")
-    def _check_lr_scale(self) -> HParams:
-        if self.lr >= 10:
-            raise ValueError(
-                f"lr={self.lr} is not a plausible base learning rate; hptransfer expects "
-                f"α like 2**-6 = {2**-6:.4f} (the µP multipliers are applied per tensor)")
-        return self

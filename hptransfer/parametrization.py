@@ -109,14 +109,15 @@ class TensorRule:
     role: Role
     shape: tuple[int, ...]
     fan_in: int
-    init_std: float
+    init: str  # "normal", "zeros" or "ones"
+    init_std: float  # of the normal init; 0 for zeros and ones
     lr_multiplier: float
     weight_decay: float  # the λ handed to the optimizer for this tensor
     eps: float
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "role": self.role.value, "shape": list(self.shape),
-                "fan_in": self.fan_in, "init_std": self.init_std,
+                "fan_in": self.fan_in, "init": self.init, "init_std": self.init_std,
                 "lr_multiplier": self.lr_multiplier, "weight_decay": self.weight_decay,
                 "eps": self.eps}
 
@@ -181,6 +182,12 @@ def eps(declaration: Declaration, spec: ModelSpec, hparams: HParams) -> float:
     return hparams.eps
 
 
+def _init_kind(declaration: Declaration, spec: ModelSpec) -> str:
+    if declaration.role is Role.GAIN:
+        return "ones"
+    return "normal" if init_std(declaration, spec) > 0 else "zeros"
+
+
 def _declared_parameters(model: nn.Module):
     """Yield (qualified name, parameter, declaration); refuse undeclared parameters."""
     for module_name, module in model.named_modules():
@@ -201,7 +208,8 @@ def tensor_rules(model: nn.Module, spec: ModelSpec, hparams: HParams | None = No
     hparams = hparams or HParams()
     return [
         TensorRule(name=name, role=decl.role, shape=tuple(p.shape), fan_in=decl.fan_in,
-                   init_std=init_std(decl, spec), lr_multiplier=lr_multiplier(decl, spec),
+                   init=_init_kind(decl, spec), init_std=init_std(decl, spec),
+                   lr_multiplier=lr_multiplier(decl, spec),
                    weight_decay=weight_decay(decl, spec, hparams),
                    eps=eps(decl, spec, hparams))
         for name, p, decl in _declared_parameters(model)

@@ -18,7 +18,8 @@ __all__ = ["lr_factor", "warmup_steps"]
 
 
 def warmup_steps(total_steps: int, hparams: HParams) -> int:
-    return round(hparams.warmup_fraction * total_steps)
+    """Warmup length; at least one step is always left for the decay."""
+    return min(round(hparams.warmup_fraction * total_steps), max(total_steps - 1, 0))
 
 
 def lr_factor(step: int, *, total_steps: int, hparams: HParams) -> float:
@@ -31,8 +32,9 @@ def lr_factor(step: int, *, total_steps: int, hparams: HParams) -> float:
     if step < warmup:
         return (step + 1) / warmup
     decay_steps = total_steps - warmup - 1
-    progress = (step - warmup) / decay_steps if decay_steps > 0 else 1.0
+    # a single post-warmup step trains at the peak rather than at the final fraction
+    progress = (step - warmup) / decay_steps if decay_steps > 0 else 0.0
     final = hparams.final_lr_fraction
     if hparams.schedule is Schedule.LINEAR:
-        return 1.0 - (1.0 - final) * progress
+        return final + (1.0 - final) * (1.0 - progress)  # exactly `final` at the end
     return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -171,7 +171,9 @@ class ModelSpec(FrozenConfig):
         try:
             param = Parametrization(data.get("param", Parametrization.MUP))
         except ValueError:
-            return data  # the field validator reports the bad value with its choices
+            # the field validator reports the bad value with its choices; fill µP's
+            # defaults so it is the only error reported
+            param = Parametrization.MUP
         filled = dict(data)
         for key, default in _DEFAULTS[param].items():
             if filled.get(key) is None:
