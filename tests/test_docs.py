@@ -42,3 +42,17 @@ def test_documented_command_runs(doc, command, tmp_path):
     result = subprocess.run([script, *args[1:]], cwd=tmp_path, capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, f"{doc}: {command}\n{result.stdout}\n{result.stderr}"
+
+
+def test_code_links_point_at_what_they_name():
+    """A link like [`init_std`](../hptransfer/parametrization.py#L132) must land on a line
+    containing its label, so the row-by-row docs cannot drift from the code."""
+    broken = []
+    for doc in DOCS:
+        for label, target, line in re.findall(
+                r"\[`([^`]+)`\]\(\.\./([^)#]+)#L(\d+)\)", doc.read_text()):
+            lines = (ROOT / target).read_text().splitlines()
+            number = int(line)
+            if number > len(lines) or label not in lines[number - 1]:
+                broken.append(f"{doc.name}: `{label}` is not on {target}:{line}")
+    assert not broken, "\n".join(broken)
