@@ -1,0 +1,5 @@
+"""``python -m hptransfer.cli``: the same as the ``hptransfer`` console script."""
+
+from hptransfer.cli import main
+
+main()

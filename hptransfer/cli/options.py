@@ -1,0 +1,158 @@
+"""Options and helpers shared by hptransfer's commands.
+
+Options of ``train``, ``describe`` and ``tune`` are generated from the fields of the typed
+configs (:func:`config_options`), so the CLI cannot drift from them: a field ``head_dim`` is
+the option ``--head-dim``, an enum field takes its values as choices, and the help text is
+the field's description. Invalid input exits with status 2 and a message naming the
+option, before anything is trained or written (:func:`build`, :func:`fail`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import Any, get_args
+
+import click
+from pydantic import BaseModel, ValidationError
+
+# ---- numbers like 2^-6 --------------------------------------------------------------------
+
+class _Number(click.ParamType):
+    """A float that may also be written as a power of two: ``2^-6`` or ``2**-6``."""
+
+    name = "number"
+
+    def convert(self, value: Any, param, ctx) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip().replace("**", "^")
+        try:
+            if "^" in text:
+                base, exponent = text.split("^", 1)
+                number = float(base) ** float(exponent)
+            else:
+                number = float(text)
+        except (ValueError, OverflowError):
+            number = None
+        if not isinstance(number, float) or not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite real number (examples: 0.015, 1e-3, 2^-6)",
+                      param, ctx)
+        return number
+
+
+NUMBER = _Number()
+
+
+# ---- options generated from the pydantic configs ------------------------------------------
+
+def _option_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _click_type(annotation: Any) -> Any:
+    candidates = [a for a in (get_args(annotation) or (annotation,)) if a is not type(None)]
+    kind = candidates[0]
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return click.Choice([member.value for member in kind])
+    if kind is int:
+        return int
+    if kind is float:
+        return NUMBER
+    return str
+
+
+def config_options(*models: type[BaseModel], exclude: tuple[str, ...] = ()):
+    """Decorator adding one option per field of ``models``; values arrive as ``None`` when
+    not given, so the config's own defaults apply."""
+
+    def decorate(command):
+        for model in reversed(models):
+            for name, field in reversed(list(model.model_fields.items())):
+                if name in exclude:
+                    continue
+                default = field.default
+                shown = default.value if isinstance(default, Enum) else default
+                hint = (f" [default: {shown}]" if default is not None
+                        else " [default: depends on --param]")
+                command = click.option(_option_name(name), name, type=_click_type(
+                    field.annotation), default=None, help=(field.description or "") + hint
+                )(command)
+        return command
+
+    return decorate
+
+
+def _pick(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k in model.model_fields and v is not None}
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def explain(error: ValidationError) -> str:
+    """One line per problem, naming the option. Model-level checks write ``field=value``;
+    those field names are rewritten as the options a CLI user types."""
+    lines = []
+    for item in error.errors():
+        field = item["loc"][0] if item["loc"] else None
+        message = item["msg"].removeprefix("Value error, ")
+        if field:
+            lines.append(f"{_option_name(str(field))}: {message} (got {item.get('input')!r})")
+        else:
+            lines.append(re.sub(r"\b([a-z][a-z0-9_]*)=",
+                                lambda m: f"{_option_name(m.group(1))}=", message))
+    return "; ".join(lines)
+
+
+def build(model: type[BaseModel], values: dict[str, Any]) -> Any:
+    """Validate ``values`` into ``model`` or exit 2 with a message naming the option."""
+    try:
+        return model(**_pick(model, values))
+    except ValidationError as error:
+        fail(explain(error))
+
+
+def load_corpus_or_fail(data: str | None):
+    from hptransfer.corpus import CorpusError, load_corpus
+
+    try:
+        return load_corpus(data)
+    except CorpusError as error:
+        fail(str(error))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers "
+                                 f"(example: 32,64,128)") from None
+    if len(widths) < 2 or any(w <= 0 for w in widths):
+        raise click.BadParameter(f"need at least two positive widths, got {text!r}")
+    return widths
+
+
+data_option = click.option(
+    "--data", type=click.Path(), default=None,
+    help="corpus: a text file, a .bin token file, or a folder with train.bin and val.bin "
+         "[default: the built-in Python standard library corpus]")
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), default=None,
+    help="torch threads [default: $HPTRANSFER_THREADS, else all available CPUs]")
