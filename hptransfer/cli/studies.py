@@ -1,0 +1,394 @@
+"""Commands about studies: ``tune``, ``worker``, ``status``, ``plot``.
+
+A config file (TOML or YAML) may hold any of the sections ``[tune]`` (the options below),
+``[spec]`` (ModelSpec fields), ``[hparams]`` (fixed HParams fields), ``[space]`` (``lr``,
+``weight_decay``, ``batch_sizes``) and ``[budget]``; flags given on the command line win.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import Field, ValidationError
+
+from hptransfer.budget import Budget
+from hptransfer.cli.app import main
+from hptransfer.cli.options import (
+    build,
+    config_options,
+    data_option,
+    explain,
+    fail,
+    load_corpus_or_fail,
+    threads_option,
+)
+from hptransfer.hparams import HParams
+from hptransfer.space import SearchSpace
+from hptransfer.spec import FrozenConfig, ModelSpec
+from hptransfer.tuning import Pruning, SamplerKind, WarmStart
+
+# The built-in CPU proxy setting of `tune` (docs/tuning.md): 8 trials of width 128 take about
+# 6 minutes on 2 cores; the LR range spans the bowl of every width from 32 to 256.
+PROXY_SPEC = {"depth": 4, "head_dim": 16, "seq_len": 128, "base_width": 128}
+PROXY_HPARAMS = {"batch_size": 16}
+PROXY_BUDGET = {"steps": 150, "eval_every": 50}
+PROXY_SPACE = {"lr": (2.0**-12, 2.0**-2), "weight_decay": (1e-5, 1e-1),
+               "batch_sizes": (8, 16, 32)}
+DEFAULT_TRIALS = 8
+
+
+class TuneFile(FrozenConfig):
+    """The layout of a ``--config`` file; each section is validated by its own model."""
+
+    tune: dict[str, Any] = Field(default_factory=dict)
+    spec: dict[str, Any] = Field(default_factory=dict)
+    hparams: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Any] = Field(default_factory=dict)
+    budget: dict[str, Any] = Field(default_factory=dict)
+
+
+def _read_config(path: str | None) -> TuneFile:
+    if path is None:
+        return TuneFile()
+    file = Path(path)
+    if not file.is_file():
+        fail(f"--config: {path} is not a file")
+    text = file.read_text()
+    try:
+        if file.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif file.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ModuleNotFoundError:
+                fail("--config: YAML files need PyYAML: pip install pyyaml (or use TOML)")
+            data = yaml.safe_load(text) or {}
+        else:
+            fail(f"--config: {path} must end in .toml, .yaml or .yml")
+    except Exception as error:  # a parse error: say where
+        fail(f"--config: cannot parse {path}: {error}")
+    try:
+        return TuneFile(**data)
+    except ValidationError as error:
+        fail(f"--config {path}: {explain(error)} (sections: tune, spec, hparams, space, "
+             f"budget)")
+
+
+def _number_list(text: str, kind=float) -> tuple:
+    try:
+        from hptransfer.cli.options import NUMBER
+
+        return tuple(kind(NUMBER.convert(v, None, None)) for v in text.split(",") if v.strip())
+    except (click.BadParameter, ValueError):
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _range_option(text: str | None):
+    if text is None or text.lower() in ("off", "none", "fixed"):
+        return text
+    values = _number_list(text)
+    if len(values) != 2:
+        raise click.BadParameter(f"give LOW,HIGH (e.g. 2^-12,2^-2), got {text!r}")
+    return values
+
+
+@main.command()
+@click.option("--proxy-width", type=click.IntRange(min=1), default=None,
+              help="tune one proxy width (same as --widths W)")
+@click.option("--widths", default=None, help="comma-separated proxy widths, tuned in order")
+@click.option("--trials", type=click.IntRange(min=1), default=None,
+              help=f"finished trials wanted per width; running the command again tops the "
+                   f"study up to this number [default: {DEFAULT_TRIALS}]")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help=f"training steps per trial at the base batch size; with batch size "
+                   f"searched, the budget is the same number of tokens "
+                   f"[default: {PROXY_BUDGET['steps']}]")
+@click.option("--study", "study_name", default=None, help="study name [default: proxy]")
+@click.option("--storage", default=None,
+              help="Optuna storage URL or file (.db SQLite, .log journal) "
+                   "[default: $HPTRANSFER_HOME/studies.db]")
+@click.option("--sampler", type=click.Choice([s.value for s in SamplerKind]), default=None,
+              help="search algorithm [default: tpe]")
+@click.option("--pruner", type=click.Choice([p.value for p in Pruning]), default=None,
+              help="stop poor trials early, never before half the budget [default: none]")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="processes on this machine sharing each width [default: 1]")
+@click.option("--seed", type=int, default=None, help="init, data and sampler seed [default: 0]")
+@click.option("--warm-start", type=click.Choice([w.value for w in WarmStart]), default=None,
+              help="trials enqueued first [default: octaves, the LR grid 2 octaves apart]")
+@click.option("--lr-range", default=None, callback=lambda c, p, v: _range_option(v),
+              help="LOW,HIGH of the log-uniform base LR [default: 2^-12,2^-2]")
+@click.option("--weight-decay-range", default=None,
+              callback=lambda c, p, v: _range_option(v),
+              help="LOW,HIGH of the log-uniform λ (0 is also tried), or 'off' "
+                   "[default: 1e-5,0.1]")
+@click.option("--batch-sizes", default=None,
+              help="comma-separated powers of two, or 'off' [default: 8,16,32]")
+@config_options(ModelSpec, exclude=("width",))
+@click.option("--config", "config_path", type=click.Path(), default=None,
+              help="TOML or YAML file with [tune], [spec], [hparams], [space], [budget]")
+@data_option
+@threads_option
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, pruner, workers,
+         seed, warm_start, lr_range, weight_decay_range, batch_sizes, config_path, data,
+         threads, as_json, **spec_values) -> None:
+    """Tune lr, weight decay and batch size of µP proxies, recorded in an Optuna storage.
+
+    With no flag: width 128, depth 4, seq 128, 8 trials of 150 steps on the built-in corpus,
+    about 6 minutes on 2 cores. Running the same command again resumes the study.
+    """
+    from hptransfer.study import StudyConfig, StudyError
+    from hptransfer.tuning import tune as run_tune
+
+    file = _read_config(config_path)
+    opts = {**file.tune, **{k: v for k, v in dict(
+        study=study_name, storage=storage, sampler=sampler, pruner=pruner, workers=workers,
+        seed=seed, warm_start=warm_start, data=data, trials=trials).items() if v is not None}}
+    unknown = set(opts) - {"study", "storage", "sampler", "pruner", "workers", "seed",
+                           "warm_start", "data", "trials", "widths"}
+    if unknown:
+        fail(f"--config [tune]: unknown key(s) {sorted(unknown)}")
+    if proxy_width is not None and widths is not None:
+        fail("give --proxy-width or --widths, not both")
+    if proxy_width is not None:
+        width_list: tuple[int, ...] = (proxy_width,)
+    elif widths is not None:
+        try:
+            width_list = tuple(int(w) for w in widths.split(","))
+        except ValueError:
+            fail(f"--widths: {widths!r} is not a comma-separated list of integers")
+    else:
+        width_list = tuple(opts.get("widths", (128,)))
+    if not width_list or any(w < 1 for w in width_list):
+        fail(f"--widths: need positive widths, got {width_list}")
+
+    spec = build(ModelSpec, {**PROXY_SPEC, **file.spec, "width": width_list[0],
+                             **{k: v for k, v in spec_values.items() if v is not None}})
+    for width in width_list:  # every width must be valid before anything runs
+        build(ModelSpec, {**spec.model_dump(), "width": width})
+    base = build(HParams, {**PROXY_HPARAMS, **file.hparams})
+    space_values = {**PROXY_SPACE, **file.space}
+    if lr_range is not None:
+        space_values["lr"] = None if isinstance(lr_range, str) else lr_range
+    if weight_decay_range is not None:
+        space_values["weight_decay"] = (None if isinstance(weight_decay_range, str)
+                                        else weight_decay_range)
+    if batch_sizes is not None:
+        space_values["batch_sizes"] = (None if batch_sizes.lower() in ("off", "none")
+                                       else _number_list(batch_sizes, int))
+    space = build(SearchSpace, {**space_values, "base": base})
+    budget_values = {**PROXY_BUDGET, **file.budget}
+    if steps is not None:
+        budget_values = {**budget_values, "steps": steps, "tokens": None}
+    budget = build(Budget, budget_values)
+    if space.batch_sizes is not None and budget.steps is not None:
+        # a fixed token budget makes batch sizes comparable: fewer steps at larger batches
+        budget = build(Budget, {**budget.model_dump(), "steps": None,
+                                "tokens": budget.steps * base.batch_size * spec.seq_len})
+    try:
+        kinds = (SamplerKind(opts.get("sampler", "tpe")), Pruning(opts.get("pruner", "none")),
+                 WarmStart(opts.get("warm_start", "octaves")))
+    except ValueError as error:
+        fail(f"--config [tune]: {error}")
+    corpus = load_corpus_or_fail(opts.get("data"))
+    if corpus.vocab_size > spec.vocab:
+        spec = build(ModelSpec, {**spec.model_dump(), "vocab": corpus.vocab_size})
+    config = build(StudyConfig, dict(spec=spec, budget=budget, space=space,
+                                     seed=int(opts.get("seed", 0)),
+                                     corpus_hash=corpus.content_hash, data=opts.get("data")))
+    name, n_trials = opts.get("study", "proxy"), int(opts.get("trials", DEFAULT_TRIALS))
+    progress = _Progress(len(width_list) * n_trials, quiet=as_json)
+    try:
+        result = run_tune(config, study=name, widths=width_list, trials=n_trials,
+                          storage=opts.get("storage"), sampler=kinds[0], pruning=kinds[1],
+                          workers=int(opts.get("workers", 1)), warm_start=kinds[2],
+                          corpus=corpus, threads=threads, on_trial=progress.update)
+    except (StudyError, ValueError) as error:
+        progress.close()
+        fail(str(error))
+    progress.close()
+    if as_json:
+        click.echo(result.model_dump_json(indent=2))
+        return
+    _print_summary(name, result.storage, list(result.widths))
+    click.echo(f"{result.wall_time_s:.0f} s. Resume or top up: run the same command again. "
+               f"Plot: hptransfer plot --study {name}"
+               + ("" if opts.get("storage") is None else f" --storage {result.storage}"))
+
+
+class _Progress:
+    """A rich progress bar: trials done, best loss so far, elapsed and ETA (on stderr)."""
+
+    def __init__(self, total: int, *, quiet: bool) -> None:
+        self._bar = None
+        self._best = math.inf
+        if quiet:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[best]}"), TimeElapsedColumn(),
+                             TextColumn("ETA"), TimeRemainingColumn(),
+                             console=Console(stderr=True), transient=False)
+        self._task = self._bar.add_task("tune", total=total, best="best —")
+        self._started = False
+
+    def update(self, trial) -> None:
+        if self._bar is None:
+            return
+        if not self._started:  # only once work is under way: errors print on a clean line
+            self._bar.start()
+            self._started = True
+        if trial.final_val_loss is not None and trial.status.value == "complete":
+            self._best = min(self._best, trial.final_val_loss)
+        best = "best —" if math.isinf(self._best) else f"best {self._best:.4f}"
+        self._bar.update(self._task, advance=1, best=f"{best} (w{trial.width} "
+                                                     f"#{trial.number} {trial.status.value})")
+
+    def close(self) -> None:
+        if self._bar is not None and self._started:
+            self._bar.stop()
+
+
+def _print_summary(name: str, storage: str, summaries) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"study {name} — {storage}")
+    for column in ("width", "finished", "complete", "diverged", "pruned", "best loss",
+                   "lr", "weight decay", "batch", "FLOPs", "time"):
+        table.add_column(column, justify="right")
+    for s in summaries:
+        h = s.best_hparams
+        table.add_row(str(s.width), str(s.finished), str(s.complete), str(s.diverged),
+                      str(s.pruned), "—" if s.best_loss is None else f"{s.best_loss:.4f}",
+                      "—" if h is None else f"{h.lr:.4g} (2^{math.log2(h.lr):.1f})",
+                      "—" if h is None else f"{h.weight_decay:.3g}",
+                      "—" if h is None else str(h.batch_size), f"{s.flops:.3g}",
+                      f"{s.wall_time_s:.0f} s")
+    # rich wraps at 80 columns when stdout is not a terminal (CI logs, pipes): widen it
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def _open(storage: str | None):
+    from hptransfer.storage import StorageError, open_storage
+
+    try:
+        return open_storage(storage)
+    except StorageError as error:
+        fail(str(error))
+
+
+@main.command()
+@click.option("--study", "study_name", required=True, help="study to join")
+@click.option("--storage", required=True, help="the study's storage URL")
+@click.option("--width", type=click.IntRange(min=1), default=None,
+              help="width to work on [default: each width of the study in turn]")
+@click.option("--trials", type=click.IntRange(min=1), required=True,
+              help="finished trials wanted per width")
+@click.option("--sampler", type=click.Choice([s.value for s in SamplerKind]), default="tpe",
+              show_default=True)
+@click.option("--pruner", type=click.Choice([p.value for p in Pruning]), default="none",
+              show_default=True)
+@threads_option
+@click.option("--quiet", is_flag=True, help="no progress output")
+def worker(study_name, storage, width, trials, sampler, pruner, threads, quiet) -> None:
+    """Join a study from this or another machine: run its trials until it has enough.
+
+    The study's spec, budget, search space and corpus come from the storage itself.
+    """
+    from hptransfer.corpus import CorpusError, load_corpus
+    from hptransfer.study import StudyError, load_config, widths_of
+    from hptransfer.training import resolve_threads
+    from hptransfer.tuning import run_worker
+
+    optuna_storage = _open(storage)
+    try:
+        config = load_config(study_name, optuna_storage)
+        widths = [width] if width is not None else widths_of(study_name, optuna_storage)
+        corpus = load_corpus(config.data)
+    except (StudyError, CorpusError) as error:
+        fail(str(error))
+    if corpus.content_hash != config.corpus_hash:
+        fail(f"this machine's corpus ({corpus.content_hash}) is not the study's "
+             f"({config.corpus_hash}); workers must see the same data")
+    progress = _Progress(len(widths) * trials, quiet=quiet)
+    for w in widths:
+        run_worker(study_name, w, config, optuna_storage, corpus, trials=trials,
+                   sampler=SamplerKind(sampler), pruning=Pruning(pruner),
+                   threads=resolve_threads(threads), on_trial=progress.update)
+    progress.close()
+
+
+@main.command()
+@click.option("--study", "study_name", default=None, help="study [default: list all studies]")
+@click.option("--storage", default=None, help="storage URL [default: $HPTRANSFER_HOME/studies.db]")
+@click.option("--json", "as_json", is_flag=True, help="print the summaries as JSON")
+def status(study_name, storage, as_json) -> None:
+    """Summarise a study: per width, trials by status, the best trial and the compute used."""
+    from hptransfer.study import StudyError, load_trials, study_names, summarize
+
+    optuna_storage = _open(storage)
+    if study_name is None:
+        names = study_names(optuna_storage)
+        if as_json:
+            click.echo(json.dumps(names, indent=2))
+        else:
+            for name, widths in names.items():
+                click.echo(f"{name}: widths {', '.join(map(str, widths))}")
+            if not names:
+                click.echo("no studies yet: hptransfer tune --proxy-width 128")
+        return
+    try:
+        records = load_trials(study_name, optuna_storage)
+    except StudyError as error:
+        fail(str(error))
+    summaries = summarize(records)
+    running = sum(1 for r in records if r.status.value in ("running", "waiting"))
+    if as_json:
+        click.echo(json.dumps({"study": study_name, "running_or_waiting": running,
+                               "widths": [s.model_dump(mode="json") for s in summaries]},
+                              indent=2))
+        return
+    from hptransfer.storage import normalize
+
+    _print_summary(study_name, normalize(storage), summaries)
+    if running:
+        click.echo(f"{running} trial(s) running or waiting")
+
+
+@main.command()
+@click.option("--study", "study_name", required=True, help="study to plot")
+@click.option("--storage", default=None, help="storage URL [default: $HPTRANSFER_HOME/studies.db]")
+@click.option("--out", type=click.Path(file_okay=False), default="reports", show_default=True,
+              help="folder for the PNG and the HTML report")
+def plot(study_name, storage, out) -> None:
+    """Write the µTransfer picture: validation loss vs LR, one curve per width."""
+    from hptransfer.plots import write_study_report
+    from hptransfer.study import StudyError, load_trials, summarize
+
+    try:
+        records = load_trials(study_name, _open(storage))
+    except StudyError as error:
+        fail(str(error))
+    png, page = write_study_report(study_name, records, summarize(records), out)
+    click.echo(f"plot:   {png}\nreport: {page}")
+
