@@ -8,8 +8,8 @@ A config file (TOML or YAML) may hold any of the sections ``[tune]`` (the option
 from __future__ import annotations
 
 import json
-import sys
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
