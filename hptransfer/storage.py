@@ -62,6 +62,21 @@ def _local_path(url: str) -> Path:
     return Path(url.split(":///", 1)[1] if ":///" in url else url.split("://", 1)[1])
 
 
+def _with_driver(url: str) -> str:
+    """``postgresql://`` names no driver, and SQLAlchemy's default changed (2.0: psycopg2,
+    2.1: psycopg 3): name the one that is installed (``hptransfer[postgres]`` installs
+    psycopg2)."""
+    import importlib.util
+
+    scheme, rest = url.split("://", 1)
+    if scheme != "postgresql":
+        return url
+    for driver in ("psycopg", "psycopg2"):
+        if importlib.util.find_spec(driver) is not None:
+            return f"postgresql+{driver}://{rest}"
+    return url
+
+
 def open_storage(url: str | None) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url``; parent folders of local files are created."""
     import optuna
@@ -79,7 +94,7 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
         # several worker processes write one file: wait for the lock instead of failing
         return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
     try:
-        return RDBStorage(url)
+        return RDBStorage(_with_driver(url))
     except (ImportError, ModuleNotFoundError) as error:
         extra = "postgres" if kind.startswith("postgres") else kind
         raise StorageError(f"storage {kind} needs its database driver: "

@@ -90,6 +90,12 @@ def make_sampler(kind: SamplerKind, config: StudyConfig, seed: int):
 
     if kind is SamplerKind.TPE:
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+    if kind in (SamplerKind.GP, SamplerKind.QMC):
+        try:
+            import scipy  # noqa: F401  (optuna's GP fit and Sobol points use it)
+        except ImportError:
+            raise StudyError(f"--sampler {kind.value} needs the scipy package: "
+                             "pip install scipy") from None
     if kind is SamplerKind.GP:
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=5)
     if kind is SamplerKind.CMAES:
@@ -101,13 +107,40 @@ def make_sampler(kind: SamplerKind, config: StudyConfig, seed: int):
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=5)
     if kind is SamplerKind.QMC:
         return optuna.samplers.QMCSampler(seed=seed)
+    return _ask_tell_grid_sampler()(grid_space(config), seed=seed)
+
+
+def grid_space(config: StudyConfig) -> dict[str, list]:
+    """The grid of ``--sampler grid``: LR octaves × batch sizes."""
+    if config.space.weight_decay is not None:
+        raise StudyError("--sampler grid searches LR octaves and batch sizes only; "
+                         "turn the weight-decay range off (--weight-decay-range off) or pick "
+                         "another sampler")
     grid: dict[str, list] = {"lr": config.space.lr_octaves()}
     if config.space.batch_sizes is not None:
         grid["batch_size"] = list(config.space.batch_sizes)
-    if config.space.weight_decay is not None:
-        raise StudyError("--sampler grid searches LR octaves and batch sizes only; "
-                         "drop the weight-decay range or pick another sampler")
-    return optuna.samplers.GridSampler(grid, seed=seed)
+    return grid
+
+
+def _grid_size(config: StudyConfig) -> int:
+    size = 1
+    for values in grid_space(config).values():
+        size *= len(values)
+    return size
+
+
+def _ask_tell_grid_sampler():
+    import optuna
+
+    class AskTellGridSampler(optuna.samplers.GridSampler):
+        """Optuna's GridSampler stops the study from ``after_trial`` once the grid is
+        used up, which raises outside ``study.optimize``; hptransfer drives ask/tell and
+        caps ``--trials`` at the grid size instead (see :func:`tune`)."""
+
+        def after_trial(self, study, trial, state, values) -> None:
+            return None
+
+    return AskTellGridSampler
 
 
 def make_pruner(kind: Pruning, tokens: int):
@@ -182,14 +215,16 @@ def reclaim_lost(study) -> list[int]:
             continue
         storage = study._storage
         try:
+            # attributes before the state: Optuna refuses to update a finished trial. The
+            # state change is the compare-and-set; a worker that loses it writes nothing more
+            storage.set_trial_user_attr(trial._trial_id, "status", TrialStatus.LOST.value)
+            storage.set_trial_user_attr(trial._trial_id, "reason",
+                                        "worker died or stopped sending heartbeats; retried")
             won = storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         except UpdateFinishedTrialError:
             won = False
         if not won:
             continue  # another worker reclaimed it, or it finished after all
-        storage.set_trial_user_attr(trial._trial_id, "status", TrialStatus.LOST.value)
-        storage.set_trial_user_attr(trial._trial_id, "reason",
-                                    "worker died or stopped sending heartbeats; retried")
         user_attrs = {k: v for k, v in trial.user_attrs.items()
                       if k in ("width", "grid_point")}
         study.enqueue_trial(trial.params, user_attrs={**user_attrs, "retry_of": trial.number},
@@ -387,6 +422,9 @@ def tune(config: StudyConfig, *, study: str = "proxy", widths: tuple[int, ...] =
     if corpus.content_hash != config.corpus_hash:
         raise StudyError(f"the corpus hash {corpus.content_hash} differs from the study's "
                          f"{config.corpus_hash}; pass the same --data")
+    if sampler is SamplerKind.GRID and trials > _grid_size(config):
+        raise StudyError(f"--sampler grid has {_grid_size(config)} points (LR octaves × batch "
+                         f"sizes); ask for at most that many --trials or widen --lr-range")
     optuna_storage = open_storage(url)
     threads = threads or max(1, resolve_threads() // workers)
     previous: list[TrialRecord] = []

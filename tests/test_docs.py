@@ -6,6 +6,7 @@ script in a temporary folder, so files it writes land there.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -34,13 +35,21 @@ def test_docs_have_commands():
     assert len(_commands()) >= 3
 
 
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """One folder (and HPTRANSFER_HOME) for all documented commands, run in document order,
+    so a `status` or `plot` finds the study an earlier `tune` made."""
+    return tmp_path_factory.mktemp("docs")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("doc,command", _commands())
-def test_documented_command_runs(doc, command, tmp_path):
+def test_documented_command_runs(doc, command, workdir):
     script = shutil.which("hptransfer") or str(Path(sys.executable).parent / "hptransfer")
     args = shlex.split(command)
-    result = subprocess.run([script, *args[1:]], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=900)
+    env = {**os.environ, "HPTRANSFER_HOME": str(workdir / "home")}
+    result = subprocess.run([script, *args[1:]], cwd=workdir, capture_output=True, text=True,
+                            timeout=900, env=env)
     assert result.returncode == 0, f"{doc}: {command}\n{result.stdout}\n{result.stderr}"
 
 

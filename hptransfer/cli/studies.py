@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from hptransfer.budget import Budget
 from hptransfer.cli.app import main
@@ -40,6 +40,33 @@ PROXY_BUDGET = {"steps": 150, "eval_every": 50}
 PROXY_SPACE = {"lr": (2.0**-12, 2.0**-2), "weight_decay": (1e-5, 1e-1),
                "batch_sizes": (8, 16, 32)}
 DEFAULT_TRIALS = 8
+
+
+class TuneOptions(FrozenConfig):
+    """The ``[tune]`` section of a config file, and the flags that override it."""
+
+    study: str = Field("proxy", min_length=1)
+    widths: tuple[int, ...] = Field((128,), min_length=1)
+    trials: int = Field(DEFAULT_TRIALS, ge=1)
+    storage: str | None = None
+    sampler: SamplerKind = SamplerKind.TPE
+    pruner: Pruning = Pruning.NONE
+    workers: int = Field(1, ge=1)
+    seed: int = 0
+    warm_start: WarmStart = WarmStart.OCTAVES
+    data: str | None = None
+
+    @field_validator("widths", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        return value.split(",") if isinstance(value, str) else value
+
+    @field_validator("widths")
+    @classmethod
+    def _positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(w < 1 for w in value):
+            raise ValueError(f"widths must be positive, got {list(value)}")
+        return value
 
 
 class TuneFile(FrozenConfig):
@@ -77,10 +104,19 @@ def _read_config(path: str | None) -> TuneFile:
     except Exception as error:  # a parse error: say where
         fail(f"--config: cannot parse {path}: {error}")
     try:
-        return TuneFile(**data)
+        tune_file = TuneFile(**data)
     except ValidationError as error:
         fail(f"--config {path}: {explain(error)} (sections: tune, spec, hparams, space, "
              f"budget)")
+    # build() keeps only a model's own fields, so a misspelt key would be silently ignored
+    known = {"spec": ModelSpec.model_fields, "hparams": HParams.model_fields,
+             "space": ("lr", "weight_decay", "batch_sizes"), "budget": Budget.model_fields}
+    for section, fields in known.items():
+        unknown = sorted(set(getattr(tune_file, section)) - set(fields))
+        if unknown:
+            fail(f"--config {path} [{section}]: unknown key(s) {unknown} "
+                 f"(known: {', '.join(fields)})")
+    return tune_file
 
 
 def _number_list(text: str, kind=float) -> tuple:
@@ -151,33 +187,28 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, prune
     from hptransfer.tuning import tune as run_tune
 
     file = _read_config(config_path)
-    opts = {**file.tune, **{k: v for k, v in dict(
-        study=study_name, storage=storage, sampler=sampler, pruner=pruner, workers=workers,
-        seed=seed, warm_start=warm_start, data=data, trials=trials).items() if v is not None}}
-    unknown = set(opts) - {"study", "storage", "sampler", "pruner", "workers", "seed",
-                           "warm_start", "data", "trials", "widths"}
-    if unknown:
-        fail(f"--config [tune]: unknown key(s) {sorted(unknown)}")
     if proxy_width is not None and widths is not None:
         fail("give --proxy-width or --widths, not both")
-    if proxy_width is not None:
-        width_list: tuple[int, ...] = (proxy_width,)
-    elif widths is not None:
-        try:
-            width_list = tuple(int(w) for w in widths.split(","))
-        except ValueError:
-            fail(f"--widths: {widths!r} is not a comma-separated list of integers")
-    else:
-        width_list = tuple(opts.get("widths", (128,)))
-    if not width_list or any(w < 1 for w in width_list):
-        fail(f"--widths: need positive widths, got {width_list}")
+    flags = dict(study=study_name, storage=storage, sampler=sampler, pruner=pruner,
+                 workers=workers, seed=seed, warm_start=warm_start, data=data, trials=trials,
+                 widths=(proxy_width,) if proxy_width is not None else widths)
+    try:
+        opts = TuneOptions(**{**file.tune, **{k: v for k, v in flags.items() if v is not None}})
+    except ValidationError as error:
+        fail(f"{explain(error)}" + (f" (in --config {config_path} [tune] or the flags)"
+                                     if config_path else ""))
+    if opts.data is not None:  # workers started elsewhere must find the same file
+        opts = opts.model_copy(update={"data": str(Path(opts.data).expanduser().resolve())})
+    width_list = opts.widths
 
     spec = build(ModelSpec, {**PROXY_SPEC, **file.spec, "width": width_list[0],
                              **{k: v for k, v in spec_values.items() if v is not None}})
     for width in width_list:  # every width must be valid before anything runs
         build(ModelSpec, {**spec.model_dump(), "width": width})
     base = build(HParams, {**PROXY_HPARAMS, **file.hparams})
-    space_values = {**PROXY_SPACE, **file.space}
+    # a config file turns a range off with "off" (TOML has no null)
+    space_values = {**PROXY_SPACE, **{k: None if v == "off" else v
+                                      for k, v in file.space.items()}}
     if lr_range is not None:
         space_values["lr"] = None if isinstance(lr_range, str) else lr_range
     if weight_decay_range is not None:
@@ -195,23 +226,18 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, prune
         # a fixed token budget makes batch sizes comparable: fewer steps at larger batches
         budget = build(Budget, {**budget.model_dump(), "steps": None,
                                 "tokens": budget.steps * base.batch_size * spec.seq_len})
-    try:
-        kinds = (SamplerKind(opts.get("sampler", "tpe")), Pruning(opts.get("pruner", "none")),
-                 WarmStart(opts.get("warm_start", "octaves")))
-    except ValueError as error:
-        fail(f"--config [tune]: {error}")
-    corpus = load_corpus_or_fail(opts.get("data"))
+    corpus = load_corpus_or_fail(opts.data)
     if corpus.vocab_size > spec.vocab:
         spec = build(ModelSpec, {**spec.model_dump(), "vocab": corpus.vocab_size})
     config = build(StudyConfig, dict(spec=spec, budget=budget, space=space,
-                                     seed=int(opts.get("seed", 0)),
-                                     corpus_hash=corpus.content_hash, data=opts.get("data")))
-    name, n_trials = opts.get("study", "proxy"), int(opts.get("trials", DEFAULT_TRIALS))
+                                     seed=opts.seed, corpus_hash=corpus.content_hash,
+                                     data=opts.data))
+    name, n_trials = opts.study, opts.trials
     progress = _Progress(len(width_list) * n_trials, quiet=as_json)
     try:
         result = run_tune(config, study=name, widths=width_list, trials=n_trials,
-                          storage=opts.get("storage"), sampler=kinds[0], pruning=kinds[1],
-                          workers=int(opts.get("workers", 1)), warm_start=kinds[2],
+                          storage=opts.storage, sampler=opts.sampler, pruning=opts.pruner,
+                          workers=opts.workers, warm_start=opts.warm_start,
                           corpus=corpus, threads=threads, on_trial=progress.update)
     except (StudyError, ValueError) as error:
         progress.close()
@@ -223,7 +249,7 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, prune
     _print_summary(name, result.storage, list(result.widths))
     click.echo(f"{result.wall_time_s:.0f} s. Resume or top up: run the same command again. "
                f"Plot: hptransfer plot --study {name}"
-               + ("" if opts.get("storage") is None else f" --storage {result.storage}"))
+               + ("" if opts.storage is None else f" --storage {result.storage}"))
 
 
 class _Progress:
@@ -331,10 +357,14 @@ def worker(study_name, storage, width, trials, sampler, pruner, threads, quiet) 
         fail(f"this machine's corpus ({corpus.content_hash}) is not the study's "
              f"({config.corpus_hash}); workers must see the same data")
     progress = _Progress(len(widths) * trials, quiet=quiet)
-    for w in widths:
-        run_worker(study_name, w, config, optuna_storage, corpus, trials=trials,
-                   sampler=SamplerKind(sampler), pruning=Pruning(pruner),
-                   threads=resolve_threads(threads), on_trial=progress.update)
+    try:
+        for w in widths:
+            run_worker(study_name, w, config, optuna_storage, corpus, trials=trials,
+                       sampler=SamplerKind(sampler), pruning=Pruning(pruner),
+                       threads=resolve_threads(threads), on_trial=progress.update)
+    except StudyError as error:
+        progress.close()
+        fail(str(error))
     progress.close()
 
 
