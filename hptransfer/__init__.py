@@ -30,6 +30,12 @@ _EXPORTS = {
     "Transformer": "hptransfer.model",
     "train": "hptransfer.training",
     "coord_check": "hptransfer.coord_check",
+    "SearchSpace": "hptransfer.space",
+    "StudyConfig": "hptransfer.study",
+    "load_trials": "hptransfer.study",
+    "TuneResult": "hptransfer.tuning",
+    "study_config": "hptransfer.tuning",
+    "tune": "hptransfer.tuning",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -41,8 +47,11 @@ if TYPE_CHECKING:
     from hptransfer.hparams import HParams, WeightDecay
     from hptransfer.model import Transformer
     from hptransfer.record import RunRecord, Status
+    from hptransfer.space import SearchSpace
     from hptransfer.spec import ModelSpec, Parametrization, Precision
+    from hptransfer.study import StudyConfig, load_trials
     from hptransfer.training import train
+    from hptransfer.tuning import TuneResult, study_config, tune
 
 
 def __getattr__(name: str) -> Any:

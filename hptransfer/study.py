@@ -136,10 +136,18 @@ def _record(study_name: str, trial: optuna.trial.FrozenTrial) -> TrialRecord:
         tokens_per_s=attrs.get("tokens_per_s", 0.0), retry_of=attrs.get("retry_of"))
 
 
-def load_trials(name: str, storage: optuna.storages.BaseStorage,
+def load_trials(name: str, storage: optuna.storages.BaseStorage | str | None = None,
                 widths: list[int] | None = None) -> list[TrialRecord]:
-    """Every trial of study ``name`` (all widths unless given), as immutable records."""
+    """Every trial of study ``name`` (all widths unless given), as immutable records.
+
+    ``storage`` is an Optuna storage or a URL (None: the default local SQLite file).
+    """
     import optuna
+
+    if storage is None or isinstance(storage, str):
+        from hptransfer.storage import open_storage
+
+        storage = open_storage(storage)
 
     records = []
     for width in widths or widths_of(name, storage):

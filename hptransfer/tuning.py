@@ -33,9 +33,12 @@ import time
 from collections.abc import Callable
 from enum import Enum
 
+from hptransfer.budget import Budget
 from hptransfer.corpus import Corpus
+from hptransfer.hparams import HParams
 from hptransfer.record import CurvePoint, Status, Verdict
-from hptransfer.spec import FrozenConfig
+from hptransfer.space import SearchSpace
+from hptransfer.spec import FrozenConfig, ModelSpec
 from hptransfer.storage import storage_kind
 from hptransfer.study import (
     CONFIG_ATTR,
@@ -49,7 +52,17 @@ from hptransfer.study import (
     width_study_name,
 )
 
-__all__ = ["Pruning", "SamplerKind", "TuneResult", "WarmStart", "run_worker", "tune"]
+__all__ = ["Pruning", "SamplerKind", "TuneResult", "WarmStart", "run_worker", "study_config",
+           "tune"]
+
+# The built-in CPU proxy setting (docs/tuning.md): 8 trials of width 128 take about 6 minutes
+# on 2 cores; the LR range spans the bowl of every width from 32 to 256.
+PROXY_SPEC = {"depth": 4, "head_dim": 16, "seq_len": 128, "base_width": 128}
+PROXY_HPARAMS = {"batch_size": 16}
+PROXY_BUDGET = {"steps": 150, "eval_every": 50}
+PROXY_SPACE = {"lr": (2.0**-12, 2.0**-2), "weight_decay": (1e-5, 1e-1),
+               "batch_sizes": (8, 16, 32)}
+DEFAULT_TRIALS = 8
 
 HEARTBEAT_S = float(os.environ.get("HPTRANSFER_HEARTBEAT_S", 10))
 GRACE_S = float(os.environ.get("HPTRANSFER_GRACE_S", 60))
@@ -362,6 +375,29 @@ def _work(study, name: str, width: int, config: StudyConfig, corpus: Corpus, *, 
             on_trial(last)
 
 
+def study_config(*, spec: ModelSpec | None = None, space: SearchSpace | None = None,
+                 budget: Budget | None = None, seed: int = 0, corpus: Corpus | None = None,
+                 data: str | None = None) -> StudyConfig:
+    """A :class:`StudyConfig`, with the built-in proxy setting for whatever is not given.
+
+    When the batch size is searched and the budget is in steps, the budget becomes the same
+    number of *tokens* at the base batch size: batch sizes are compared at equal data.
+    """
+    from hptransfer.corpus import load_corpus
+
+    corpus = corpus if corpus is not None else load_corpus(data)
+    spec = spec or ModelSpec(**PROXY_SPEC)
+    if corpus.vocab_size > spec.vocab:
+        spec = ModelSpec(**{**spec.model_dump(), "vocab": corpus.vocab_size})
+    space = space or SearchSpace(**PROXY_SPACE, base=HParams(**PROXY_HPARAMS))
+    budget = budget or Budget(**PROXY_BUDGET)
+    if space.batch_sizes is not None and budget.steps is not None:
+        budget = Budget(**{**budget.model_dump(), "steps": None,
+                           "tokens": budget.steps * space.base.batch_size * spec.seq_len})
+    return StudyConfig(spec=spec, budget=budget, space=space, seed=seed,
+                       corpus_hash=corpus.content_hash, data=data)
+
+
 def budget_tokens(config: StudyConfig) -> int:
     """Training tokens of one trial at the base batch size."""
     tokens_per_step = config.space.base.batch_size * config.spec.seq_len
@@ -397,14 +433,16 @@ def _spawn_worker(name: str, width: int, storage_url: str, trials: int, threads:
     return subprocess.Popen(command, stdin=subprocess.DEVNULL)
 
 
-def tune(config: StudyConfig, *, study: str = "proxy", widths: tuple[int, ...] = (128,),
-         trials: int = 10, storage: str | None = None,
+def tune(config: StudyConfig | None = None, *, study: str = "proxy",
+         widths: tuple[int, ...] = (128,), trials: int = DEFAULT_TRIALS,
+         storage: str | None = None,
          sampler: SamplerKind = SamplerKind.TPE, pruning: Pruning = Pruning.NONE,
          workers: int = 1, warm_start: WarmStart = WarmStart.OCTAVES,
          corpus: Corpus | None = None, threads: int | None = None,
          on_trial: Callable[[TrialRecord], None] | None = None) -> TuneResult:
     """Tune every width of ``widths`` (in order) until each holds ``trials`` finished trials.
 
+    ``config`` defaults to :func:`study_config` (the built-in proxy setting and corpus).
     Re-running with the same arguments continues the study: finished trials are kept, lost
     ones retried, and only the missing trials run. ``workers`` processes share each width
     (this one plus ``workers - 1`` children), each with cores / workers threads.
@@ -418,6 +456,8 @@ def tune(config: StudyConfig, *, study: str = "proxy", widths: tuple[int, ...] =
     url = normalize(storage)
     if workers > 1 and storage_kind(url) == "sqlite" and ":memory:" in url:
         raise StudyError("an in-memory SQLite storage cannot be shared by workers")
+    if config is None:
+        config = study_config(corpus=corpus)
     corpus = corpus if corpus is not None else load_corpus(config.data)
     if corpus.content_hash != config.corpus_hash:
         raise StudyError(f"the corpus hash {corpus.content_hash} differs from the study's "

@@ -30,16 +30,16 @@ from hptransfer.cli.options import (
 from hptransfer.hparams import HParams
 from hptransfer.space import SearchSpace
 from hptransfer.spec import FrozenConfig, ModelSpec
-from hptransfer.tuning import Pruning, SamplerKind, WarmStart
-
-# The built-in CPU proxy setting of `tune` (docs/tuning.md): 8 trials of width 128 take about
-# 6 minutes on 2 cores; the LR range spans the bowl of every width from 32 to 256.
-PROXY_SPEC = {"depth": 4, "head_dim": 16, "seq_len": 128, "base_width": 128}
-PROXY_HPARAMS = {"batch_size": 16}
-PROXY_BUDGET = {"steps": 150, "eval_every": 50}
-PROXY_SPACE = {"lr": (2.0**-12, 2.0**-2), "weight_decay": (1e-5, 1e-1),
-               "batch_sizes": (8, 16, 32)}
-DEFAULT_TRIALS = 8
+from hptransfer.tuning import (
+    DEFAULT_TRIALS,
+    PROXY_BUDGET,
+    PROXY_HPARAMS,
+    PROXY_SPACE,
+    PROXY_SPEC,
+    Pruning,
+    SamplerKind,
+    WarmStart,
+)
 
 
 class TuneOptions(FrozenConfig):
@@ -183,7 +183,8 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, prune
     With no flag: width 128, depth 4, seq 128, 8 trials of 150 steps on the built-in corpus,
     about 6 minutes on 2 cores. Running the same command again resumes the study.
     """
-    from hptransfer.study import StudyConfig, StudyError
+    from hptransfer.study import StudyError
+    from hptransfer.tuning import study_config
     from hptransfer.tuning import tune as run_tune
 
     file = _read_config(config_path)
@@ -222,16 +223,9 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, prune
     if steps is not None:
         budget_values = {**budget_values, "steps": steps, "tokens": None}
     budget = build(Budget, budget_values)
-    if space.batch_sizes is not None and budget.steps is not None:
-        # a fixed token budget makes batch sizes comparable: fewer steps at larger batches
-        budget = build(Budget, {**budget.model_dump(), "steps": None,
-                                "tokens": budget.steps * base.batch_size * spec.seq_len})
     corpus = load_corpus_or_fail(opts.data)
-    if corpus.vocab_size > spec.vocab:
-        spec = build(ModelSpec, {**spec.model_dump(), "vocab": corpus.vocab_size})
-    config = build(StudyConfig, dict(spec=spec, budget=budget, space=space,
-                                     seed=opts.seed, corpus_hash=corpus.content_hash,
-                                     data=opts.data))
+    config = study_config(spec=spec, space=space, budget=budget, seed=opts.seed,
+                          corpus=corpus, data=opts.data)
     name, n_trials = opts.study, opts.trials
     progress = _Progress(len(width_list) * n_trials, quiet=as_json)
     try:
