@@ -36,6 +36,8 @@ _EXPORTS = {
     "TuneResult": "hptransfer.tuning",
     "study_config": "hptransfer.tuning",
     "tune": "hptransfer.tuning",
+    "Prediction": "hptransfer.transfer",
+    "predict_hparams": "hptransfer.transfer",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     from hptransfer.spec import ModelSpec, Parametrization, Precision
     from hptransfer.study import StudyConfig, load_trials
     from hptransfer.training import train
+    from hptransfer.transfer import Prediction, predict_hparams
     from hptransfer.tuning import TuneResult, study_config, tune
 
 

@@ -89,8 +89,19 @@ def width_study_name(name: str, width: int) -> str:
     return f"{name}.w{width}"
 
 
-def study_names(storage: optuna.storages.BaseStorage) -> dict[str, list[int]]:
+def _open(storage: optuna.storages.BaseStorage | str | None) -> optuna.storages.BaseStorage:
+    """Accept an Optuna storage or a URL (None: the default local SQLite file)."""
+    if storage is None or isinstance(storage, str):
+        from hptransfer.storage import open_storage
+
+        return open_storage(storage)
+    return storage
+
+
+def study_names(storage: optuna.storages.BaseStorage | str | None = None
+                ) -> dict[str, list[int]]:
     """hptransfer study name → widths, for every study in ``storage``."""
+    storage = _open(storage)
     found: dict[str, list[int]] = {}
     for summary in storage.get_all_studies():
         match = _WIDTH_SUFFIX.match(summary.study_name)
@@ -99,7 +110,9 @@ def study_names(storage: optuna.storages.BaseStorage) -> dict[str, list[int]]:
     return {name: sorted(widths) for name, widths in sorted(found.items())}
 
 
-def widths_of(name: str, storage: optuna.storages.BaseStorage) -> list[int]:
+def widths_of(name: str, storage: optuna.storages.BaseStorage | str | None = None
+              ) -> list[int]:
+    storage = _open(storage)
     widths = study_names(storage).get(name)
     if not widths:
         known = ", ".join(study_names(storage)) or "none"
@@ -108,9 +121,11 @@ def widths_of(name: str, storage: optuna.storages.BaseStorage) -> list[int]:
     return widths
 
 
-def load_config(name: str, storage: optuna.storages.BaseStorage) -> StudyConfig:
+def load_config(name: str, storage: optuna.storages.BaseStorage | str | None = None
+                ) -> StudyConfig:
     import optuna
 
+    storage = _open(storage)
     width = widths_of(name, storage)[0]
     study = optuna.load_study(study_name=width_study_name(name, width), storage=storage)
     return StudyConfig.model_validate_json(study.user_attrs[CONFIG_ATTR])
@@ -144,11 +159,7 @@ def load_trials(name: str, storage: optuna.storages.BaseStorage | str | None = N
     """
     import optuna
 
-    if storage is None or isinstance(storage, str):
-        from hptransfer.storage import open_storage
-
-        storage = open_storage(storage)
-
+    storage = _open(storage)
     records = []
     for width in widths or widths_of(name, storage):
         study_name = width_study_name(name, width)

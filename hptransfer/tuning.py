@@ -55,7 +55,7 @@ from hptransfer.study import (
 __all__ = ["Pruning", "SamplerKind", "TuneResult", "WarmStart", "run_worker", "study_config",
            "tune"]
 
-# The built-in CPU proxy setting (docs/tuning.md): 8 trials of width 128 take about 6 minutes
+# The built-in CPU proxy setting (docs/tuning.md): 8 trials of width 128 take about 7 minutes
 # on 2 cores; the LR range spans the bowl of every width from 32 to 256.
 PROXY_SPEC = {"depth": 4, "head_dim": 16, "seq_len": 128, "base_width": 128}
 PROXY_HPARAMS = {"batch_size": 16}
@@ -264,12 +264,8 @@ def open_width_study(name: str, width: int, config: StudyConfig, storage, *,
     stored = study.user_attrs.get(CONFIG_ATTR)
     if stored is None:
         study.set_user_attr(CONFIG_ATTR, config.model_dump_json())
-    elif StudyConfig.model_validate_json(stored) != config:
-        old = StudyConfig.model_validate_json(stored)
-        diff = [k for k in StudyConfig.model_fields if getattr(old, k) != getattr(config, k)]
-        raise StudyError(
-            f"study {name!r} already exists with a different {', '.join(diff)}; resume it "
-            f"with the same settings, or start a new one with --study OTHER_NAME")
+    else:
+        _refuse_different(name, StudyConfig.model_validate_json(stored), config)
     return study
 
 
@@ -387,8 +383,10 @@ def study_config(*, spec: ModelSpec | None = None, space: SearchSpace | None = N
 
     corpus = corpus if corpus is not None else load_corpus(data)
     spec = spec or ModelSpec(**PROXY_SPEC)
-    if corpus.vocab_size > spec.vocab:
-        spec = ModelSpec(**{**spec.model_dump(), "vocab": corpus.vocab_size})
+    # The template's width means nothing (each width study sets its own); store it at the
+    # base width so that the same study run with other --widths has the same config.
+    spec = ModelSpec(**{**spec.model_dump(), "width": spec.base_width,
+                        "vocab": max(spec.vocab, corpus.vocab_size)})
     space = space or SearchSpace(**PROXY_SPACE, base=HParams(**PROXY_HPARAMS))
     budget = budget or Budget(**PROXY_BUDGET)
     if space.batch_sizes is not None and budget.steps is not None:
@@ -419,6 +417,23 @@ class TuneResult(FrozenConfig):
             if summary.width == width:
                 return summary
         raise KeyError(f"width {width} is not in study {self.study!r}")
+
+
+def _check_existing(name: str, config: StudyConfig, storage) -> None:
+    """Refuse, before any trial runs, a config that differs from the study's stored one."""
+    from hptransfer.study import load_config, study_names
+
+    if name not in study_names(storage):
+        return
+    _refuse_different(name, load_config(name, storage), config)
+
+
+def _refuse_different(name: str, old: StudyConfig, new: StudyConfig) -> None:
+    diff = [k for k in StudyConfig.model_fields if getattr(old, k) != getattr(new, k)]
+    if diff:
+        raise StudyError(
+            f"study {name!r} already exists with a different {', '.join(diff)}; resume it "
+            f"with the same settings, or start a new one with --study OTHER_NAME")
 
 
 def _spawn_worker(name: str, width: int, storage_url: str, trials: int, threads: int,
@@ -466,6 +481,7 @@ def tune(config: StudyConfig | None = None, *, study: str = "proxy",
         raise StudyError(f"--sampler grid has {_grid_size(config)} points (LR octaves × batch "
                          f"sizes); ask for at most that many --trials or widen --lr-range")
     optuna_storage = open_storage(url)
+    _check_existing(study, config, optuna_storage)
     threads = threads or max(1, resolve_threads() // workers)
     previous: list[TrialRecord] = []
     for width in widths:

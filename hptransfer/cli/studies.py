@@ -181,7 +181,7 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, prune
     """Tune lr, weight decay and batch size of µP proxies, recorded in an Optuna storage.
 
     With no flag: width 128, depth 4, seq 128, 8 trials of 150 steps on the built-in corpus,
-    about 6 minutes on 2 cores. Running the same command again resumes the study.
+    about 7 minutes on 2 cores. Running the same command again resumes the study.
     """
     from hptransfer.study import StudyError
     from hptransfer.tuning import study_config

@@ -1,0 +1,159 @@
+"""``hptransfer predict``: the hparams for a width too large to tune, from a study's proxies."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+from hptransfer.cli.app import main
+from hptransfer.cli.options import NUMBER, fail, write_atomic
+
+
+def _power(value: float) -> str:
+    return f"2^{math.log2(value):.2f}" if value > 0 else "0"
+
+
+def _value(name: str, value: float) -> str:
+    if name == "batch_size":
+        return f"{value:g}"
+    if name == "lr":
+        return f"{value:.4g} ({_power(value)})"
+    return f"{value:.3g}"
+
+
+def _print(prediction, *, baselines: bool) -> None:
+    p, h = prediction, prediction.hparams
+    echo = click.echo
+    echo(f"study {p.study} → width {p.target_width} (depth {p.target_depth}, "
+         f"{p.target_tokens:,} training tokens, batch {h.batch_size} × {p.spec.seq_len})")
+    echo("")
+    for name in ("lr", "weight_decay", "batch_size"):
+        value = getattr(h, name)
+        interval = p.intervals.get(name)
+        shown = (f"95% interval {_value(name, interval[0])} … {_value(name, interval[1])}"
+                 if interval else "(not tuned: the study's value)"
+                 if name not in p.evidence.searched else "(set by --target-batch)")
+        echo(f"  {name:<13} {_value(name, value):<22} {shown}")
+    echo(f"  {'':<13} hidden matrices at the target: {p.hidden_lr()}; weight decay rule "
+         f"{h.weight_decay_rule.value}")
+    echo("")
+    echo("evidence (per proxy width):")
+    echo(f"  {'width':>6} {'complete':>8} {'diverged':>8} {'best loss':>10} "
+         f"{'lr optimum':>11} {'95% interval':>22}  method")
+    for e in p.evidence.widths:
+        lr = e.optima["lr"]
+        echo(f"  {e.width:>6} {e.complete:>8} {e.diverged:>8} {e.best_loss:>10.4f} "
+             f"{_power(lr.value):>11} {_power(lr.interval[0]) + ' … ' + _power(lr.interval[1]):>22}"
+             f"  {lr.method}"
+             + (f"; diverged from {_power(e.diverged_lr)}" if e.diverged_lr else ""))
+    for fit in p.evidence.fits.values():
+        loo = ", ".join(f"w{w} {err:+.2f}" for w, err in fit.leave_one_out.items())
+        echo(f"  fit {fit.hparam}: slope {fit.slope:+.2f} octave per doubling "
+             f"[{fit.slope_interval[0]:+.2f}, {fit.slope_interval[1]:+.2f}] → "
+             f"{fit.model.value}; leave-one-width-out errors (octaves): {loo}")
+    echo("")
+    echo("rules applied:")
+    for rule in p.rules:
+        echo(f"  - {rule.name}: {rule.detail}")
+    if baselines:
+        echo("")
+        echo("baselines (Step Law and DeepSeek are SP fits: absolute per-step LR, batch in "
+             "tokens; compare their LR with the hidden-matrix LR above, not with α):")
+        for name, b in p.baselines.items():
+            batch = f"batch {b.batch_size}" if b.batch_size is not None else ""
+            if b.batch_tokens is not None:
+                batch += f" ({b.batch_tokens:,.0f} tokens)"
+            wd = f", weight decay {b.weight_decay:.3g}" if b.weight_decay is not None else ""
+            echo(f"  {name:<10} lr {_value('lr', b.lr)}, {batch}{wd}")
+            echo(f"  {'':<10} {b.note}")
+    if p.warnings:
+        echo("")
+        echo(click.style(f"WARNINGS ({len(p.warnings)}):", fg="red", bold=True))
+        for warning in p.warnings:
+            echo(click.style(f"  ! {warning}", fg="yellow"))
+
+
+@main.command()
+@click.option("--target-width", type=click.IntRange(min=1), required=True,
+              help="width (d_model) of the model to predict hparams for")
+@click.option("--study", "study_name", default="proxy", show_default=True,
+              help="the tuned study to predict from")
+@click.option("--storage", default=None,
+              help="storage URL [default: $HPTRANSFER_HOME/studies.db]")
+@click.option("--target-depth", type=click.IntRange(min=1), default=None,
+              help="depth of the target [default: the proxies' depth]")
+@click.option("--target-tokens", type=NUMBER, default=None,
+              help="training tokens of the target, e.g. 2e9 [default: the proxies' budget]")
+@click.option("--target-batch", type=click.IntRange(min=1), default=None,
+              help="target batch in sequences [default: the proxies' optimum]")
+@click.option("--baseline", is_flag=True,
+              help="also show zero-shot µTransfer, Step Law and DeepSeek predictions")
+@click.option("--bootstrap", type=click.IntRange(min=50), default=1000, show_default=True,
+              help="bootstrap resamples for the intervals")
+@click.option("--seed", type=int, default=0, show_default=True, help="bootstrap seed")
+@click.option("--json", "as_json", is_flag=True, help="print the prediction as JSON")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="also write the prediction as JSON to this file")
+@click.option("--snippet", type=click.Choice(["torch", "hf"]), default=None,
+              help="print ready code instead: torch param groups with µP per-tensor LRs for "
+                   "hptransfer's model, or Hugging Face TrainingArguments fields")
+def predict(target_width, study_name, storage, target_depth, target_tokens, target_batch,
+            baseline, bootstrap, seed, as_json, out, snippet) -> None:
+    """Predict lr, weight decay and batch size at --target-width from a tuned study.
+
+    Fits each proxy width's optimum (quadratic in log2 lr, bootstrap intervals), fits the
+    optimum against width, and applies named rules for batch, horizon, weight decay and
+    depth. Warns loudly when transfer is not holding (the optimum drifts with width).
+    """
+    from hptransfer.storage import StorageError
+    from hptransfer.transfer import PredictionError, predict_hparams
+
+    if as_json and snippet:
+        fail("--json and --snippet both print to stdout: give one of them")
+    tokens = None
+    if target_tokens is not None:
+        if target_tokens < 1 or target_tokens != math.floor(target_tokens):
+            fail(f"--target-tokens must be a positive whole number, got {target_tokens:g}")
+        tokens = int(target_tokens)
+    if out is not None and Path(out).is_dir():
+        fail(f"--out {out} is a folder; give a file name such as prediction.json")
+    try:
+        prediction = predict_hparams(target_width, study=study_name, storage=storage,
+                                     target_depth=target_depth, target_tokens=tokens,
+                                     target_batch=target_batch, bootstrap=bootstrap,
+                                     seed=seed)
+    except (PredictionError, StorageError) as error:
+        fail(str(error))
+    text = prediction.model_dump_json(indent=2)
+    if out is not None:
+        write_atomic(Path(out), text + "\n")
+    if as_json:
+        click.echo(text)
+    elif snippet == "torch":
+        click.echo(prediction.to_torch_param_groups_snippet())
+    elif snippet == "hf":
+        fields = json.dumps(_hf_fields(prediction), indent=4)
+        warning = "\n".join(f"# {line}" for line in _wrap(prediction.hf_warning()))
+        click.echo(f"{warning}\nfrom transformers import TrainingArguments\n\n"
+                   f"args = TrainingArguments(output_dir=\"out\", **{fields})")
+    else:
+        _print(prediction, baselines=baseline)
+        if out is not None:
+            click.echo(f"\nprediction written to {out}")
+
+
+def _hf_fields(prediction) -> dict:
+    import warnings
+
+    with warnings.catch_warnings():  # the same warning is printed above the code
+        warnings.simplefilter("ignore")
+        return prediction.to_hf_training_arguments()
+
+
+def _wrap(text: str, width: int = 96) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap("WARNING: " + text, width)
