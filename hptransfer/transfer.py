@@ -115,7 +115,8 @@ class WidthEvidence(FrozenConfig):
     loss_at_optimum: float = Field(description="the fitted loss at the LR optimum")
     diverged_lr: float | None = Field(description="smallest diverged LR: bounds the optimum")
     optima: dict[str, Estimate]
-    flags: tuple[str, ...] = ()
+    flags: tuple[str, ...] = Field((), description="fallbacks and caps (each also a warning) "
+                                                   "and notes on which trials were used")
 
 
 class TransferFit(FrozenConfig):
@@ -224,8 +225,8 @@ class Prediction(FrozenConfig):
             f"total_steps = {steps}  # {self.target_tokens} tokens / (batch {h.batch_size} × "
             f"seq {self.spec.seq_len})\n\n\n"
             "def before_step(step: int) -> None:\n"
-            "    \"\"\"Call before optimizer.step(): schedule every group, clip the gradient."
-            "\"\"\"\n"
+            "    \"\"\"Call after loss.backward(), before optimizer.step(): schedule every "
+            "group and clip the gradient.\"\"\"\n"
             "    for group, peak in zip(optimizer.param_groups, peak_lrs):\n"
             "        group[\"lr\"] = peak * lr_factor(step, total_steps=total_steps, "
             "hparams=hparams)\n"
@@ -456,15 +457,15 @@ def _fit_width(width: int, rows: list[TrialRecord], config: StudyConfig, *, band
             wds = wds[at_batch] if "weight_decay" in searched else wds
         else:
             x = lrs + 0.5 * (math.log2(batch) - batches)
-            flags.append(f"fewer than three LRs at the optimum batch {batch}: LRs of other "
-                         f"batches moved to it by the √k rule")
+            flags.append(f"note: fewer than three LRs at the optimum batch {batch}: LRs of "
+                         f"other batches moved to it by the √k rule")
     if "weight_decay" in searched:
         near = np.abs(wds - codes["weight_decay"][0]) <= window
         if _brackets(x[near], y[near]):
             x, y = x[near], y[near]
         else:
-            flags.append("fewer than three LRs near the optimum weight decay: the LR bowl "
-                         "is read across every weight decay")
+            flags.append("note: the trials near the optimum weight decay do not bracket the "
+                         "best LR: the LR bowl is read across every weight decay")
     diverged_code = math.log2(diverged_lr) if diverged_lr is not None else None
     estimate, samples, loss, lr_flags = _lr_optimum(x, y, diverged_code, window=window,
                                                     bootstrap=bootstrap, rng=rng)
@@ -499,7 +500,10 @@ def _weighted_line(x: np.ndarray, y: np.ndarray, w: np.ndarray):
     """WLS slope and weighted means; ``y`` may be (..., k) for many fits at once."""
     xm = (w * x).sum() / w.sum()
     ym = (y * w).sum(axis=-1) / w.sum()
-    slope = ((y - ym[..., None]) * (w * (x - xm))).sum(axis=-1) / (w * (x - xm) ** 2).sum()
+    spread = (w * (x - xm) ** 2).sum()
+    if spread == 0:  # one width: no slope to see
+        return np.zeros_like(ym), ym, xm
+    slope = ((y - ym[..., None]) * (w * (x - xm))).sum(axis=-1) / spread
     return slope, ym, xm
 
 
@@ -799,7 +803,7 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
     notes = _Notes()
     notes.warnings += left_out + [f"width {fit.evidence.width}: {flag}" for fit in fits
                                   for flag in fit.evidence.flags
-                                  if not flag.startswith("fewer than three")]
+                                  if not flag.startswith("note:")]
     transfer, zero = _transfer_fits(fits, config, target_width)
     _judge_width_fits(transfer, config, target_width, max(usable), notes)
 
