@@ -130,7 +130,7 @@ def test_two_workers_share_a_postgres_study(postgres_url, text_file, tmp_path, m
                       "eval_tokens = 1024\n")
     # the child worker takes seconds to start: hold this process after its first trial
     # until the child has a trial of its own, so the rest surely run concurrently
-    original, waited = studies._Progress.update, []
+    original, waited = studies.TrialProgress.update, []
 
     def update(self, trial):
         if not waited:
@@ -138,7 +138,7 @@ def test_two_workers_share_a_postgres_study(postgres_url, text_file, tmp_path, m
             _wait_for_another_worker(postgres_url, "pg.w32")
         original(self, trial)
 
-    monkeypatch.setattr(studies._Progress, "update", update)
+    monkeypatch.setattr(studies.TrialProgress, "update", update)
     trials = 6
     result = CliRunner().invoke(main, [
         "tune", "--config", str(config), "--data", text_file, "--depth", "1",

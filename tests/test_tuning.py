@@ -326,7 +326,7 @@ def test_two_workers_record_every_trial_once(file_name, runner, text_file, tiny_
     # The child worker needs a few seconds to start; tiny trials would all be done by then.
     # So the first progress update (after this process's first trial) waits until the child
     # has started a trial of its own: the remaining trials surely run concurrently.
-    original, waited = studies._Progress.update, []
+    original, waited = studies.TrialProgress.update, []
 
     def update(self, trial):
         if not waited:
@@ -334,7 +334,7 @@ def test_two_workers_record_every_trial_once(file_name, runner, text_file, tiny_
             _wait_for_another_worker(url, "w.w32")
         original(self, trial)
 
-    monkeypatch.setattr(studies._Progress, "update", update)
+    monkeypatch.setattr(studies.TrialProgress, "update", update)
     invoke(runner, tune_args(text_file, tiny_toml, "--proxy-width", "32", "--steps", "20",
                              "--trials", str(trials), "--workers", "2", "--study", "w",
                              "--storage", url))

@@ -24,7 +24,8 @@ def _value(name: str, value: float) -> str:
     return f"{value:.3g}"
 
 
-def _print(prediction, *, baselines: bool) -> None:
+def print_prediction(prediction, *, baselines: bool = False) -> None:
+    """The human-readable prediction (``hptransfer predict`` and ``quickstart``)."""
     p, h = prediction, prediction.hparams
     echo = click.echo
     echo(f"study {p.study} → width {p.target_width} (depth {p.target_depth}, "
@@ -140,7 +141,7 @@ def predict(target_width, study_name, storage, target_depth, target_tokens, targ
         click.echo(f"{warning}\nfrom transformers import TrainingArguments\n\n"
                    f"args = TrainingArguments(output_dir=\"out\", **{fields})")
     else:
-        _print(prediction, baselines=baseline)
+        print_prediction(prediction, baselines=baseline)
         if out is not None:
             click.echo(f"\nprediction written to {out}")
 

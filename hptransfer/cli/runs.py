@@ -148,27 +148,54 @@ def coord_check_command(widths: tuple[int, ...], param: str, steps: int, lr: flo
 
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="quickstart",
-              show_default=True, help="folder for the run record and the coord check")
-@click.option("--steps", type=click.IntRange(min=2), default=150, show_default=True)
+              show_default=True, help="folder for the study, the coord check and the plot")
+@click.option("--steps", type=click.IntRange(min=2), default=60, show_default=True,
+              help="training steps per trial")
+@click.option("--target-width", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="the width to predict hparams for")
 @threads_option
-def quickstart(out: str, steps: int, threads: int | None) -> None:
-    """The README's first job: a short µP run and a coord check on the built-in corpus."""
-    from hptransfer.coord_check import coord_check, write_report
-    from hptransfer.training import train as run
+def quickstart(out: str, steps: int, target_width: int, threads: int | None) -> None:
+    """The README's first job: coord check, tune widths 32 and 64, predict a wide model.
 
-    folder = Path(out)
-    click.echo("1/2 coord check, µP, widths 32..256 ...")
+    Everything lands in --out (the study in studies.db); running it again resumes.
+    """
+    from hptransfer.cli.predict import print_prediction
+    from hptransfer.cli.studies import TrialProgress
+    from hptransfer.coord_check import coord_check, write_report
+    from hptransfer.plots import write_study_report
+    from hptransfer.space import SearchSpace
+    from hptransfer.study import load_trials, summarize
+    from hptransfer.transfer import predict_hparams
+    from hptransfer.tuning import PROXY_HPARAMS, PROXY_SPACE, study_config, tune
+
+    folder = Path(out).resolve()
+    storage = f"sqlite:///{folder / 'studies.db'}"
+    click.echo("1/3 coord check, µP, widths 32..256")
     report = coord_check(threads=threads)
-    json_path, png_path = write_report(report, folder)
+    _, png_path = write_report(report, folder)
     click.echo(f"    {'PASS' if report.passed else 'FAIL'}: {png_path}")
-    spec = ModelSpec(width=64)
-    hparams = HParams(lr=2.0**-6)
-    click.echo(f"2/2 µP training run, width {spec.width}, {steps} steps, lr 2^-6 ...")
-    record = run(spec, hparams, Budget(steps=steps, eval_every=max(1, steps // 5)),
-                 threads=threads)
-    write_atomic(folder / "run.json", record.model_dump_json(indent=2))
-    for point in record.val_curve:
-        click.echo(f"    step {point.step:>5}: validation loss {point.loss:.4f}")
-    click.echo(f"    {record.status.value}, {record.tokens_per_s:,.0f} tokens/s, "
-               f"{record.wall_time_s:.0f} s; record: {folder / 'run.json'}")
-    sys.exit(0 if report.passed and record.ok else 1)
+
+    widths, trials = (32, 64), 6
+    click.echo(f"2/3 tune the base LR of µP proxies at widths {widths[0]} and {widths[1]}: "
+               f"{trials} trials each (the LR grid 2^-12 … 2^-2), {steps} steps per trial")
+    config = study_config(space=SearchSpace(lr=PROXY_SPACE["lr"], weight_decay=None,
+                                            batch_sizes=None, base=HParams(**PROXY_HPARAMS)),
+                          budget=Budget(steps=steps, eval_every=steps))
+    progress = TrialProgress(len(widths) * trials, quiet=False)
+    result = tune(config, study="quickstart", widths=widths, trials=trials, storage=storage,
+                  threads=threads, on_trial=progress.update)
+    progress.close()
+    records = load_trials("quickstart", storage)
+    plot_path, _ = write_study_report("quickstart", records, summarize(records), folder)
+    for summary in result.widths:
+        lr = summary.best_hparams.lr if summary.best_hparams else float("nan")
+        click.echo(f"    width {summary.width}: best validation loss {summary.best_loss:.4f} at "
+                   f"lr {lr:.4g}; {summary.wall_time_s:.0f} s")
+    click.echo(f"    plot: {plot_path}")
+
+    click.echo(f"3/3 predict the hparams of width {target_width}")
+    prediction = predict_hparams(target_width, study="quickstart", storage=storage)
+    write_atomic(folder / "prediction.json", prediction.model_dump_json(indent=2))
+    print_prediction(prediction)
+    click.echo(f"    prediction: {folder / 'prediction.json'}")
+    sys.exit(0 if report.passed else 1)

@@ -227,7 +227,7 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, prune
     config = study_config(spec=spec, space=space, budget=budget, seed=opts.seed,
                           corpus=corpus, data=opts.data)
     name, n_trials = opts.study, opts.trials
-    progress = _Progress(len(width_list) * n_trials, quiet=as_json)
+    progress = TrialProgress(len(width_list) * n_trials, quiet=as_json)
     try:
         result = run_tune(config, study=name, widths=width_list, trials=n_trials,
                           storage=opts.storage, sampler=opts.sampler, pruning=opts.pruner,
@@ -246,7 +246,7 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, prune
                + ("" if opts.storage is None else f" --storage {result.storage}"))
 
 
-class _Progress:
+class TrialProgress:
     """A rich progress bar: trials done, best loss so far, elapsed and ETA (on stderr)."""
 
     def __init__(self, total: int, *, quiet: bool) -> None:
@@ -350,7 +350,7 @@ def worker(study_name, storage, width, trials, sampler, pruner, threads, quiet) 
     if corpus.content_hash != config.corpus_hash:
         fail(f"this machine's corpus ({corpus.content_hash}) is not the study's "
              f"({config.corpus_hash}); workers must see the same data")
-    progress = _Progress(len(widths) * trials, quiet=quiet)
+    progress = TrialProgress(len(widths) * trials, quiet=quiet)
     try:
         for w in widths:
             run_worker(study_name, w, config, optuna_storage, corpus, trials=trials,

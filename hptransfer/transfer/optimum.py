@@ -1,0 +1,300 @@
+"""Step 1 of the transfer: the optimum of one width, from that width's trials.
+
+The LR optimum of one width is the vertex of a quadratic in log2(lr) fitted to the completed
+trials within ``window`` octaves of the best one (the loss is roughly a parabola in log2 lr
+near its minimum, SPEC §5), with a bootstrap interval (trials resampled, quadratic
+refitted). Diverged trials are not losses: the smallest diverged LR bounds the optimum from
+above. Weight decay and batch size, whose loss surfaces are flat, come from the near-optimal
+*band* (DeepSeek, Step Law): the loss-weighted median over the trials within ``band`` of the
+best loss. Each width's result is a :class:`WidthEvidence` record; its bootstrap samples
+(log2 units) go on to the fit against width, :mod:`hptransfer.transfer.fit`.
+
+>>> import numpy as np
+>>> x = np.log2([2.0**-8, 2.0**-6, 2.0**-4]); y = 3.0 + 0.05 * (x + 6.5) ** 2
+>>> round(float(_vertex(x, y)), 3)
+-6.5
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pydantic import Field
+
+from hptransfer.spec import FrozenConfig
+from hptransfer.study import StudyConfig, TrialRecord, TrialStatus
+
+__all__ = ["Estimate", "WidthEvidence"]
+
+# ---- the choices, each with its reason ------------------------------------------------------
+
+# LR fit window: the best trial's LR ± 2 octaves (and always its nearest sampled neighbour on
+# each side). The warm-start grid is 2 octaves apart, so the window always holds the grid
+# points bracketing the minimum; within ±2 octaves the bowl is close to a parabola, while
+# farther out it turns asymmetric (a slow climb at low LR, a wall near divergence).
+WINDOW_OCTAVES = 2.0
+# Near-optimal band for weight decay and batch size: trials within 1% of the best loss. The
+# SPEC's 0.25% (DeepSeek) is calibrated on large runs whose seed noise is ~0.1%; on short
+# CPU proxies it keeps one or two trials, while 1% is about what half an octave of LR costs
+# on their bowls, so the band holds the near-optimal plateau.
+BAND = 0.01
+MIN_BAND_TRIALS = 3  # the band is widened to the 3 best trials when it holds fewer
+CONFIDENCE = 0.95
+
+
+class Estimate(FrozenConfig):
+    """One width's optimum of one hparam, with its bootstrap interval."""
+
+    value: float
+    interval: tuple[float, float]
+    method: str = Field(description="quadratic, best-point or band-median")
+    trials: int = Field(description="trials the estimate used")
+
+
+class WidthEvidence(FrozenConfig):
+    """What one width's trials say: each tuned hparam's optimum and the stable region."""
+
+    width: int
+    complete: int
+    diverged: int
+    ignored: int = Field(description="pruned, lost, error, running or waiting trials")
+    best_loss: float
+    loss_at_optimum: float = Field(description="the fitted loss at the LR optimum")
+    diverged_lr: float | None = Field(description="smallest diverged LR: bounds the optimum")
+    optima: dict[str, Estimate]
+    flags: tuple[str, ...] = Field((), description="fallbacks and caps (each also a warning) "
+                                                   "and notes on which trials were used")
+
+
+def _percentiles(samples: np.ndarray) -> tuple[float, float]:
+    tail = 50.0 * (1.0 - CONFIDENCE)
+    low, high = np.percentile(samples, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def _resample_counts(n: int, bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """(bootstrap, n) counts of each trial in each resample (cases bootstrap)."""
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(float)
+
+
+def _vertex(x: np.ndarray, y: np.ndarray) -> float:
+    """Vertex of the least-squares parabola through (x, y); nan when it opens downward."""
+    c, b, _ = np.polyfit(x, y, 2)
+    return -b / (2 * c) if c > 0 else math.nan
+
+
+def _bootstrap_vertices(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The parabola vertex of every resample at once (weighted normal equations). A resample
+    with fewer than three distinct LRs, or whose parabola opens downward, takes its best
+    point instead: the vertex is then undefined, the best point is what the data says."""
+    centre = x.mean()
+    design = np.stack([np.ones_like(x), x - centre, (x - centre) ** 2], axis=1)  # (n, 3)
+    normal = np.einsum("bn,ni,nj->bij", counts, design, design)  # (B, 3, 3)
+    moment = np.einsum("bn,ni,n->bi", counts, design, y)  # (B, 3)
+    distinct_x = np.unique(x)
+    groups = (x[:, None] == distinct_x[None, :]).astype(float)  # (n, u)
+    distinct = ((counts @ groups) > 0).sum(axis=1)
+    ok = distinct >= 3
+    normal[~ok] = np.eye(3)
+    coef = np.linalg.solve(normal, moment[..., None])[..., 0]
+    c, b = coef[:, 2], coef[:, 1]
+    ok &= c > 0
+    vertex = np.where(ok, centre - b / (2 * np.where(ok, c, 1.0)), np.nan)
+    best = x[np.argmin(np.where(counts > 0, y[None, :], np.inf), axis=1)]
+    return np.where(ok, vertex, best)
+
+
+def _lr_optimum(x: np.ndarray, y: np.ndarray, diverged: float | None, *, window: float,
+                bootstrap: int, rng: np.random.Generator
+                ) -> tuple[Estimate, np.ndarray, float, list[str]]:
+    """LR optimum in log2 units: (estimate, bootstrap samples, loss there, flags)."""
+    best = int(np.argmin(y))
+    xb, yb = float(x[best]), float(y[best])
+    distinct = np.unique(x)
+    below, above = distinct[distinct < xb], distinct[distinct > xb]
+    flags: list[str] = []
+    if below.size and above.size:
+        keep = (np.abs(x - xb) <= window + 1e-9) | (x == below.max()) | (x == above.min())
+        xw, yw = x[keep], y[keep]
+        vertex = _vertex(xw, yw)
+        if math.isnan(vertex):
+            flags.append(f"no bowl: the parabola through the LRs near the best opens "
+                         f"downward; using the best trial's LR 2^{xb:.2f}, interval "
+                         f"between its neighbours")
+            low, high = float(below.max()), float(above.min())
+        else:
+            if not xw.min() <= vertex <= xw.max():
+                flags.append(f"the parabola's vertex 2^{vertex:.2f} lies outside the fitted "
+                             f"LRs; clamped to them")
+            vertex = float(np.clip(vertex, xw.min(), xw.max()))
+            samples = np.clip(_bootstrap_vertices(xw, yw, _resample_counts(
+                xw.size, bootstrap, rng)), xw.min(), xw.max())
+            low, high = _percentiles(samples)
+            estimate = Estimate(value=vertex, interval=(min(low, vertex), max(high, vertex)),
+                                method="quadratic", trials=int(xw.size))
+            loss = float(np.polyval(np.polyfit(xw, yw, 2), vertex))
+            return _cap(estimate, samples, loss, x, diverged, flags)
+    elif above.size:  # best at the lowest sampled LR
+        flags.append(f"not bracketed below: the best LR 2^{xb:.2f} is the smallest sampled; "
+                     f"the optimum may be lower (widen --lr-range down)")
+        low, high = xb - window, float(above.min())
+    elif below.size:  # best at the highest sampled (completed) LR
+        if diverged is not None:
+            flags.append(f"optimum at the edge of stability: the best LR 2^{xb:.2f} is the "
+                         f"largest that completed, below the diverged 2^{diverged:.2f}")
+            low, high = float(below.max()), xb + (diverged - xb) / 2
+        else:
+            flags.append(f"not bracketed above: the best LR 2^{xb:.2f} is the largest "
+                         f"sampled; the optimum may be higher (widen --lr-range up)")
+            low, high = float(below.max()), xb + window
+    else:
+        flags.append(f"one LR only (2^{xb:.2f}): no bowl to fit")
+        low, high = xb - window, xb + window
+    # best-point fallback: the data only says the optimum lies between the best LR's
+    # neighbours; its bootstrap samples spread uniformly over that interval
+    samples = rng.uniform(low, high, size=bootstrap)
+    estimate = Estimate(value=xb, interval=(low, high), method="best-point",
+                        trials=int(x.size))
+    return _cap(estimate, samples, yb, x, diverged, flags)
+
+
+def _cap(estimate: Estimate, samples: np.ndarray, loss: float, x: np.ndarray,
+         diverged: float | None, flags: list[str]):
+    """Keep the optimum below the smallest diverged LR: at most the largest LR known to be
+    stable (a completed trial below it)."""
+    if diverged is None:
+        return estimate, samples, loss, flags
+    stable = x[x < diverged]
+    cap = float(stable.max()) if stable.size else diverged - 1.0
+    if estimate.value > cap:
+        flags.append(f"LR optimum 2^{estimate.value:.2f} capped at 2^{cap:.2f}, the largest "
+                     f"stable LR below the diverged 2^{diverged:.2f}")
+    low, high = estimate.interval
+    estimate = estimate.model_copy(update={"value": min(estimate.value, cap),
+                                           "interval": (min(low, cap), min(high, diverged))})
+    return estimate, np.minimum(samples, diverged), loss, flags
+
+
+def _band_median(codes: np.ndarray, losses: np.ndarray, *, band: float, bootstrap: int,
+                 rng: np.random.Generator) -> tuple[float, tuple[float, float], np.ndarray, int]:
+    """Loss-weighted median of ``codes`` over the near-optimal band, with its bootstrap.
+
+    Weights fall as exp(−Δloss / band) (1 at the best trial, 1/e at the band's edge). The
+    median is one of the sampled values, so a categorical choice (λ = 0, a batch size)
+    stays a choice that was actually tried.
+    """
+    best = losses.min()
+    excess = (losses - best) / (band * best)
+    inside = np.flatnonzero(excess <= 1.0)
+    if inside.size < MIN_BAND_TRIALS:
+        inside = np.argsort(losses)[:MIN_BAND_TRIALS]
+    order = inside[np.argsort(codes[inside], kind="stable")]
+    values, weights = codes[order], np.exp(-excess[order])
+
+    def median(w: np.ndarray) -> np.ndarray:  # w: (B, n) weights aligned with `values`
+        cumulative = np.cumsum(w, axis=-1)
+        return values[(cumulative < cumulative[..., -1:] / 2).sum(axis=-1)]
+
+    value = float(median(weights[None, :])[0])
+    samples = median(_resample_counts(values.size, bootstrap, rng) * weights)
+    low, high = _percentiles(samples)
+    return value, (min(low, value), max(high, value)), samples, int(values.size)
+
+
+class _WidthFit:
+    """One width's evidence plus the bootstrap samples (log2 codes) the transfer fit uses."""
+
+    def __init__(self, evidence: WidthEvidence, codes: dict[str, tuple[float, np.ndarray]]):
+        self.evidence, self.codes = evidence, codes
+
+
+def _zero_code(config: StudyConfig) -> float:
+    """λ = 0 in log2 units: one octave below the searched range (log2 0 is −∞)."""
+    return math.log2(config.space.weight_decay[0]) - 1.0
+
+
+def _fit_width(width: int, rows: list[TrialRecord], config: StudyConfig, *, band: float,
+               window: float, bootstrap: int, rng: np.random.Generator) -> _WidthFit:
+    complete = [r for r in rows if r.status is TrialStatus.COMPLETE and r.hparams is not None
+                and r.final_val_loss is not None and math.isfinite(r.final_val_loss)]
+    diverged_rows = [r for r in rows if r.status is TrialStatus.DIVERGED and r.hparams]
+    diverged_lr = min((r.hparams.lr for r in diverged_rows), default=None)
+    losses = np.array([r.final_val_loss for r in complete])
+    lrs = np.log2([r.hparams.lr for r in complete])
+    searched = config.space.searched
+    optima: dict[str, Estimate] = {}
+    codes: dict[str, tuple[float, np.ndarray]] = {}
+    flags: list[str] = []
+
+    batch = config.space.base.batch_size
+    batches = np.log2([r.hparams.batch_size for r in complete])
+    if "batch_size" in searched:
+        value, interval, samples, used = _band_median(batches, losses, band=band,
+                                                      bootstrap=bootstrap, rng=rng)
+        batch = round(2.0**value)
+        optima["batch_size"] = Estimate(value=batch, interval=tuple(2.0**v for v in interval),
+                                        method="band-median", trials=used)
+        codes["batch_size"] = (value, samples)
+    wds = np.zeros(len(complete))
+    if "weight_decay" in searched:
+        zero = _zero_code(config)
+        wds = np.array([math.log2(r.hparams.weight_decay) if r.hparams.weight_decay > 0
+                        else zero for r in complete])
+        value, interval, samples, used = _band_median(wds, losses, band=band,
+                                                      bootstrap=bootstrap, rng=rng)
+        optima["weight_decay"] = Estimate(
+            value=_from_wd_code(value, zero), interval=tuple(_from_wd_code(v, zero)
+                                                             for v in interval),
+            method="band-median", trials=used)
+        codes["weight_decay"] = (value, samples)
+
+    # The LR bowl is read at the optimum of the other hparams: their losses would blur it.
+    # Batch moves the LR optimum (√k, SPEC §4): trials at the optimum batch when they span
+    # three LRs, else every trial with its LR moved to the optimum batch by the √k rule.
+    # Weight decay adds loss: trials within `window` octaves of its optimum when they still
+    # bracket the best LR.
+    x, y = lrs, losses
+    if "batch_size" in searched:
+        at_batch = batches == math.log2(batch)
+        if np.unique(lrs[at_batch]).size >= 3:
+            x, y = lrs[at_batch], losses[at_batch]
+            wds = wds[at_batch] if "weight_decay" in searched else wds
+        else:
+            x = lrs + 0.5 * (math.log2(batch) - batches)
+            flags.append(f"note: fewer than three LRs at the optimum batch {batch}: LRs of "
+                         f"other batches moved to it by the √k rule")
+    if "weight_decay" in searched:
+        near = np.abs(wds - codes["weight_decay"][0]) <= window
+        if _brackets(x[near], y[near]):
+            x, y = x[near], y[near]
+        else:
+            flags.append("note: the trials near the optimum weight decay do not bracket the "
+                         "best LR: the LR bowl is read across every weight decay")
+    diverged_code = math.log2(diverged_lr) if diverged_lr is not None else None
+    estimate, samples, loss, lr_flags = _lr_optimum(x, y, diverged_code, window=window,
+                                                    bootstrap=bootstrap, rng=rng)
+    flags += lr_flags
+    codes["lr"] = (estimate.value, samples)
+    optima = {"lr": Estimate(value=2.0**estimate.value,
+                             interval=tuple(2.0**v for v in estimate.interval),
+                             method=estimate.method, trials=estimate.trials), **optima}
+    evidence = WidthEvidence(
+        width=width, complete=len(complete), diverged=len(diverged_rows),
+        ignored=len(rows) - len(complete) - len(diverged_rows),
+        best_loss=float(losses.min()), loss_at_optimum=loss, diverged_lr=diverged_lr,
+        optima=optima, flags=tuple(flags))
+    return _WidthFit(evidence, codes)
+
+
+def _brackets(x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether the best of (x, y) has a sampled LR on each side of it."""
+    if x.size == 0:
+        return False
+    best = x[np.argmin(y)]
+    return bool((x < best).any() and (x > best).any())
+
+
+def _from_wd_code(code: float, zero: float) -> float:
+    return 0.0 if code < zero + 0.5 else 2.0**code
+

@@ -1,0 +1,200 @@
+"""The predictor: a study's trials in, a :class:`~hptransfer.transfer.prediction.Prediction` out.
+
+:func:`predict_hparams` reads a study from storage; :func:`predict_from_trials` runs the
+three steps on its records: the optimum of each usable width
+(:mod:`hptransfer.transfer.optimum`), the fit against width (:mod:`hptransfer.transfer.fit`)
+and the rules to the target (:mod:`hptransfer.transfer.rules`), with the closed-form
+baselines (:mod:`hptransfer.transfer.baselines`) to compare against.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hptransfer.hparams import HParams
+from hptransfer.spec import ModelSpec
+from hptransfer.study import StudyConfig, StudyError, TrialRecord, TrialStatus
+from hptransfer.transfer.baselines import _baselines
+from hptransfer.transfer.fit import _transfer_fits
+from hptransfer.transfer.optimum import BAND, WINDOW_OCTAVES, _fit_width
+from hptransfer.transfer.prediction import Evidence, Prediction
+from hptransfer.transfer.rules import (
+    _judge_width_fits,
+    _lr_at_target,
+    _Notes,
+    _weight_decay_at_target,
+)
+
+__all__ = ["PredictionError", "predict_from_trials", "predict_hparams"]
+
+MIN_COMPLETE = 3  # completed trials a width needs (a parabola needs three LRs)
+
+
+class PredictionError(ValueError):
+    """A study that cannot support a prediction, with what to do about it."""
+
+
+# tracebacks name the error where users import it from, as before the package split
+PredictionError.__module__ = "hptransfer.transfer"
+
+
+def _proxy_tokens(config: StudyConfig) -> int:
+    tokens_per_step = config.space.base.batch_size * config.spec.seq_len
+    return config.budget.resolve_steps(tokens_per_step=tokens_per_step) * tokens_per_step
+
+
+def _usable_widths(records: list[TrialRecord], study: str) -> tuple[dict[int, list], list[str]]:
+    by_width: dict[int, list[TrialRecord]] = {}
+    for record in records:
+        by_width.setdefault(record.width, []).append(record)
+    counts = {w: sum(1 for r in rows if r.status is TrialStatus.COMPLETE and r.final_val_loss
+                     is not None and math.isfinite(r.final_val_loss))
+              for w, rows in sorted(by_width.items())}
+    listing = ", ".join(f"width {w}: {n} completed" for w, n in counts.items()) or "no trials"
+    empty = [w for w, n in counts.items() if n == 0]
+    if empty:
+        raise PredictionError(
+            f"study {study!r} has no completed trials at width(s) {empty} ({listing}); run "
+            f"them first (hptransfer tune --study {study} --widths "
+            f"{','.join(map(str, counts))} tops the study up), or check their status with "
+            f"hptransfer status --study {study}")
+    usable = {w: by_width[w] for w, n in counts.items() if n >= MIN_COMPLETE}
+    if len(usable) < 2:
+        raise PredictionError(
+            f"study {study!r} cannot support a prediction: it needs at least two widths with "
+            f"{MIN_COMPLETE} or more completed trials each ({listing}); tune a second width, "
+            f"e.g. hptransfer tune --study {study} --widths 32,64")
+    notes = [f"width {w} left out: {n} completed trial(s), fewer than {MIN_COMPLETE}"
+             for w, n in counts.items() if 0 < n < MIN_COMPLETE]
+    return usable, notes
+
+
+def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_width: int, *,
+                        study: str = "proxy", target_depth: int | None = None,
+                        target_tokens: int | None = None, target_batch: int | None = None,
+                        bootstrap: int = 1000, seed: int = 0, band: float = BAND,
+                        window: float = WINDOW_OCTAVES) -> Prediction:
+    """The prediction from a study's trial records and config (what
+    :func:`predict_hparams` reads from storage); arguments as there."""
+    if config.space.lr is None:
+        raise PredictionError(f"study {study!r} did not search the learning rate (its search "
+                              f"space fixes lr): there is no LR optimum to transfer; tune "
+                              f"one with an --lr-range")
+    if bootstrap < 50:
+        raise PredictionError(f"bootstrap={bootstrap} is too few resamples for a 95% "
+                              f"interval; use at least 50 (default 1000)")
+    for name, value in (("target_depth", target_depth), ("target_tokens", target_tokens),
+                        ("target_batch", target_batch)):
+        if value is not None and value < 1:
+            raise PredictionError(f"{name} must be a positive integer, got {value}")
+    try:
+        spec = ModelSpec(**{**config.spec.model_dump(), "width": target_width,
+                            "depth": target_depth or config.spec.depth})
+    except ValueError as error:
+        raise PredictionError(f"target width {target_width}: {error}") from None
+
+    usable, left_out = _usable_widths(records, study)
+    rng = np.random.default_rng(seed)
+    fits = [_fit_width(w, rows, config, band=band, window=window, bootstrap=bootstrap,
+                       rng=rng) for w, rows in sorted(usable.items())]
+    notes = _Notes()
+    notes.warnings += left_out + [f"width {fit.evidence.width}: {flag}" for fit in fits
+                                  for flag in fit.evidence.flags
+                                  if not flag.startswith("note:")]
+    transfer, zero = _transfer_fits(fits, config, target_width)
+    _judge_width_fits(transfer, config, target_width, max(usable), notes)
+
+    proxy_batch, batch_interval = config.space.base.batch_size, None
+    if "batch_size" in transfer:
+        low, high = transfer["batch_size"].target_interval
+        batch_interval = (float(2 ** round(low)), float(2 ** round(high)))
+        proxy_batch = 2 ** round(transfer["batch_size"].target)
+    if target_batch is not None and target_batch != proxy_batch:
+        batch_interval = None  # chosen by the user, not estimated
+    proxy_tokens = _proxy_tokens(config)
+    bounds = [f.evidence.diverged_lr for f in fits if f.evidence.diverged_lr is not None]
+    lr, lr_low, lr_high = _lr_at_target(
+        transfer["lr"], bounds, proxy_batch=proxy_batch, target_batch=target_batch,
+        proxy_tokens=proxy_tokens, target_tokens=target_tokens, notes=notes)
+    wd, wd_interval = _weight_decay_at_target(transfer.get("weight_decay"), zero, config,
+                                              target_width, notes)
+    if wd > 0 and (target_tokens is not None or target_batch is not None):
+        notes.warnings.append("λ is not rescaled for a different horizon or batch (keeping "
+                              "the AdamW timescale τ = 1/(ηλ) in epochs, Wang & Aitchison "
+                              "2024, is future work)")
+    if target_depth is not None and target_depth != config.spec.depth:
+        notes.warnings.append(
+            f"depth transfer is not supported by this parametrization: the proxies have depth "
+            f"{config.spec.depth}, the target {target_depth}, and hptransfer has no depth "
+            f"rule yet (Depth-µP / CompleteP, SPEC §4); the hparams are those for depth "
+            f"{config.spec.depth}")
+
+    hparams = HParams(**{**config.space.base.model_dump(), "lr": 2.0**lr, "weight_decay": wd,
+                         "batch_size": target_batch or proxy_batch})
+    intervals: dict[str, tuple[float, float]] = {"lr": (2.0**lr_low, 2.0**lr_high)}
+    if wd_interval is not None:
+        intervals["weight_decay"] = wd_interval
+    if batch_interval is not None:
+        intervals["batch_size"] = batch_interval
+    tokens = target_tokens or proxy_tokens
+    evidence = Evidence(widths=tuple(f.evidence for f in fits), fits=transfer,
+                        searched=tuple(transfer), proxy_depth=config.spec.depth,
+                        proxy_tokens=proxy_tokens, proxy_batch=proxy_batch,
+                        bootstrap=bootstrap, seed=seed, band=band, window_octaves=window)
+    return Prediction(study=study, target_width=target_width, target_depth=spec.depth,
+                      target_tokens=tokens, spec=spec, hparams=hparams, intervals=intervals,
+                      rules=tuple(notes.rules), warnings=tuple(notes.warnings),
+                      evidence=evidence,
+                      baselines=_baselines(records, fits, spec, tokens))
+
+
+def _missing_local_storage(url: str) -> str | None:
+    """The path of a local SQLite or journal file that does not exist, else None (opening
+    it would create an empty one)."""
+    from hptransfer.storage import normalize, storage_kind
+
+    url = normalize(url)
+    if storage_kind(url) not in ("sqlite", "journal") or ":memory:" in url:
+        return None
+    path = Path(url.split(":///", 1)[1] if ":///" in url else url.split("://", 1)[1])
+    return None if path.exists() else str(path)
+
+
+def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = None,
+                    target_depth: int | None = None, target_tokens: int | None = None,
+                    target_batch: int | None = None, bootstrap: int = 1000,
+                    seed: int = 0) -> Prediction:
+    """Predict the hparams of a model of width ``target_width`` from study ``study``.
+
+    ``storage`` is an Optuna storage or URL (None: ``$HPTRANSFER_HOME/studies.db``).
+    ``target_tokens`` and ``target_batch`` (sequences) default to the proxies' own; the
+    rules that move the LR for them are listed in ``Prediction.rules``. Raises
+    :class:`PredictionError` when the study cannot support a prediction.
+
+    >>> predict_hparams(1024, study="gone", storage="sqlite:///:memory:")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    hptransfer.transfer.PredictionError: no study named 'gone' in this storage ...
+    """
+    from hptransfer.storage import open_storage
+    from hptransfer.study import load_config, load_trials
+
+    if storage is None or isinstance(storage, str):
+        missing = _missing_local_storage(storage)
+        if missing is not None:
+            raise PredictionError(f"no study {study!r}: there is no storage file at "
+                                  f"{missing}; create the study with hptransfer tune "
+                                  f"--study {study} --widths 32,64")
+        storage = open_storage(storage)
+    try:
+        config = load_config(study, storage)
+        records = load_trials(study, storage)
+    except StudyError as error:
+        raise PredictionError(str(error)) from None
+    return predict_from_trials(records, config, target_width, study=study,
+                               target_depth=target_depth, target_tokens=target_tokens,
+                               target_batch=target_batch, bootstrap=bootstrap, seed=seed)
