@@ -280,8 +280,8 @@ class TrialProgress:
         if trial.final_val_loss is not None and trial.status.value == "complete":
             self._best = min(self._best, trial.final_val_loss)
         best = "best —" if math.isinf(self._best) else f"best {self._best:.4f}"
-        self._bar.update(self._task, advance=1, best=f"{best} (w{trial.width} "
-                                                     f"#{trial.number} {trial.status.value})")
+        self._bar.update(self._task, advance=1, best=f"{best} · last: w{trial.width} "
+                                                     f"#{trial.number} {trial.status.value}")
 
     def close(self) -> None:
         if self._bar is not None and self._started:
