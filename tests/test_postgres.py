@@ -15,20 +15,19 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 import optuna
 import pytest
 from click.testing import CliRunner
+from workers import PID_ATTR, wait_for_another_worker
 
 from hptransfer.cli import main
 from hptransfer.storage import open_storage
 from hptransfer.study import TrialStatus, load_trials
 
 GRID = [2.0**-8, 2.0**-6, 2.0**-4]  # the warm-start grid of --lr-range 2^-8,2^-4
-PID_ATTR = "hptransfer:pid"
 
 
 def _server_binaries() -> Path | None:
@@ -109,17 +108,6 @@ def postgres_url():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _wait_for_another_worker(url: str, name: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        study = optuna.load_study(study_name=name, storage=open_storage(url))
-        pids = {t.system_attrs.get(PID_ATTR) for t in study.get_trials(deepcopy=False)}
-        if pids - {None, os.getpid()}:
-            return
-        time.sleep(0.1)
-    pytest.fail(f"no second worker started a trial of {name} within {timeout} s")
-
-
 def test_two_workers_share_a_postgres_study(postgres_url, text_file, tmp_path, monkeypatch):
     from hptransfer.cli import studies
 
@@ -135,7 +123,7 @@ def test_two_workers_share_a_postgres_study(postgres_url, text_file, tmp_path, m
     def update(self, trial):
         if not waited:
             waited.append(True)
-            _wait_for_another_worker(postgres_url, "pg.w32")
+            wait_for_another_worker(postgres_url, "pg.w32")
         original(self, trial)
 
     monkeypatch.setattr(studies.TrialProgress, "update", update)

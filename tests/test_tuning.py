@@ -28,6 +28,7 @@ import optuna
 import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
+from workers import PID_ATTR, wait_for_another_worker
 
 from hptransfer.budget import Budget
 from hptransfer.cli import main
@@ -49,7 +50,6 @@ from hptransfer.tuning import SamplerKind, WarmStart, tune
 
 LR_RANGE = (2.0**-8, 2.0**-4)  # warm-start grid (2 octaves apart): 2^-8, 2^-6, 2^-4
 GRID = [2.0**-8, 2.0**-6, 2.0**-4]
-PID_ATTR = "hptransfer:pid"  # system attribute of a running trial (see hptransfer.tuning)
 
 # a [hparams]/[budget] base for every CLI tune: the command has no --batch-size flag
 TINY_TOML = """\
@@ -305,17 +305,6 @@ def test_kill_9_mid_trial_then_resume(runner, text_file, tiny_toml, tmp_path, ho
     assert Counter(r.hparams.lr for r in done_records) == Counter(GRID)
 
 
-def _wait_for_another_worker(url: str, name: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        study = optuna.load_study(study_name=name, storage=open_storage(url))
-        pids = {t.system_attrs.get(PID_ATTR) for t in study.get_trials(deepcopy=False)}
-        if pids - {None, os.getpid()}:
-            return
-        time.sleep(0.1)
-    pytest.fail(f"no second worker started a trial of {name} within {timeout} s")
-
-
 @pytest.mark.parametrize("file_name", ["s.db", "s.log"])
 def test_two_workers_record_every_trial_once(file_name, runner, text_file, tiny_toml,
                                              tmp_path, monkeypatch):
@@ -331,7 +320,7 @@ def test_two_workers_record_every_trial_once(file_name, runner, text_file, tiny_
     def update(self, trial):
         if not waited:
             waited.append(True)
-            _wait_for_another_worker(url, "w.w32")
+            wait_for_another_worker(url, "w.w32")
         original(self, trial)
 
     monkeypatch.setattr(studies.TrialProgress, "update", update)
