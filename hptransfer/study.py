@@ -48,6 +48,11 @@ class StudyConfig(FrozenConfig):
     corpus_hash: str
     data: str | None = Field(None, description="--data path, None for the built-in corpus")
 
+    def tokens_per_trial(self) -> int:
+        """Training tokens of one trial at the base batch size (the proxies' horizon)."""
+        tokens_per_step = self.space.base.batch_size * self.spec.seq_len
+        return self.budget.resolve_steps(tokens_per_step=tokens_per_step) * tokens_per_step
+
     def spec_at(self, width: int) -> ModelSpec:
         return ModelSpec(**{**self.spec.model_dump(), "width": width})
 

@@ -256,7 +256,7 @@ def open_width_study(name: str, width: int, config: StudyConfig, storage, *,
     study_name = width_study_name(name, width)
     kwargs = dict(study_name=study_name, storage=storage,
                   sampler=make_sampler(sampler, config, config.seed + width),
-                  pruner=make_pruner(pruning, budget_tokens(config)))
+                  pruner=make_pruner(pruning, config.tokens_per_trial()))
     if create:
         study = optuna.create_study(direction="minimize", load_if_exists=True, **kwargs)
     else:
@@ -396,10 +396,6 @@ def study_config(*, spec: ModelSpec | None = None, space: SearchSpace | None = N
                        corpus_hash=corpus.content_hash, data=data)
 
 
-def budget_tokens(config: StudyConfig) -> int:
-    """Training tokens of one trial at the base batch size."""
-    tokens_per_step = config.space.base.batch_size * config.spec.seq_len
-    return config.budget.resolve_steps(tokens_per_step=tokens_per_step) * tokens_per_step
 
 
 # ---- the tune: every width, N workers each ---------------------------------------------------

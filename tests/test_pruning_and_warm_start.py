@@ -12,7 +12,7 @@ from hptransfer.hparams import HParams
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
 from hptransfer.study import StudyConfig, TrialStatus, load_config, load_trials
-from hptransfer.tuning import Pruning, WarmStart, budget_tokens, tune
+from hptransfer.tuning import Pruning, WarmStart, tune
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +37,7 @@ def test_pruners_stop_trials_only_in_the_second_half(tiny_corpus, tmp_path, prun
          storage=str(tmp_path / "s.db"), threads=1)
     records = load_trials("p", str(tmp_path / "s.db"))
     pruned = [r for r in records if r.status is TrialStatus.PRUNED]
-    half = budget_tokens(config) // 2
+    half = config.tokens_per_trial() // 2
     for record in pruned:
         # the last reported point is where it was stopped: never in the first half
         assert record.val_curve[-1].tokens >= half, record

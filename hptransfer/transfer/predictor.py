@@ -42,11 +42,6 @@ class PredictionError(ValueError):
 PredictionError.__module__ = "hptransfer.transfer"
 
 
-def _proxy_tokens(config: StudyConfig) -> int:
-    tokens_per_step = config.space.base.batch_size * config.spec.seq_len
-    return config.budget.resolve_steps(tokens_per_step=tokens_per_step) * tokens_per_step
-
-
 def _usable_widths(records: list[TrialRecord], study: str) -> tuple[dict[int, list], list[str]]:
     by_width: dict[int, list[TrialRecord]] = {}
     for record in records:
@@ -115,7 +110,7 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
         proxy_batch = 2 ** round(transfer["batch_size"].target)
     if target_batch is not None and target_batch != proxy_batch:
         batch_interval = None  # chosen by the user, not estimated
-    proxy_tokens = _proxy_tokens(config)
+    proxy_tokens = config.tokens_per_trial()
     bounds = [f.evidence.diverged_lr for f in fits if f.evidence.diverged_lr is not None]
     lr, lr_low, lr_high = _lr_at_target(
         transfer["lr"], bounds, proxy_batch=proxy_batch, target_batch=target_batch,
