@@ -38,17 +38,22 @@ _EXPORTS = {
     "tune": "hptransfer.tuning",
     "Prediction": "hptransfer.transfer",
     "predict_hparams": "hptransfer.transfer",
+    "Confirmation": "hptransfer.confirmation",
+    "confirm": "hptransfer.confirmation",
+    "write_report": "hptransfer.report",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
     from hptransfer.budget import Budget
+    from hptransfer.confirmation import Confirmation, confirm
     from hptransfer.coord_check import coord_check
     from hptransfer.corpus import Corpus, load_corpus
     from hptransfer.hparams import HParams, WeightDecay
     from hptransfer.model import Transformer
     from hptransfer.record import RunRecord, Status
+    from hptransfer.report import write_report
     from hptransfer.space import SearchSpace
     from hptransfer.spec import ModelSpec, Parametrization, Precision
     from hptransfer.study import StudyConfig, load_trials

@@ -67,14 +67,14 @@ def _png_bytes(fig) -> bytes:
 
 def write_study_report(name: str, records: list[TrialRecord], summaries: list[WidthSummary],
                        out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``<name>_transfer.png`` and a self-contained ``<name>_report.html``.
+    """Write ``<name>_transfer.png`` and a self-contained ``<name>_plot.html``.
 
     Both are written to temporary names and renamed, so a crash leaves no half a file.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     png = _png_bytes(transfer_figure(name, records))
-    png_path, html_path = out / f"{name}_transfer.png", out / f"{name}_report.html"
+    png_path, html_path = out / f"{name}_transfer.png", out / f"{name}_plot.html"
     rows = "".join(
         f"<tr><td>{s.width}</td><td>{s.finished}</td><td>{s.complete}</td>"
         f"<td>{s.diverged}</td><td>{s.pruned}</td>"

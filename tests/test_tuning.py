@@ -463,7 +463,7 @@ def test_status_and_plot(runner, text_file, tiny_toml, tmp_path, home):
     out = tmp_path / "reports"
     invoke(runner, ["plot", "--study", "s", "--out", str(out)])
     assert (out / "s_transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "s_report.html").read_text().lower().startswith("<!doctype html")
+    assert (out / "s_plot.html").read_text().lower().startswith("<!doctype html")
     invoke(runner, ["plot", "--study", "missing", "--out", str(out)], code=2)
 
 

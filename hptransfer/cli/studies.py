@@ -414,5 +414,5 @@ def plot(study_name, storage, out) -> None:
     except StudyError as error:
         fail(str(error))
     png, page = write_study_report(study_name, records, summarize(records), out)
-    click.echo(f"plot:   {png}\nreport: {page}")
+    click.echo(f"plot: {png}\npage: {page}")
 

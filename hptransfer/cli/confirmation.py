@@ -1,0 +1,124 @@
+"""``hptransfer confirm`` and ``hptransfer report``: check a prediction at the target width,
+and write up a study."""
+
+from __future__ import annotations
+
+import click
+
+from hptransfer.cli.app import main
+from hptransfer.cli.options import fail, threads_option
+
+
+def _offsets(ctx, param, text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of octaves "
+                                 f"(example: -1,-0.5,0,0.5,1)") from None
+    if 0.0 not in values or len(set(values)) < 2:
+        raise click.BadParameter(f"need 0 (the predicted point) and at least one neighbour, "
+                                 f"got {text!r}")
+    return values
+
+
+def _local_storage_or_fail(storage: str | None, study: str) -> None:
+    """Refuse a local storage file that does not exist (opening it would create it)."""
+    from hptransfer.storage import StorageError
+    from hptransfer.transfer.predictor import _missing_local_storage
+
+    try:
+        missing = _missing_local_storage(storage)
+    except StorageError as error:
+        fail(str(error))
+    if missing is not None:
+        fail(f"no study {study!r}: there is no storage file at {missing}; create the study "
+             f"with hptransfer tune --study {study} --widths 32,64")
+
+
+@main.command()
+@click.option("--target-width", type=click.IntRange(min=1), required=True,
+              help="width (d_model) of the model whose prediction to check")
+@click.option("--study", "study_name", default="proxy", show_default=True,
+              help="the tuned study the prediction comes from")
+@click.option("--storage", default=None,
+              help="storage URL [default: $HPTRANSFER_HOME/studies.db]")
+@click.option("--offsets", default="-1,-0.5,0,0.5,1", show_default=True,
+              callback=_offsets, help="LR offsets in octaves around the prediction")
+@click.option("--json", "as_json", is_flag=True, help="print the confirmation as JSON")
+@threads_option
+def confirm(target_width, study_name, storage, offsets, as_json, threads) -> None:
+    """Train the predicted point and its LR neighbours at --target-width and judge it.
+
+    The runs are recorded in the study's storage (as the Optuna study
+    NAME.confirm.wWIDTH); running the command again trains only the missing ones. The
+    verdict is CONFIRMED, OPTIMUM HIGHER, OPTIMUM LOWER or INCONCLUSIVE, with the loss
+    regret of the prediction; the exit status is 0 whatever the verdict.
+    """
+    from hptransfer.confirmation import confirm as run_confirm
+    from hptransfer.corpus import CorpusError
+    from hptransfer.storage import StorageError
+    from hptransfer.study import StudyError
+    from hptransfer.transfer import PredictionError
+
+    _local_storage_or_fail(storage, study_name)
+
+    def progress(run) -> None:
+        if not as_json:
+            loss = "" if run.loss is None else f" loss {run.loss:.4f}"
+            click.echo(f"  offset {run.offset:+g}: lr {run.lr:.4g} {run.status.value}{loss}")
+
+    try:
+        result = run_confirm(target_width, study=study_name, storage=storage,
+                             offsets=offsets, threads=threads, on_run=progress)
+    except (PredictionError, StudyError, StorageError, CorpusError, ValueError) as error:
+        fail(str(error))
+    if as_json:
+        click.echo(result.model_dump_json(indent=2))
+        return
+    print_confirmation(result)
+
+
+def print_confirmation(result) -> None:
+    echo = click.echo
+    echo(f"study {result.study} → width {result.target_width}: predicted lr "
+         f"{result.predicted_lr:.4g}")
+    echo(f"  {'offset':>7} {'lr':>10} {'status':>9} {'val loss':>9}")
+    for run in result.runs:
+        loss = "" if run.loss is None else f"{run.loss:.4f}"
+        mark = "  ← best" if run.offset == result.best_offset else ""
+        echo(f"  {run.offset:>+7g} {run.lr:>10.4g} {run.status.value:>9} {loss:>9}{mark}")
+    regret = "n/a" if result.regret is None else f"{100 * result.regret:.2f}%"
+    color = {"CONFIRMED": "green", "INCONCLUSIVE": "yellow"}.get(result.verdict.value, "red")
+    echo("")
+    echo(click.style(f"verdict: {result.verdict.value}", fg=color, bold=True)
+         + f"  (regret {regret}, tolerance {100 * result.tolerance:.2g}%)")
+    for note in result.notes:
+        echo(f"  - {note}")
+
+
+@main.command()
+@click.option("--study", "study_name", required=True, help="study to report on")
+@click.option("--storage", default=None,
+              help="storage URL [default: $HPTRANSFER_HOME/studies.db]")
+@click.option("--target-width", type=click.IntRange(min=1), default=None,
+              help="width to show the prediction for [default: the widest confirmed one, "
+                   "else none]")
+@click.option("--out", type=click.Path(file_okay=False), default="reports", show_default=True,
+              help="folder for the Markdown and HTML report")
+def report(study_name, storage, target_width, out) -> None:
+    """Write NAME_report.md and a self-contained NAME_report.html: the µTransfer plot, the
+    LR optimum vs width with the prediction, its rules and warnings, and the confirmation
+    runs with their verdict."""
+    from hptransfer.report import write_report
+    from hptransfer.storage import StorageError
+    from hptransfer.study import StudyError
+
+    _local_storage_or_fail(storage, study_name)
+    try:
+        written = write_report(study_name, storage=storage, target_width=target_width,
+                               out_dir=out)
+    except (StudyError, StorageError) as error:
+        fail(str(error))
+    click.echo(f"markdown: {written.markdown}\nhtml:     {written.html}")
+    if written.verdict is not None:
+        click.echo(f"verdict at width {written.target_width}: {written.verdict}")

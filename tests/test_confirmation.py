@@ -1,0 +1,181 @@
+"""Confirmation runs and the study report: ``hptransfer confirm`` and ``hptransfer report``.
+
+The verdict logic is tested on synthetic run lists. One module-scoped fixture tunes a tiny
+real study (widths 32 and 64, one block, 4 steps, 4 trials each) and confirms its prediction
+at width 64 with three offsets; the other tests read that storage.
+"""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from hptransfer.budget import Budget
+from hptransfer.cli import main
+from hptransfer.confirmation import (
+    Confirmation,
+    ConfirmationRun,
+    ConfirmationVerdict,
+    confirm,
+    confirmation_study_name,
+    judge,
+    load_confirmation,
+)
+from hptransfer.hparams import HParams
+from hptransfer.space import SearchSpace
+from hptransfer.spec import ModelSpec
+from hptransfer.study import StudyConfig, TrialStatus, load_trials, study_names
+
+OFFSETS = (-1.0, 0.0, 1.0)
+
+
+def runs(*pairs, status=None) -> list[ConfirmationRun]:
+    """(offset, loss) pairs; loss None means diverged."""
+    return [ConfirmationRun(offset=o, lr=2.0 ** (o - 6), loss=loss,
+                            status=TrialStatus.DIVERGED if loss is None else TrialStatus.COMPLETE)
+            for o, loss in pairs]
+
+
+# ---- the verdict ----------------------------------------------------------------------------
+
+def test_confirmed_within_tolerance():
+    result = judge(runs((-1, 3.10), (-0.5, 3.008), (0, 3.01), (0.5, 3.02), (1, 3.2)))
+    assert result.verdict is ConfirmationVerdict.CONFIRMED
+    assert result.best_offset == -0.5 and result.regret == pytest.approx(0.002 / 3.008)
+
+
+def test_optimum_higher_and_lower():
+    higher = judge(runs((-1, 3.3), (-0.5, 3.2), (0, 3.1), (0.5, 3.0), (1, 3.05)))
+    assert higher.verdict is ConfirmationVerdict.OPTIMUM_HIGHER and higher.best_offset == 0.5
+    assert higher.regret == pytest.approx(0.1 / 3.0) and not higher.notes
+    lower = judge(runs((-1, 3.05), (-0.5, 3.0), (0, 3.1), (0.5, None), (1, None)))
+    assert lower.verdict is ConfirmationVerdict.OPTIMUM_LOWER and lower.best_offset == -0.5
+    assert any("offset +0.5 diverged" in n for n in lower.notes)
+
+
+def test_best_at_the_edge_says_so():
+    edge = judge(runs((-1, 3.3), (0, 3.1), (1, 3.0)))
+    assert edge.verdict is ConfirmationVerdict.OPTIMUM_HIGHER
+    assert any("edge of the offsets" in n for n in edge.notes)
+
+
+def test_inconclusive_when_the_prediction_did_not_complete():
+    result = judge(runs((-1, 3.0), (0, None), (1, None)))
+    assert result.verdict is ConfirmationVerdict.INCONCLUSIVE and result.regret is None
+    assert any("predicted point did not complete (diverged)" in n for n in result.notes)
+    alone = judge(runs((-1, None), (0, 3.0), (1, None)))
+    assert alone.verdict is ConfirmationVerdict.INCONCLUSIVE
+
+
+# ---- a real tiny study ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def confirmed(tmp_path_factory, tiny_corpus, text_file):
+    """(storage URL, the first confirmation, the confirmation of a second call)."""
+    from hptransfer.tuning import tune
+
+    folder = tmp_path_factory.mktemp("confirm")
+    url = f"sqlite:///{folder / 'studies.db'}"
+    config = StudyConfig(
+        spec=ModelSpec(width=32, depth=1, head_dim=16, seq_len=32, base_width=32),
+        budget=Budget(steps=4, eval_every=2, eval_tokens=1024),
+        space=SearchSpace(lr=(2.0**-8, 2.0**-4), base=HParams(batch_size=4)),
+        corpus_hash=tiny_corpus.content_hash, data=text_file)
+    seen = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HPTRANSFER_HOME", str(folder / "home"))
+        tune(config, study="tiny", widths=(32, 64), trials=4, storage=url, corpus=tiny_corpus,
+             threads=1)
+        first = confirm(64, study="tiny", storage=url, offsets=OFFSETS, threads=1,
+                        on_run=seen.append)
+        second = confirm(64, study="tiny", storage=url, offsets=OFFSETS, threads=1,
+                         on_run=seen.append)
+    return url, first, second, seen
+
+
+def test_confirm_records_runs_beside_the_study(confirmed):
+    import optuna
+
+    url, first, _, seen = confirmed
+    assert isinstance(first, Confirmation) and first.target_width == 64
+    assert [r.offset for r in first.runs] == list(OFFSETS) and len(seen) == 3
+    assert all(r.status is not TrialStatus.WAITING for r in first.runs)
+    trials = optuna.load_study(study_name=confirmation_study_name("tiny", 64),
+                               storage=url).get_trials()
+    assert len(trials) == 3
+    attrs = trials[0].user_attrs
+    for key in ("width", "spec", "hparams", "status", "final_val_loss", "val_curve", "flops",
+                "wall_time_s", "tokens_per_s", "corpus_hash", "offset"):
+        assert key in attrs, key
+    assert attrs["role"] == "confirmation" and attrs["width"] == 64
+    # the confirmation study is not a proxy width of "tiny", nor a study of its own
+    assert study_names(url) == {"tiny": [32, 64]}
+    assert {r.study for r in load_trials("tiny", url)} == {"tiny.w32", "tiny.w64"}
+
+
+def test_confirm_is_resumable_and_judged(confirmed):
+    url, first, second, seen = confirmed
+    assert len(seen) == 3  # the second call trained nothing
+    assert second.runs == first.runs and second.verdict is first.verdict
+    assert first.verdict in ConfirmationVerdict
+    if first.verdict is not ConfirmationVerdict.INCONCLUSIVE:
+        assert first.regret is not None and first.regret >= 0
+    assert load_confirmation("tiny", 64, url).runs == first.runs
+    assert load_confirmation("tiny", 128, url) is None
+
+
+def test_report_writes_markdown_and_html(confirmed, tmp_path):
+    from hptransfer.report import write_report
+
+    url, first, _, _ = confirmed
+    written = write_report("tiny", storage=url, out_dir=tmp_path)
+    assert written.target_width == 64 and written.verdict == first.verdict.value
+    page = written.html.read_text()
+    assert page.count("data:image/png;base64,") == 2 and first.verdict.value in page
+    markdown = written.markdown.read_text()
+    assert "![µTransfer plot](tiny_transfer.png)" in markdown
+    assert "tiny_optimum.png" in markdown and first.verdict.value in markdown
+    assert all(path.stat().st_size > 0 for path in written.images)
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch) -> CliRunner:
+    monkeypatch.setenv("HPTRANSFER_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()
+
+
+def test_cli_confirm_and_report(runner, confirmed, tmp_path):
+    url, first, _, _ = confirmed
+    result = runner.invoke(main, ["confirm", "--target-width", "64", "--study", "tiny",
+                                  "--storage", url, "--offsets", "-1,0,1"])
+    assert result.exit_code == 0, result.output
+    assert f"verdict: {first.verdict.value}" in result.output
+    result = runner.invoke(main, ["confirm", "--target-width", "64", "--study", "tiny",
+                                  "--storage", url, "--offsets", "-1,0,1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert Confirmation.model_validate_json(result.output).runs == first.runs
+    result = runner.invoke(main, ["report", "--study", "tiny", "--storage", url,
+                                  "--target-width", "64", "--out", "r"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r" / "tiny_report.md").exists()
+    assert (tmp_path / "r" / "tiny_report.html").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["confirm", "--target-width", "64", "--study", "nope"], "no study 'nope'"),
+    (["confirm", "--target-width", "64", "--study", "nope", "--storage", "{url}"],
+     "no study named 'nope'"),
+    (["confirm", "--target-width", "64", "--study", "tiny", "--storage", "{url}",
+      "--offsets", "-1,1"], "need 0"),
+    (["confirm", "--target-width", "100", "--study", "tiny", "--storage", "{url}"],
+     "head_dim"),
+    (["report", "--study", "nope", "--storage", "{url}"], "no study named 'nope'"),
+    (["report", "--study", "nope"], "no study 'nope'"),
+])
+def test_cli_bad_input_exits_2(runner, confirmed, args, message):
+    url = confirmed[0]
+    result = runner.invoke(main, [a.replace("{url}", url) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
