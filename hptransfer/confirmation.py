@@ -194,44 +194,12 @@ def _summarize(study: str, width: int, predicted: HParams, runs: list[Confirmati
 
 def _run_one(optuna_study, trial, hparams: HParams, offset: float, predicted: float, spec,
              config, corpus, threads: int) -> None:
-    """Train one confirmation run and record it like a tune trial (hptransfer.tuning)."""
-    import optuna
+    """Train one confirmation run and record it like a tune trial (no pruning)."""
+    from hptransfer.tuning import record_run
 
-    from hptransfer.provenance import collect
-    from hptransfer.record import Status
-    from hptransfer.training import train
-    from hptransfer.tuning import _Heartbeat
-
-    beat = _Heartbeat(optuna_study._storage, trial._trial_id)
-    try:
-        for key, value in (("width", spec.width), ("spec", spec.model_dump_json()),
-                           ("hparams", hparams.model_dump_json()),
-                           ("corpus_hash", corpus.content_hash),
-                           ("provenance", collect(threads).model_dump_json()),
-                           ("offset", offset), ("predicted_lr", predicted), ("role", ROLE)):
-            trial.set_user_attr(key, value)
-        try:
-            record = train(spec, hparams, config.budget, corpus, seed=config.seed,
-                           threads=threads)
-        except Exception as error:  # recorded, not retried: it would fail again
-            trial.set_user_attr("status", TrialStatus.ERROR.value)
-            trial.set_user_attr("reason", f"{type(error).__name__}: {error}")
-            optuna_study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            return
-        for key, value in (("status", record.status.value), ("reason", record.reason),
-                           ("final_val_loss", record.final_val_loss),
-                           ("val_curve", json.dumps([p.model_dump() for p in
-                                                     record.val_curve])),
-                           ("flops", record.flops), ("wall_time_s", record.wall_time_s),
-                           ("tokens_per_s", record.tokens_per_s), ("steps", record.steps),
-                           ("tokens_seen", record.tokens_seen)):
-            trial.set_user_attr(key, value)
-        if record.status is Status.COMPLETE:
-            optuna_study.tell(trial, record.final_val_loss)
-        else:  # diverged: not a loss
-            optuna_study.tell(trial, state=optuna.trial.TrialState.FAIL)
-    finally:
-        beat.stop()
+    record_run(optuna_study, trial, spec=spec, hparams=hparams, config=config, corpus=corpus,
+               threads=threads, attrs=(("offset", offset), ("predicted_lr", predicted),
+                                       ("role", ROLE)))
 
 
 def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from enum import Enum
+from typing import Any
 
 from hptransfer.budget import Budget
 from hptransfer.corpus import Corpus
@@ -52,8 +53,8 @@ from hptransfer.study import (
     width_study_name,
 )
 
-__all__ = ["Pruning", "SamplerKind", "TuneResult", "WarmStart", "run_worker", "study_config",
-           "tune"]
+__all__ = ["Pruning", "SamplerKind", "TuneResult", "WarmStart", "record_run", "run_worker",
+           "study_config", "tune"]
 
 # The built-in CPU proxy setting (docs/tuning.md): 8 trials of width 128 take about 7 minutes
 # on 2 cores; the LR range spans the bowl of every width from 32 to 256.
@@ -296,22 +297,28 @@ def enqueue_warm_start(study, config: StudyConfig, warm: WarmStart,
     study.set_user_attr("warm_started", True)
 
 
-def _run_trial(study, config: StudyConfig, width: int, corpus: Corpus, threads: int) -> None:
+def record_run(study, trial, *, spec: ModelSpec, hparams: HParams, config: StudyConfig,
+               corpus: Corpus, threads: int, attrs: tuple[tuple[str, Any], ...] = (),
+               prune: bool = False) -> None:
+    """Train ``spec``/``hparams`` as ``trial`` of ``study`` and record it, under a lease.
+
+    The one place a run becomes a trial (tune trials and confirmation runs alike): what it
+    trained (width, spec, hparams, corpus hash, provenance, ``attrs``), what came of it
+    (status, reason, losses, curve, cost) and the Optuna state: COMPLETE with the final
+    validation loss, PRUNED, or FAIL for a diverged run (not a loss; it bounds the stable
+    region) and for an exception (recorded, never retried: it would fail again).
+    """
     import optuna
 
     from hptransfer.provenance import collect
     from hptransfer.training import train
 
-    trial = study.ask()
-    storage = study._storage
-    beat = _Heartbeat(storage, trial._trial_id)
+    beat = _Heartbeat(study._storage, trial._trial_id)
     try:
-        hparams = config.space.suggest(trial)
-        spec = config.spec_at(width)
-        for key, value in (("width", width), ("spec", spec.model_dump_json()),
+        for key, value in (("width", spec.width), ("spec", spec.model_dump_json()),
                            ("hparams", hparams.model_dump_json()),
                            ("corpus_hash", corpus.content_hash),
-                           ("provenance", collect(threads).model_dump_json())):
+                           ("provenance", collect(threads).model_dump_json()), *attrs):
             trial.set_user_attr(key, value)
 
         def on_eval(point: CurvePoint) -> Verdict:
@@ -320,8 +327,8 @@ def _run_trial(study, config: StudyConfig, width: int, corpus: Corpus, threads: 
 
         try:
             record = train(spec, hparams, config.budget, corpus, seed=config.seed,
-                           on_eval=on_eval, threads=threads)
-        except Exception as error:  # recorded, never silently retried: it would fail again
+                           on_eval=on_eval if prune else None, threads=threads)
+        except Exception as error:
             trial.set_user_attr("status", TrialStatus.ERROR.value)
             trial.set_user_attr("reason", f"{type(error).__name__}: {error}")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -338,10 +345,16 @@ def _run_trial(study, config: StudyConfig, width: int, corpus: Corpus, threads: 
             study.tell(trial, record.final_val_loss)
         elif record.status is Status.PRUNED:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:  # diverged: not a loss; it bounds the stable region (see hptransfer.study)
+        else:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
     finally:
         beat.stop()
+
+
+def _run_trial(study, config: StudyConfig, width: int, corpus: Corpus, threads: int) -> None:
+    trial = study.ask()
+    record_run(study, trial, spec=config.spec_at(width), hparams=config.space.suggest(trial),
+               config=config, corpus=corpus, threads=threads, prune=True)
 
 
 def run_worker(name: str, width: int, config: StudyConfig, storage, corpus: Corpus, *,
