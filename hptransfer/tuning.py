@@ -26,6 +26,7 @@ of the budget has run (``n_warmup_steps`` / ``min_resource``), and pruning is of
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import threading
@@ -54,7 +55,7 @@ from hptransfer.study import (
 )
 
 __all__ = ["Pruning", "SamplerKind", "TuneResult", "WarmStart", "record_run", "run_worker",
-           "study_config", "tune"]
+           "study_config", "tune", "warm_start_lrs"]
 
 # The built-in CPU proxy setting (docs/tuning.md): 8 trials of width 128 take about 7 minutes
 # on 2 cores; the LR range spans the bowl of every width from 32 to 256.
@@ -281,12 +282,25 @@ def running_count(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
+def warm_start_lrs(config: StudyConfig) -> list[float]:
+    """The LR grid two octaves apart, centre of the range first, then outwards.
+
+    Centre-out so that a study with fewer trials than grid points still brackets the bowl
+    (2^-8, 2^-6, 2^-10, 2^-4, … for the default range) instead of running only small LRs.
+    """
+    octaves = config.space.lr_octaves(step=2)
+    if not octaves:
+        return []
+    middle = (math.log2(octaves[0]) + math.log2(octaves[-1])) / 2
+    return sorted(octaves, key=lambda lr: (abs(math.log2(lr) - middle), lr))
+
+
 def enqueue_warm_start(study, config: StudyConfig, warm: WarmStart,
                        previous: list[TrialRecord]) -> None:
     """Enqueue the LR octave grid (and the previous width's best points), once per study."""
     if warm is WarmStart.NONE or study.user_attrs.get("warm_started"):
         return
-    for lr in config.space.lr_octaves(step=2):
+    for lr in warm_start_lrs(config):
         study.enqueue_trial(config.space.grid_point(lr), user_attrs={"grid_point": True})
     if warm is WarmStart.OCTAVES_AND_PREVIOUS:
         done = sorted((t for t in previous if t.status is TrialStatus.COMPLETE),

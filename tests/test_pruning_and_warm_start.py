@@ -3,6 +3,8 @@ YAML config files work like TOML ones."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from click.testing import CliRunner
 
@@ -12,7 +14,7 @@ from hptransfer.hparams import HParams
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
 from hptransfer.study import StudyConfig, TrialStatus, load_config, load_trials
-from hptransfer.tuning import Pruning, WarmStart, tune
+from hptransfer.tuning import Pruning, WarmStart, tune, warm_start_lrs
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +68,8 @@ def test_warm_start_previous_enqueues_the_best_lrs_of_the_previous_width(tiny_co
     w32 = sorted((r for r in records if r.width == 32 and r.status is TrialStatus.COMPLETE),
                  key=lambda r: r.final_val_loss)
     w64 = sorted((r for r in records if r.width == 64), key=lambda r: r.number)
-    grid = config.space.lr_octaves(step=2)
+    grid = warm_start_lrs(config)
+    assert sorted(grid) == config.space.lr_octaves(step=2)
     # the width-64 study runs the grid first, then the previous width's best LRs
     assert [r.hparams.lr for r in w64[:len(grid)]] == grid
     assert [r.hparams.lr for r in w64[len(grid):5]] == [r.hparams.lr for r in w32[:2]]
@@ -126,3 +129,10 @@ def test_more_widths_later_resume_the_same_study(tiny_corpus, tmp_path):
     with pytest.raises(StudyError, match="different spec"):
         tune(other, widths=(128,), **run)
     assert {r.width for r in load_trials("m", storage)} == {32, 64}  # nothing ran
+
+
+def test_warm_start_grid_runs_centre_first(tiny_corpus):
+    """Fewer trials than grid points still bracket the bowl."""
+    config = _config(tiny_corpus)  # LR range 2^-12 … 2^-2
+    assert [round(math.log2(lr)) for lr in warm_start_lrs(config)] == [
+        -8, -6, -10, -4, -12, -2]

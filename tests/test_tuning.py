@@ -50,6 +50,7 @@ from hptransfer.tuning import SamplerKind, WarmStart, tune
 
 LR_RANGE = (2.0**-8, 2.0**-4)  # warm-start grid (2 octaves apart): 2^-8, 2^-6, 2^-4
 GRID = [2.0**-8, 2.0**-6, 2.0**-4]
+ENQUEUED = [2.0**-6, 2.0**-8, 2.0**-4]  # the grid, centre first (tuning.warm_start_lrs)
 
 # a [hparams]/[budget] base for every CLI tune: the command has no --batch-size flag
 TINY_TOML = """\
@@ -158,7 +159,7 @@ def test_tune_records_every_trial(config, tiny_corpus, tmp_path):
         study = optuna.load_study(study_name=width_study_name("t", width), storage=url)
         trials = sorted(study.get_trials(), key=lambda t: t.number)
         # the warm-start grid first, once each; then the sampler's own points
-        assert [t.params["lr"] for t in trials[:len(GRID)]] == GRID
+        assert [t.params["lr"] for t in trials[:len(GRID)]] == ENQUEUED
         assert all(t.user_attrs.get("grid_point") for t in trials[:len(GRID)])
         assert not any(t.params["lr"] in GRID for t in trials[len(GRID):])
         for t in trials:
@@ -183,7 +184,7 @@ def test_resume_tops_up_and_keeps_finished_trials(config, tiny_corpus, tmp_path)
     second = records_of("t", url)
     assert len(second) == 4 and len(finished(second)) == 4
     assert second[:2] == first[:2]  # same numbers, params, values, curves, timings
-    assert [r.hparams.lr for r in second[:3]] == GRID  # the grid was not enqueued twice
+    assert [r.hparams.lr for r in second[:3]] == ENQUEUED  # the grid was not enqueued twice
 
     tune(config, trials=4, **run)
     assert records_of("t", url) == second
@@ -474,7 +475,7 @@ def test_worker_joins_and_tops_up(config, tiny_corpus, runner, tmp_path):
     invoke(runner, ["worker", "--study", "j", "--storage", url, "--trials", "4", "--quiet"])
     records = records_of("j", url)
     assert [len(finished(records, w)) for w in (32, 64)] == [4, 4]
-    assert [r.hparams.lr for r in records if r.width == 32][:3] == GRID
+    assert [r.hparams.lr for r in records if r.width == 32][:3] == ENQUEUED
 
     missing = invoke(runner, ["worker", "--study", "nope", "--storage", url, "--trials", "1"],
                      code=2)
