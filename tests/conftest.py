@@ -46,3 +46,20 @@ def tiny_spec():
     from hptransfer.spec import ModelSpec
 
     return ModelSpec(width=32, depth=2, head_dim=16, seq_len=32, base_width=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_study_config(tiny_corpus, text_file):
+    """A study of tiny proxies (one block, 32-token windows, 4 steps, the LR grid 2^-8, 2^-6,
+    2^-4): what the predictor and confirmation tests tune once and read back."""
+    from hptransfer.budget import Budget
+    from hptransfer.hparams import HParams
+    from hptransfer.space import SearchSpace
+    from hptransfer.spec import ModelSpec
+    from hptransfer.study import StudyConfig
+
+    return StudyConfig(
+        spec=ModelSpec(width=32, depth=1, head_dim=16, seq_len=32, base_width=32),
+        budget=Budget(steps=4, eval_every=2, eval_tokens=1024),
+        space=SearchSpace(lr=(2.0**-8, 2.0**-4), base=HParams(batch_size=4)),
+        corpus_hash=tiny_corpus.content_hash, data=text_file)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from processes import console_script
 
 from hptransfer.cli import main
 
@@ -68,18 +67,8 @@ def test_version(runner: CliRunner) -> None:
     assert hptransfer.__version__ in result.output
 
 
-def _console_script() -> str:
-    beside_python = Path(sys.executable).parent / "hptransfer"
-    if beside_python.is_file():
-        return str(beside_python)
-    found = shutil.which("hptransfer")
-    if found is None:
-        pytest.fail("the hptransfer console script is not installed (pip install -e .)")
-    return found
-
-
 def test_console_script_entry_point() -> None:
-    done = subprocess.run([_console_script(), "--help"], capture_output=True, text=True,
+    done = subprocess.run([console_script(), "--help"], capture_output=True, text=True,
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     for name in SUBCOMMANDS:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from hptransfer.budget import Budget
 from hptransfer.cli import main
 from hptransfer.confirmation import (
     Confirmation,
@@ -21,10 +20,7 @@ from hptransfer.confirmation import (
     judge,
     load_confirmation,
 )
-from hptransfer.hparams import HParams
-from hptransfer.space import SearchSpace
-from hptransfer.spec import ModelSpec
-from hptransfer.study import StudyConfig, TrialStatus, load_trials, study_names
+from hptransfer.study import TrialStatus, load_trials, study_names
 
 OFFSETS = (-1.0, 0.0, 1.0)
 
@@ -70,17 +66,13 @@ def test_inconclusive_when_the_prediction_did_not_complete():
 # ---- a real tiny study ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def confirmed(tmp_path_factory, tiny_corpus, text_file):
+def confirmed(tmp_path_factory, tiny_corpus, tiny_study_config):
     """(storage URL, the first confirmation, the confirmation of a second call)."""
     from hptransfer.tuning import tune
 
     folder = tmp_path_factory.mktemp("confirm")
     url = f"sqlite:///{folder / 'studies.db'}"
-    config = StudyConfig(
-        spec=ModelSpec(width=32, depth=1, head_dim=16, seq_len=32, base_width=32),
-        budget=Budget(steps=4, eval_every=2, eval_tokens=1024),
-        space=SearchSpace(lr=(2.0**-8, 2.0**-4), base=HParams(batch_size=4)),
-        corpus_hash=tiny_corpus.content_hash, data=text_file)
+    config = tiny_study_config
     seen = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HPTRANSFER_HOME", str(folder / "home"))

@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 from click.testing import CliRunner
-from workers import PID_ATTR, wait_for_another_worker
+from processes import PID_ATTR, wait_for_another_worker
 
 from hptransfer.cli import main
 from hptransfer.storage import open_storage

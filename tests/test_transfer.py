@@ -320,17 +320,13 @@ def test_snippets():
 
 
 @pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory, tiny_corpus, text_file):
+def tiny_study(tmp_path_factory, tiny_corpus, tiny_study_config):
     """Widths 32 and 64, one block, 4 steps: the LR grid 2^-8, 2^-6, 2^-4 (3 trials each)."""
     from hptransfer.tuning import tune
 
     folder = tmp_path_factory.mktemp("predict")
     url = f"sqlite:///{folder / 'studies.db'}"
-    config = StudyConfig(
-        spec=ModelSpec(width=32, depth=1, head_dim=16, seq_len=32, base_width=32),
-        budget=Budget(steps=4, eval_every=2, eval_tokens=1024),
-        space=SearchSpace(lr=(2.0**-8, 2.0**-4), base=HParams(batch_size=4)),
-        corpus_hash=tiny_corpus.content_hash, data=text_file)
+    config = tiny_study_config
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HPTRANSFER_HOME", str(folder / "home"))
         tune(config, study="tiny", widths=(32, 64), trials=3, storage=url, corpus=tiny_corpus,

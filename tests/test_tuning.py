@@ -14,11 +14,9 @@ import importlib.util
 import json
 import math
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 import warnings
 from collections import Counter
@@ -28,7 +26,7 @@ import optuna
 import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
-from workers import PID_ATTR, wait_for_another_worker
+from processes import PID_ATTR, console_script, wait_for_another_worker
 
 from hptransfer.budget import Budget
 from hptransfer.cli import main
@@ -118,16 +116,6 @@ def records_of(name: str, url: str) -> list[TrialRecord]:
 
 def finished(records: list[TrialRecord], width: int | None = None) -> list[TrialRecord]:
     return [r for r in records if r.finished and (width is None or r.width == width)]
-
-
-def console_script() -> str:
-    beside_python = Path(sys.executable).parent / "hptransfer"
-    if beside_python.is_file():
-        return str(beside_python)
-    found = shutil.which("hptransfer")
-    if found is None:
-        pytest.fail("the hptransfer console script is not installed (pip install -e .)")
-    return found
 
 
 # ---- the Python API -------------------------------------------------------------------------

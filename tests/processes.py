@@ -1,9 +1,12 @@
-"""Helpers shared by the multi-worker tests (test_tuning.py, test_postgres.py)."""
+"""Processes in tests: the installed console script, and waiting for a second worker."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -23,3 +26,14 @@ def wait_for_another_worker(url: str, name: str, timeout: float = 60) -> None:
             return
         time.sleep(0.1)
     pytest.fail(f"no second worker started a trial of {name} within {timeout} s")
+
+
+def console_script() -> str:
+    """The installed ``hptransfer`` script (beside this Python first, then on PATH)."""
+    beside_python = Path(sys.executable).parent / "hptransfer"
+    if beside_python.is_file():
+        return str(beside_python)
+    found = shutil.which("hptransfer")
+    if found is None:
+        pytest.fail("the hptransfer console script is not installed (pip install -e .)")
+    return found
