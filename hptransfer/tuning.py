@@ -38,7 +38,7 @@ from typing import Any
 from hptransfer.budget import Budget
 from hptransfer.corpus import Corpus
 from hptransfer.hparams import HParams
-from hptransfer.record import CurvePoint, Status, Verdict
+from hptransfer.record import CurvePoint, RunRecord, Status, Verdict
 from hptransfer.space import SearchSpace
 from hptransfer.spec import FrozenConfig, ModelSpec
 from hptransfer.storage import storage_kind
@@ -54,7 +54,8 @@ from hptransfer.study import (
     width_study_name,
 )
 
-__all__ = ["Pruning", "SamplerKind", "TuneResult", "WarmStart", "record_run", "run_worker",
+__all__ = ["Pruning", "SamplerKind", "TuneResult", "WarmStart", "outcome_state", "record_inputs",
+           "record_outcome", "record_run", "run_worker",
            "study_config", "tune", "warm_start_lrs"]
 
 # The built-in CPU proxy setting (docs/tuning.md): 8 trials of width 128 take about 7 minutes
@@ -311,56 +312,80 @@ def enqueue_warm_start(study, config: StudyConfig, warm: WarmStart,
     study.set_user_attr("warm_started", True)
 
 
+def record_inputs(storage, trial_id: int, *, spec: ModelSpec, hparams: HParams,
+                  corpus: Corpus, threads: int, attrs: tuple[tuple[str, Any], ...] = ()) -> None:
+    """Write what a trial trains (width, spec, hparams, corpus hash, provenance, ``attrs``)
+    into its user attributes, before the run: a lost run still says what it was."""
+    from hptransfer.provenance import collect
+
+    for key, value in (("width", spec.width), ("spec", spec.model_dump_json()),
+                       ("hparams", hparams.model_dump_json()),
+                       ("corpus_hash", corpus.content_hash),
+                       ("provenance", collect(threads).model_dump_json()), *attrs):
+        storage.set_trial_user_attr(trial_id, key, value)
+
+
+def record_outcome(storage, trial_id: int, outcome: RunRecord | BaseException) -> None:
+    """Write what came of a run (status, reason, losses, curve, cost), or the exception that
+    ended it, into its user attributes. The Optuna state is told separately
+    (:func:`outcome_state`): by the worker here, by the Ray driver on a cluster."""
+    if isinstance(outcome, BaseException):
+        storage.set_trial_user_attr(trial_id, "status", TrialStatus.ERROR.value)
+        storage.set_trial_user_attr(trial_id, "reason", f"{type(outcome).__name__}: {outcome}")
+        return
+    for key, value in (("status", outcome.status.value), ("reason", outcome.reason),
+                       ("final_val_loss", outcome.final_val_loss),
+                       ("val_curve", json.dumps([p.model_dump() for p in outcome.val_curve])),
+                       ("flops", outcome.flops), ("wall_time_s", outcome.wall_time_s),
+                       ("tokens_per_s", outcome.tokens_per_s), ("steps", outcome.steps),
+                       ("tokens_seen", outcome.tokens_seen)):
+        storage.set_trial_user_attr(trial_id, key, value)
+
+
+def outcome_state(outcome: RunRecord | BaseException):
+    """The Optuna state and value of a run: COMPLETE with the final validation loss, PRUNED,
+    or FAIL for a diverged run (not a loss; it bounds the stable region) and for an
+    exception (recorded, never retried: it would fail again)."""
+    from optuna.trial import TrialState
+
+    if isinstance(outcome, BaseException):
+        return TrialState.FAIL, None
+    if outcome.status is Status.COMPLETE:
+        return TrialState.COMPLETE, outcome.final_val_loss
+    if outcome.status is Status.PRUNED:
+        return TrialState.PRUNED, None
+    return TrialState.FAIL, None
+
+
 def record_run(study, trial, *, spec: ModelSpec, hparams: HParams, config: StudyConfig,
                corpus: Corpus, threads: int, attrs: tuple[tuple[str, Any], ...] = (),
                prune: bool = False) -> None:
     """Train ``spec``/``hparams`` as ``trial`` of ``study`` and record it, under a lease.
 
-    The one place a run becomes a trial (tune trials and confirmation runs alike): what it
-    trained (width, spec, hparams, corpus hash, provenance, ``attrs``), what came of it
-    (status, reason, losses, curve, cost) and the Optuna state: COMPLETE with the final
-    validation loss, PRUNED, or FAIL for a diverged run (not a loss; it bounds the stable
-    region) and for an exception (recorded, never retried: it would fail again).
+    The one place a local run becomes a trial (tune trials and confirmation runs alike):
+    :func:`record_inputs`, :func:`hptransfer.training.train`, :func:`record_outcome`, and
+    the Optuna state of :func:`outcome_state`.
     """
-    import optuna
-
-    from hptransfer.provenance import collect
     from hptransfer.training import train
 
-    beat = _Heartbeat(study._storage, trial._trial_id)
+    storage = study._storage
+    beat = _Heartbeat(storage, trial._trial_id)
     try:
-        for key, value in (("width", spec.width), ("spec", spec.model_dump_json()),
-                           ("hparams", hparams.model_dump_json()),
-                           ("corpus_hash", corpus.content_hash),
-                           ("provenance", collect(threads).model_dump_json()), *attrs):
-            trial.set_user_attr(key, value)
+        record_inputs(storage, trial._trial_id, spec=spec, hparams=hparams, corpus=corpus,
+                      threads=threads, attrs=attrs)
 
         def on_eval(point: CurvePoint) -> Verdict:
             trial.report(point.loss, point.tokens)
             return Verdict.STOP if trial.should_prune() else Verdict.CONTINUE
 
         try:
-            record = train(spec, hparams, config.budget, corpus, seed=config.seed,
-                           on_eval=on_eval if prune else None, threads=threads)
+            outcome = train(spec, hparams, config.budget, corpus, seed=config.seed,
+                            on_eval=on_eval if prune else None, threads=threads)
         except Exception as error:
-            trial.set_user_attr("status", TrialStatus.ERROR.value)
-            trial.set_user_attr("reason", f"{type(error).__name__}: {error}")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            return
-        for key, value in (("status", record.status.value), ("reason", record.reason),
-                           ("final_val_loss", record.final_val_loss),
-                           ("val_curve", json.dumps([p.model_dump() for p in
-                                                     record.val_curve])),
-                           ("flops", record.flops), ("wall_time_s", record.wall_time_s),
-                           ("tokens_per_s", record.tokens_per_s), ("steps", record.steps),
-                           ("tokens_seen", record.tokens_seen)):
-            trial.set_user_attr(key, value)
-        if record.status is Status.COMPLETE:
-            study.tell(trial, record.final_val_loss)
-        elif record.status is Status.PRUNED:
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            outcome = error
+        record_outcome(storage, trial._trial_id, outcome)
+        state, value = outcome_state(outcome)
+        study.tell(trial, value, state=state)
     finally:
         beat.stop()
 

@@ -1,0 +1,217 @@
+"""Is the predicted optimum right, and what did it save? Proxies → prediction → target grid.
+
+On the built-in corpus: tune proxies at ``--proxy-widths`` (default 32, 64) with the normal
+tuning service (``hptransfer.tune``, the default search of LR, weight decay and batch), ask
+:func:`hptransfer.predict_hparams` for ``--target-width``, then judge the prediction against
+the truth at the target, which the proxies were built to avoid paying for:
+
+- an LR grid at the target width, one octave apart (``--grid``, log2 α), every other hparam
+  at the predicted values, same budget, seed and data (paired runs, ``--sampler grid``);
+- the predicted point itself at the target (``hptransfer confirm`` with offset 0 only).
+
+Reported (and written to ``--out`` as JSON):
+
+- ``lr_error_octaves``: |log2(predicted α / grid optimum)|, the grid optimum refined between
+  grid points by the predictor's own per-width estimator (quadratic in log2 α over ±2
+  octaves of the best grid point); also against the best grid point itself;
+- ``regret``: (loss at the prediction − best loss at the target) / best loss, where the best
+  is over the grid and the predicted run;
+- ``compute_ratio``: FLOPs of every proxy trial (diverged ones included: they were paid
+  for) ÷ FLOPs of the target grid;
+- the zero-shot baseline (copy the best proxy trial's α) judged the same way, and the
+  predictor's fitted drift per doubling of width with its interval and warnings.
+
+Everything is recorded in an Optuna storage (``--storage``, default
+``$HPTRANSFER_HOME/studies.db``; studies ``bench-transfer-PARAM-wW`` and its ``.grid``), so an
+interrupted run resumes where it stopped. A benchmark, not a test: it measures.
+
+    python benchmarks/transfer.py --param mup --target-width 256 \
+        --out studies/results/transfer_mup_w256.json
+    python benchmarks/transfer.py --param sp --target-width 256 \
+        --out studies/results/transfer_sp_w256.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hptransfer.hparams import HParams
+from hptransfer.space import SearchSpace
+from hptransfer.spec import ModelSpec
+from hptransfer.study import StudyConfig, TrialStatus, load_trials
+from hptransfer.tuning import (DEFAULT_TRIALS, PROXY_SPEC, SamplerKind, WarmStart,
+                               study_config, tune)
+
+TARGETS = {"lr_error_octaves": 0.5, "regret": 0.005, "compute_ratio": 0.10}
+
+
+def _flops(records) -> float:
+    return float(sum(r.flops or 0.0 for r in records if r.finished))
+
+
+def _grid_optimum(records, config: StudyConfig, width: int) -> dict:
+    """The target grid's optimum by the predictor's own per-width estimator."""
+    from hptransfer.transfer.optimum import BAND, WINDOW_OCTAVES, _fit_width
+
+    fit = _fit_width(width, records, config, band=BAND, window=WINDOW_OCTAVES,
+                     bootstrap=1000, rng=np.random.default_rng(0))
+    estimate = fit.evidence.optima["lr"]
+    best = min((r for r in records if r.status is TrialStatus.COMPLETE),
+               key=lambda r: r.final_val_loss)
+    return {"lr": estimate.value, "interval": list(estimate.interval),
+            "method": estimate.method, "best_grid_lr": best.hparams.lr,
+            "best_grid_loss": best.final_val_loss, "flags": list(fit.evidence.flags)}
+
+
+def _save(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=1)
+    os.replace(tmp, path)
+
+
+def _octaves(a: float, b: float) -> float:
+    return abs(math.log2(a / b))
+
+
+def run(args: argparse.Namespace) -> dict:
+    from hptransfer import confirm, predict_hparams
+
+    name = f"bench-transfer-{args.param}-w{args.target_width}"
+    started = time.perf_counter()
+    config = study_config(spec=ModelSpec(**{**PROXY_SPEC, "param": args.param}))
+    proxy = tune(config, study=name, widths=tuple(args.proxy_widths), trials=args.trials,
+                 storage=args.storage)
+    print(f"proxies tuned in {proxy.wall_time_s:.0f} s", flush=True)
+    prediction = predict_hparams(args.target_width, study=name, storage=args.storage)
+    predicted = prediction.hparams
+    print(f"predicted α = 2^{math.log2(predicted.lr):.2f}, λ = {predicted.weight_decay:g}, "
+          f"batch {predicted.batch_size}", flush=True)
+
+    # The target grid: LR only, every other hparam where the prediction put it, so the
+    # grid answers "where is the LR optimum at the target for the predicted λ and batch".
+    low, high = args.grid
+    grid_config = StudyConfig(
+        spec=config.spec, budget=config.budget, seed=config.seed,
+        corpus_hash=config.corpus_hash, data=config.data,
+        space=SearchSpace(lr=(2.0**low, 2.0**high), base=predicted))
+    points = high - low + 1
+    grid = tune(grid_config, study=f"{name}.grid", widths=(args.target_width,), trials=points,
+                storage=args.storage, sampler=SamplerKind.GRID, warm_start=WarmStart.NONE)
+    print(f"target grid ({points} points) done in {grid.wall_time_s:.0f} s", flush=True)
+    at_prediction = confirm(args.target_width, study=name, storage=args.storage,
+                            offsets=(0.0,))
+    run_at_prediction = at_prediction.runs[0]
+
+    proxy_records = load_trials(name, args.storage)
+    grid_records = load_trials(f"{name}.grid", args.storage)
+    optimum = _grid_optimum(grid_records, grid_config, args.target_width)
+    losses = [r.final_val_loss for r in grid_records if r.status is TrialStatus.COMPLETE]
+    if run_at_prediction.loss is not None:
+        losses.append(run_at_prediction.loss)
+    best_loss = min(losses)
+    regret = (None if run_at_prediction.loss is None
+              else (run_at_prediction.loss - best_loss) / best_loss)
+    zero_shot = prediction.baselines.get("zero-shot")
+    fit = prediction.evidence.fits["lr"]
+    result = {
+        "param": args.param,
+        "proxy_widths": args.proxy_widths,
+        "target_width": args.target_width,
+        "proxy_trials_per_width": args.trials,
+        "budget_tokens": config.tokens_per_trial(),
+        "setting": {**PROXY_SPEC, "param": args.param},
+        "predicted": {"lr": predicted.lr, "lr_interval": list(prediction.intervals["lr"]),
+                      "weight_decay": predicted.weight_decay,
+                      "batch_size": predicted.batch_size},
+        "drift_octaves_per_doubling": fit.slope,
+        "drift_interval": list(fit.slope_interval),
+        "transfer_model": fit.model.value,
+        "warnings": list(prediction.warnings),
+        "proxy_optima": {e.width: e.optima["lr"].value for e in prediction.evidence.widths},
+        "grid": sorted([{"lr": r.hparams.lr, "status": r.status.value,
+                         "val_loss": r.final_val_loss} for r in grid_records],
+                       key=lambda row: row["lr"]),
+        "grid_optimum": optimum,
+        "loss_at_prediction": run_at_prediction.loss,
+        "status_at_prediction": run_at_prediction.status.value,
+        "lr_error_octaves": _octaves(predicted.lr, optimum["lr"]),
+        "lr_error_vs_best_grid_point": _octaves(predicted.lr, optimum["best_grid_lr"]),
+        "regret": regret,
+        "zero_shot": None if zero_shot is None else {
+            "lr": zero_shot.lr, "lr_error_octaves": _octaves(zero_shot.lr, optimum["lr"])},
+        "proxy_flops": _flops(proxy_records),
+        "target_grid_flops": _flops(grid_records),
+        "targets": TARGETS,
+        "wall_time_s": round(time.perf_counter() - started),
+    }
+    result["compute_ratio"] = result["proxy_flops"] / result["target_grid_flops"]
+    return result
+
+
+def summary(result: dict) -> str:
+    def verdict(key: str) -> str:
+        value = result[key]
+        if value is None:
+            return "n/a"
+        return "meets" if value <= TARGETS[key] else "misses"
+
+    lines = [
+        f"{result['param']}: proxies {result['proxy_widths']} → width "
+        f"{result['target_width']}",
+        f"  predicted α = 2^{math.log2(result['predicted']['lr']):.2f} "
+        f"(95% 2^{math.log2(result['predicted']['lr_interval'][0]):.2f} … "
+        f"2^{math.log2(result['predicted']['lr_interval'][1]):.2f}); grid optimum "
+        f"2^{math.log2(result['grid_optimum']['lr']):.2f} (best grid point "
+        f"2^{math.log2(result['grid_optimum']['best_grid_lr']):.0f})",
+        f"  |log2 error| = {result['lr_error_octaves']:.2f} octave "
+        f"({verdict('lr_error_octaves')} ≤ {TARGETS['lr_error_octaves']})",
+        "  regret = " + ("n/a (the predicted run did not complete: "
+                         f"{result['status_at_prediction']})" if result["regret"] is None
+                         else f"{100 * result['regret']:.2f}% ({verdict('regret')} ≤ 0.5%)"),
+        f"  compute ratio = {result['compute_ratio']:.3f} ({verdict('compute_ratio')} ≤ "
+        f"{TARGETS['compute_ratio']})",
+        f"  drift {result['drift_octaves_per_doubling']:+.2f} octave/doubling "
+        f"[{result['drift_interval'][0]:+.2f}, {result['drift_interval'][1]:+.2f}]",
+    ]
+    if result["zero_shot"]:
+        lines.append(f"  zero-shot (best proxy trial): |log2 error| = "
+                     f"{result['zero_shot']['lr_error_octaves']:.2f} octave")
+    lines += [f"  warning: {w}" for w in result["warnings"]]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--param", default="mup", choices=["mup", "mup-abs", "sp"])
+    parser.add_argument("--proxy-widths", type=lambda s: [int(w) for w in s.split(",")],
+                        default=[32, 64])
+    parser.add_argument("--target-width", type=int, default=256)
+    parser.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+                        help="proxy trials per width (default: tune's default)")
+    parser.add_argument("--grid", type=lambda s: tuple(int(e) for e in s.split(":")),
+                        default=(-11, -5), help="log2 α range of the target grid, LOW:HIGH")
+    parser.add_argument("--storage", default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if len(args.grid) != 2 or args.grid[0] >= args.grid[1]:
+        sys.exit(f"--grid must be LOW:HIGH with LOW < HIGH (log2 α), got {args.grid}")
+    result = run(args)
+    print(summary(result))
+    if args.out is not None:
+        _save(args.out, result)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
