@@ -6,6 +6,7 @@ import os
 import random
 
 import pytest
+from ray_cluster import ray_cluster  # noqa: F401  (the session's Ray cluster fixture)
 
 # Tiny models gain nothing from a second thread, and a fixed thread count keeps results
 # bit-for-bit reproducible.
