@@ -17,7 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hptransfer.parametrization import Declaration, Declared, Role, attention_scale, initialize
+from hptransfer.parametrization import (
+    Declaration,
+    Declared,
+    Role,
+    attention_scale,
+    initialize,
+    residual_multiplier,
+)
 from hptransfer.spec import Activation, Bias, EmbeddingNorm, ModelSpec, NormGain, QueryInit
 
 __all__ = ["Transformer"]
@@ -125,7 +132,11 @@ class MLP(Declared):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm residual block: x + r·attn(norm(x)), then x + r·mlp(norm(x)).
+
+    r is the depth rule's branch multiplier (1, or L₀/L under CompleteP), from
+    :func:`~hptransfer.parametrization.residual_multiplier`.
+    """
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
@@ -133,10 +144,12 @@ class Block(nn.Module):
         self.attn = Attention(spec)
         self.mlp_norm = RMSNorm(spec.width, spec.norm_gain)
         self.mlp = MLP(spec)
+        self.branch = residual_multiplier(spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x))
-        return x + self.mlp(self.mlp_norm(x))
+        # add(alpha=1.0) is x + branch exactly, so the rule is a no-op at L = L₀
+        x = x.add(self.attn(self.attn_norm(x)), alpha=self.branch)
+        return x.add(self.mlp(self.mlp_norm(x)), alpha=self.branch)
 
 
 class TokenEmbedding(Declared):

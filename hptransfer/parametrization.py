@@ -20,6 +20,12 @@ Forward multipliers: attention logits q·kᵀ·(1/D) under µP (1/√D under SP)
 width-dependent factor above is exactly 1.0, so a µP model at its base width trains bit for
 bit like the same architecture and inits with one global LR (tested).
 
+Depth (SPEC §4): under ``depth_rule=completep`` each residual branch is multiplied by L₀/L
+(:func:`residual_multiplier`; exactly 1.0 at L = L₀). For Adam at CompleteP's α = 1 no LR
+and no init changes with depth (Dey et al. 2025 scale hidden LRs by (L/L₀)^(α−1) = 1);
+under ``eps_rule=scaled`` the ε of hidden matrices, which all sit inside residual branches,
+takes the factor L₀/L too, as their gradients shrink by it.
+
 This is Lingle's formulation (readout LR scaled, no readout forward multiplier); records
 store it as :data:`FORMULATION`. microsoft/mup's equivalent form (width-independent readout
 init, forward multiplier 1/m, readout LR α) is not used.
@@ -36,7 +42,7 @@ import torch
 from torch import nn
 
 from hptransfer.hparams import EpsRule, HParams, WeightDecay
-from hptransfer.spec import AttentionScale, ModelSpec, Parametrization, ReadoutInit
+from hptransfer.spec import AttentionScale, DepthRule, ModelSpec, Parametrization, ReadoutInit
 
 __all__ = [
     "FORMULATION",
@@ -47,6 +53,7 @@ __all__ = [
     "attention_scale",
     "initialize",
     "param_groups",
+    "residual_multiplier",
     "tensor_rules",
 ]
 
@@ -129,6 +136,18 @@ def attention_scale(spec: ModelSpec) -> float:
     return 1.0 / math.sqrt(spec.head_dim)
 
 
+def residual_multiplier(spec: ModelSpec) -> float:
+    """Multiplier of every residual branch: 1, or L₀/L under CompleteP (α = 1).
+
+    L₀/L keeps each block's contribution to the residual stream, and so its feature
+    update, Θ(1/L): the sum over L blocks stays Θ(1) and the LR optimum stops moving with
+    depth (Dey et al. 2025, arXiv 2505.01618). Exactly 1.0 at L = L₀.
+    """
+    if spec.depth_rule is DepthRule.COMPLETEP:
+        return spec.base_depth / spec.depth
+    return 1.0
+
+
 def init_std(declaration: Declaration, spec: ModelSpec) -> float:
     """Standard deviation of the normal init (gains are ones, biases zeros: std 0)."""
     role = declaration.role
@@ -177,9 +196,10 @@ def weight_decay(declaration: Declaration, spec: ModelSpec, hparams: HParams) ->
 
 
 def eps(declaration: Declaration, spec: ModelSpec, hparams: HParams) -> float:
-    if hparams.eps_rule is EpsRule.SCALED:
-        return hparams.eps * lr_multiplier(declaration, spec)
-    return hparams.eps
+    if hparams.eps_rule is EpsRule.CONSTANT:
+        return hparams.eps
+    depth = residual_multiplier(spec) if declaration.role is Role.HIDDEN else 1.0
+    return hparams.eps * lr_multiplier(declaration, spec) * depth
 
 
 def _init_kind(declaration: Declaration, spec: ModelSpec) -> str:

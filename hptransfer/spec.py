@@ -34,6 +34,7 @@ __all__ = [
     "QueryInit",
     "ReadoutInit",
     "Bias",
+    "DepthRule",
     "FrozenConfig",
 ]
 
@@ -109,6 +110,19 @@ class KeyValueHeads(str, Enum):
     MULTI_QUERY = "multi-query"
 
 
+class DepthRule(str, Enum):
+    """How residual branches scale with depth L (SPEC §4); L₀ is ``base_depth``.
+
+    NONE adds every branch as it is: the LR optimum moves with depth. COMPLETEP (Dey et al.
+    2025, "Don't be lazy: CompleteP enables compute-efficient deep transformers", α = 1)
+    multiplies each residual branch by L₀/L; the numbers are in
+    :func:`hptransfer.parametrization.residual_multiplier`.
+    """
+
+    NONE = "none"
+    COMPLETEP = "completep"
+
+
 class Precision(str, Enum):
     """Matmul precision. BF16 is autocast: fp32 master weights and optimizer state."""
 
@@ -139,6 +153,8 @@ class ModelSpec(FrozenConfig):
 
     ``width`` is d_model (M); ``head_dim`` (D) stays fixed across widths so the number of
     heads grows with width; ``base_width`` (M₀) is the width at which µP equals SP.
+    ``depth_rule`` with ``base_depth`` (L₀) does for depth what µP does for width; at
+    L = L₀ it changes nothing.
     """
 
     width: int = Field(128, gt=0, description="d_model, M")
@@ -162,6 +178,9 @@ class ModelSpec(FrozenConfig):
     kv_heads: KeyValueHeads = Field(KeyValueHeads.MULTI_HEAD,
                                     description="multi-head or multi-query attention")
     precision: Precision = Field(Precision.FP32, description="matmul precision")
+    depth_rule: DepthRule = Field(DepthRule.NONE,
+                                  description="residual branch scaling with depth (SPEC §4)")
+    base_depth: int = Field(4, gt=0, description="depth L₀ at which the depth rule is a no-op")
 
     @model_validator(mode="before")
     @classmethod

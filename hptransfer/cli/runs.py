@@ -25,7 +25,7 @@ from hptransfer.cli.options import (
     write_atomic,
 )
 from hptransfer.hparams import HParams
-from hptransfer.spec import ModelSpec, Parametrization
+from hptransfer.spec import DepthRule, ModelSpec, Parametrization
 
 
 @main.command()
@@ -73,16 +73,20 @@ def train(seed: int, data: str | None, threads: int | None, out: str | None, as_
 def describe(as_json: bool, **values: Any) -> None:
     """Show every parameter tensor's µP role, shape, init std and LR multiplier."""
     from hptransfer.model import Transformer
-    from hptransfer.parametrization import tensor_rules
+    from hptransfer.parametrization import residual_multiplier, tensor_rules
 
     spec, hparams = build(ModelSpec, values), build(HParams, values)
     rules = tensor_rules(Transformer(spec), spec, hparams)
     if as_json:
         click.echo(json.dumps([rule.as_dict() for rule in rules], indent=2))
         return
+    depth_rule = ("" if spec.depth_rule is DepthRule.NONE else
+                  f", depth rule {spec.depth_rule.value} (residual branches × L₀/L = "
+                  f"{residual_multiplier(spec):g})")
     click.echo(f"{spec.param.value}: width {spec.width} (m = {spec.width_multiplier:g}), "
                f"depth {spec.depth}, heads {spec.heads} × {spec.head_dim}, "
-               f"attention scale {spec.attention_scale.value}, lr α = {hparams.lr:g}")
+               f"attention scale {spec.attention_scale.value}, lr α = {hparams.lr:g}"
+               f"{depth_rule}")
     header = f"{'name':<28} {'role':<10} {'shape':<12} {'init':>10} {'lr mult':>9} " \
              f"{'wd (λ)':>9}"
     click.echo(header)

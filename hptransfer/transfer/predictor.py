@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from hptransfer.hparams import HParams
-from hptransfer.spec import ModelSpec
+from hptransfer.spec import DepthRule, ModelSpec
 from hptransfer.study import StudyConfig, StudyError, TrialRecord, TrialStatus
 from hptransfer.transfer.baselines import _baselines
 from hptransfer.transfer.fit import _transfer_fits
@@ -122,11 +122,19 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
                               "the AdamW timescale τ = 1/(ηλ) in epochs, Wang & Aitchison "
                               "2024, is future work)")
     if target_depth is not None and target_depth != config.spec.depth:
-        notes.warnings.append(
-            f"depth transfer is not supported by this parametrization: the proxies have depth "
-            f"{config.spec.depth}, the target {target_depth}, and hptransfer has no depth "
-            f"rule yet (Depth-µP / CompleteP, SPEC §4); the hparams are those for depth "
-            f"{config.spec.depth}")
+        if config.spec.depth_rule is DepthRule.COMPLETEP:
+            notes.rule("depth-completep",
+                       f"the proxies scale each residual branch by L₀/L (CompleteP, L₀ = "
+                       f"{config.spec.base_depth}): the hparams transfer from depth "
+                       f"{config.spec.depth} to {target_depth} unchanged, and the target "
+                       f"must use the same rule (Dey et al. 2025; docs/reproduction.md has "
+                       f"our depth study)")
+        else:
+            notes.warnings.append(
+                f"depth transfer is not supported by this parametrization: the proxies have "
+                f"depth {config.spec.depth}, the target {target_depth}, and the study has no "
+                f"depth rule (--depth-rule completep, SPEC §4); the hparams are those for "
+                f"depth {config.spec.depth}")
 
     hparams = HParams(**{**config.space.base.model_dump(), "lr": 2.0**lr, "weight_decay": wd,
                          "batch_size": target_batch or proxy_batch})
