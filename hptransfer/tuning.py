@@ -36,8 +36,10 @@ from enum import Enum
 from typing import Any
 
 from hptransfer.budget import Budget
+from hptransfer.cluster import Backend
 from hptransfer.corpus import Corpus
 from hptransfer.hparams import HParams
+from hptransfer.ray_tune import RayOptions
 from hptransfer.record import CurvePoint, RunRecord, Status, Verdict
 from hptransfer.space import SearchSpace
 from hptransfer.spec import FrozenConfig, ModelSpec
@@ -502,13 +504,17 @@ def tune(config: StudyConfig | None = None, *, study: str = "proxy",
          sampler: SamplerKind = SamplerKind.TPE, pruning: Pruning = Pruning.NONE,
          workers: int = 1, warm_start: WarmStart = WarmStart.OCTAVES,
          corpus: Corpus | None = None, threads: int | None = None,
-         on_trial: Callable[[TrialRecord], None] | None = None) -> TuneResult:
+         on_trial: Callable[[TrialRecord], None] | None = None,
+         backend: Backend = Backend.LOCAL, ray: RayOptions | None = None) -> TuneResult:
     """Tune every width of ``widths`` (in order) until each holds ``trials`` finished trials.
 
     ``config`` defaults to :func:`study_config` (the built-in proxy setting and corpus).
     Re-running with the same arguments continues the study: finished trials are kept, lost
     ones retried, and only the missing trials run. ``workers`` processes share each width
     (this one plus ``workers - 1`` children), each with cores / workers threads.
+
+    ``backend=Backend.RAY`` runs the trials on a Ray cluster instead (:mod:`hptransfer.ray_tune`,
+    placed and retried as ``ray`` says); the record in ``storage`` is the same.
     """
     from hptransfer.corpus import load_corpus
     from hptransfer.storage import normalize, open_storage
@@ -528,6 +534,13 @@ def tune(config: StudyConfig | None = None, *, study: str = "proxy",
     if sampler is SamplerKind.GRID and trials > _grid_size(config):
         raise StudyError(f"--sampler grid has {_grid_size(config)} points (LR octaves × batch "
                          f"sizes); ask for at most that many --trials or widen --lr-range")
+    if backend is Backend.RAY and workers > 1:
+        raise StudyError("--workers starts local worker processes; on Ray, trials run as "
+                         "the cluster's resources allow (limit them with --concurrent)")
+    if backend is Backend.RAY:
+        from hptransfer.cluster import require_ray
+
+        require_ray()  # before anything is created: the install line, not a half-made study
     optuna_storage = open_storage(url)
     _check_existing(study, config, optuna_storage)
     threads = threads or max(1, resolve_threads() // workers)
@@ -536,6 +549,14 @@ def tune(config: StudyConfig | None = None, *, study: str = "proxy",
         width_study = open_width_study(study, width, config, optuna_storage, sampler=sampler,
                                        pruning=pruning, create=True)
         enqueue_warm_start(width_study, config, warm_start, previous)
+        if backend is Backend.RAY:
+            from hptransfer.ray_tune import run_width_on_ray
+
+            run_width_on_ray(width_study, study, width, config, url, trials=trials,
+                             sampler=sampler, pruning=pruning, options=ray or RayOptions(),
+                             on_trial=on_trial)
+            previous = load_trials(study, optuna_storage, [width])
+            continue
         children = [_spawn_worker(study, width, url, trials, threads, sampler, pruning)
                     for _ in range(workers - 1)]
         try:

@@ -1,11 +1,12 @@
-"""A real Ray cluster for tests: one head node on loopback, private to this test session.
+"""A real Ray cluster for tests: one head node, private to this test session.
 
-Started by ``ray.init`` in the test process (GCS, raylet, workers, the dashboard for the
-Jobs API on 127.0.0.1; Ray deliberately binds its GCS to the machine's own address rather
-than loopback, which on the reference machine is a loopback-only network anyway), so other processes (the ``hptransfer`` console script, a
-submitted job) can join it by its address, and ``ray.shutdown`` stops exactly this cluster;
-``ray stop`` would also kill any other session's cluster on the machine.
-Skipped, with the install line, where Ray is not installed.
+Started by ``ray.init`` in the test process (GCS, raylet, workers, and the dashboard for
+the Jobs API on 127.0.0.1). Ray binds its GCS to the machine's own address rather than
+loopback on purpose; on the reference machine that network reaches nothing outside it.
+Other processes (the ``hptransfer`` console script, a submitted job) join the cluster by
+its address, and ``ray.shutdown`` stops exactly this cluster (``ray stop`` would also kill
+any other session's cluster on the machine). Skipped, with the install line, where Ray is
+not installed.
 """
 
 from __future__ import annotations

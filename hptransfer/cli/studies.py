@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from hptransfer.budget import Budget
 from hptransfer.cli.app import main
@@ -27,7 +27,9 @@ from hptransfer.cli.options import (
     load_corpus_or_fail,
     threads_option,
 )
+from hptransfer.cluster import Backend
 from hptransfer.hparams import HParams
+from hptransfer.ray_tune import RayOptions, Scheduler
 from hptransfer.space import SearchSpace
 from hptransfer.spec import FrozenConfig, ModelSpec
 from hptransfer.tuning import (
@@ -55,6 +57,28 @@ class TuneOptions(FrozenConfig):
     seed: int = 0
     warm_start: WarmStart = WarmStart.OCTAVES
     data: str | None = None
+    backend: Backend = Backend.LOCAL
+    # --backend ray only (hptransfer.ray_tune.RayOptions)
+    address: str | None = None
+    cpus_per_trial: int = Field(1, ge=1)
+    gpus_per_trial: float = Field(0.0, ge=0.0)
+    concurrent: int | None = Field(None, ge=1)
+    scheduler: Scheduler = Scheduler.FIFO
+    max_failures: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _ray_flags_need_ray(self) -> TuneOptions:
+        if self.backend is Backend.LOCAL:
+            given = [f"--{name.replace('_', '-')}" for name in RayOptions.model_fields
+                     if name in self.model_fields_set]
+            if given:
+                raise ValueError(f"{', '.join(given)} apply only with --backend ray")
+        return self
+
+    def ray_options(self) -> RayOptions:
+        return RayOptions(address=self.address, cpus_per_trial=self.cpus_per_trial,
+                          gpus_per_trial=self.gpus_per_trial, concurrent=self.concurrent,
+                          scheduler=self.scheduler, max_failures=self.max_failures)
 
     @field_validator("widths", mode="before")
     @classmethod
@@ -158,6 +182,23 @@ def _range_option(text: str | None):
               help="stop poor trials early, never before half the budget [default: none]")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="processes on this machine sharing each width [default: 1]")
+@click.option("--backend", type=click.Choice([b.value for b in Backend]), default=None,
+              help="where trials run: this machine, or a Ray cluster (pip install "
+                   "\"hptransfer[ray]\"; docs/ray.md) [default: local]")
+@click.option("--address", default=None,
+              help="--backend ray: the cluster (auto, HOST:PORT, ray://HOST:10001) "
+                   "[default: a running cluster, else a local one]")
+@click.option("--cpus-per-trial", type=click.IntRange(min=1), default=None,
+              help="--backend ray: CPUs (= training threads) per trial [default: 1]")
+@click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=None,
+              help="--backend ray: GPUs per trial; a fraction shares a card [default: 0]")
+@click.option("--concurrent", type=click.IntRange(min=1), default=None,
+              help="--backend ray: trials at once [default: as the resources allow]")
+@click.option("--scheduler", type=click.Choice([s.value for s in Scheduler]), default=None,
+              help="--backend ray: fifo, or asha (never before half the budget) "
+                   "[default: fifo]")
+@click.option("--max-failures", type=click.IntRange(min=0), default=None,
+              help="--backend ray: retries of a trial whose worker died [default: 2]")
 @click.option("--seed", type=int, default=None, help="init, data and sampler seed [default: 0]")
 @click.option("--warm-start", type=click.Choice([w.value for w in WarmStart]), default=None,
               help="trials enqueued first [default: octaves, the LR grid 2 octaves apart]")
@@ -176,6 +217,7 @@ def _range_option(text: str | None):
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, pruner, workers,
+         backend, address, cpus_per_trial, gpus_per_trial, concurrent, scheduler, max_failures,
          seed, warm_start, lr_range, weight_decay_range, batch_sizes, config_path, data,
          threads, as_json, **spec_values) -> None:
     """Tune lr, weight decay and batch size of µP proxies, recorded in an Optuna storage.
@@ -192,6 +234,9 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, prune
         fail("give --proxy-width or --widths, not both")
     flags = dict(study=study_name, storage=storage, sampler=sampler, pruner=pruner,
                  workers=workers, seed=seed, warm_start=warm_start, data=data, trials=trials,
+                 backend=backend, address=address, cpus_per_trial=cpus_per_trial,
+                 gpus_per_trial=gpus_per_trial, concurrent=concurrent, scheduler=scheduler,
+                 max_failures=max_failures,
                  widths=(proxy_width,) if proxy_width is not None else widths)
     try:
         opts = TuneOptions(**{**file.tune, **{k: v for k, v in flags.items() if v is not None}})
@@ -232,7 +277,8 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, prune
         result = run_tune(config, study=name, widths=width_list, trials=n_trials,
                           storage=opts.storage, sampler=opts.sampler, pruning=opts.pruner,
                           workers=opts.workers, warm_start=opts.warm_start,
-                          corpus=corpus, threads=threads, on_trial=progress.update)
+                          corpus=corpus, threads=threads, on_trial=progress.update,
+                          backend=opts.backend, ray=opts.ray_options())
     except (StudyError, ValueError) as error:
         progress.close()
         fail(str(error))

@@ -1,0 +1,261 @@
+"""Tune trials on a Ray cluster: Ray Tune runs them, Optuna chooses them and keeps the record.
+
+``hptransfer tune --backend ray`` runs the same study as the local backend, through Ray Tune
+(``Tuner``): Ray places each trial on a worker with its resources (CPUs, a fraction of a GPU
+so that many tiny proxies share a card), retries a trial whose worker died
+(``FailureConfig``), and optionally stops poor trials with ASHA. The searcher is Ray's
+``OptunaSearch`` on the study's own Optuna storage and sampler, so every trial is an Optuna
+trial of ``NAME.wW`` exactly as a local worker would have made it: predict, report and
+confirm do not know which backend ran it.
+
+Who writes what:
+
+- the **driver** (this process) asks Optuna for the trial (``OptunaSearch.suggest``), holds
+  its lease (host, pid and heartbeat of the driver: Ray, not hptransfer, retries a dead Ray
+  worker, so the lease must outlive the worker), and tells Optuna the final state;
+- the **Ray worker** (``_train_trial``) rebuilds the hparams from the trial's params, writes
+  what it trains (:func:`hptransfer.tuning.record_inputs`), trains with
+  :func:`hptransfer.training.train` reporting each validation point to Ray (for ASHA) and to
+  Optuna (the curve), and writes what came of it (:func:`hptransfer.tuning.record_outcome`).
+
+A killed worker: Ray restarts the same Ray trial from scratch (no checkpoints: proxy runs
+are short) with the same Optuna trial, up to ``max_failures`` times. A killed driver: its
+RUNNING trials' leases lapse; running the same command again reclaims them (marked lost,
+enqueued again once, as for local workers) and runs only the missing trials.
+
+ASHA and the LR optimum: like the local pruners, ASHA here never stops a trial before half
+its token budget (``grace_period``), because early losses favour large LRs (SPEC §8).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+from pydantic import Field
+
+from hptransfer.cluster import Backend, check_shared_storage, connect
+from hptransfer.spec import FrozenConfig
+from hptransfer.study import StudyConfig, StudyError, TrialRecord, TrialStatus
+
+__all__ = ["RayOptions", "Scheduler", "run_width_on_ray"]
+
+METRIC = "val_loss"
+_WORKER_PID = "hptransfer:ray_worker"  # system attr: host:pid of the Ray worker training it
+
+
+class Scheduler(str, Enum):
+    """Ray Tune's trial scheduler."""
+
+    FIFO = "fifo"  # every trial runs its whole budget
+    ASHA = "asha"  # asynchronous successive halving, never before half the budget
+
+
+class RayOptions(FrozenConfig):
+    """How trials run on Ray (``hptransfer tune --backend ray``)."""
+
+    address: str | None = Field(None, description="Ray address; None: a running cluster, "
+                                                  "else a local one")
+    cpus_per_trial: int = Field(1, ge=1, description="CPUs (and training threads) per trial")
+    gpus_per_trial: float = Field(0.0, ge=0.0, le=8.0,
+                                  description="GPUs per trial; a fraction shares a card")
+    concurrent: int | None = Field(None, ge=1, description="trials at once; None: as many "
+                                                           "as the resources allow")
+    scheduler: Scheduler = Scheduler.FIFO
+    max_failures: int = Field(2, ge=0, description="retries of a trial whose worker died")
+
+
+def _hparams_of(config: StudyConfig, params: dict[str, Any]):
+    """The HParams an Optuna trial's params stand for (the inverse of SearchSpace.suggest)."""
+    import optuna
+
+    return config.space.suggest(optuna.trial.FixedTrial(params))
+
+
+def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
+    """One trial, in a Ray worker: train it and record it into the Optuna trial (module
+    docstring). Exceptions are recorded, not raised: a deterministic error would only fail
+    again on every retry."""
+    from ray import tune as ray_tune
+
+    from hptransfer.corpus import load_corpus
+    from hptransfer.record import CurvePoint, Verdict
+    from hptransfer.storage import open_storage
+    from hptransfer.training import train
+    from hptransfer.tuning import record_inputs, record_outcome
+
+    config = StudyConfig.model_validate_json(job["config"])
+    storage = open_storage(job["storage"])
+    trial_id = ray_config["optuna_trial_id"]
+    params = {k: v for k, v in ray_config.items() if k != "optuna_trial_id"}
+    storage.set_trial_system_attr(trial_id, _WORKER_PID, f"{socket.gethostname()}:{os.getpid()}")
+    corpus = load_corpus(config.data)
+    spec, hparams = config.spec_at(job["width"]), _hparams_of(config, params)
+    record_inputs(storage, trial_id, spec=spec, hparams=hparams, corpus=corpus,
+                  threads=job["threads"], attrs=(("backend", Backend.RAY.value),))
+
+    def on_eval(point: CurvePoint) -> Verdict:
+        storage.set_trial_intermediate_value(trial_id, point.tokens, point.loss)
+        ray_tune.report({METRIC: point.loss, "tokens": point.tokens, "final": False})
+        return Verdict.CONTINUE
+
+    try:
+        if corpus.content_hash != config.corpus_hash:
+            raise StudyError(f"the corpus on this node hashes to {corpus.content_hash}, not "
+                             f"the study's {config.corpus_hash}: every node needs the same "
+                             f"--data")
+        outcome = train(spec, hparams, config.budget, corpus, seed=config.seed,
+                        on_eval=on_eval, threads=job["threads"])
+    except Exception as error:
+        outcome = error
+    record_outcome(storage, trial_id, outcome)
+    loss = getattr(outcome, "final_val_loss", None)
+    ray_tune.report({METRIC: math.inf if loss is None else loss, "final": True,
+                     "tokens": getattr(outcome, "tokens_seen", 0)})
+
+
+def _searcher(study, config: StudyConfig, sampler, name: str, width: int,
+              on_trial: Callable[[TrialRecord], None] | None):
+    """Ray's OptunaSearch on our study: it asks and tells; the lease and the final state are
+    ours (module docstring)."""
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    from hptransfer.study import load_trials
+    from hptransfer.tuning import _Heartbeat
+
+    def space(trial) -> None:  # define-by-run: the captor records every suggest_* call
+        config.space.suggest(trial)
+
+    class RecordingSearch(OptunaSearch):
+        def __init__(self) -> None:
+            super().__init__(space=space, metric=METRIC, mode="min", sampler=sampler,
+                             study_name=study.study_name, storage=study._storage)
+            self._leases: dict[str, _Heartbeat] = {}
+
+        def suggest(self, trial_id: str) -> dict | None:
+            params = super().suggest(trial_id)
+            if params is None:
+                return None
+            ot_trial = self._ot_trials[trial_id]
+            self._leases[trial_id] = _Heartbeat(study._storage, ot_trial._trial_id)
+            return {**params, "optuna_trial_id": ot_trial._trial_id}
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            pass  # the worker reports each point to Optuna itself, at tokens seen
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                              error: bool = False) -> None:
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            ot_trial = self._ot_trials[trial_id]
+            storage, tid = study._storage, ot_trial._trial_id
+            lease = self._leases.pop(trial_id, None)
+            try:
+                record = storage.get_trial(tid)
+                status = record.user_attrs.get("status")
+                if result and result.get("final") and status is not None:
+                    state, value = _state_of(status, record.user_attrs.get("final_val_loss"))
+                elif error:
+                    storage.set_trial_user_attr(tid, "status", TrialStatus.ERROR.value)
+                    storage.set_trial_user_attr(
+                        tid, "reason", f"the Ray trial failed after its retries (see the Ray "
+                                       f"logs of trial {trial_id})")
+                    state, value = TrialState.FAIL, None
+                else:  # stopped by the scheduler (ASHA) before its budget ran out
+                    tokens = (result or {}).get("tokens")
+                    storage.set_trial_user_attr(tid, "status", TrialStatus.PRUNED.value)
+                    storage.set_trial_user_attr(tid, "reason",
+                                                f"stopped by ASHA at {tokens} tokens")
+                    state, value = TrialState.PRUNED, None
+                self._ot_study.tell(ot_trial, value, state=state)
+            finally:
+                if lease is not None:
+                    lease.stop()
+                self._completed_trials.add(trial_id)
+            if on_trial is not None:
+                on_trial(next(t for t in load_trials(name, storage, [width])
+                              if t.number == ot_trial.number))
+
+        # Ray checkpoints its experiment by pickling the searcher (storage engine, lease
+        # threads). Not needed: the Optuna storage is the record, and a re-run resumes from it.
+        def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+            pass
+
+        def restore_from_dir(self, checkpoint_dir: str) -> None:
+            pass
+
+        def stop_leases(self) -> None:
+            for lease in self._leases.values():
+                lease.stop()
+            self._leases.clear()
+
+    return RecordingSearch()
+
+
+def _state_of(status: str, loss: float | None):
+    """The Optuna state for a status the worker recorded (same mapping as local trials)."""
+    from optuna.trial import TrialState
+
+    if status == TrialStatus.COMPLETE.value and loss is not None:
+        return TrialState.COMPLETE, loss
+    if status == TrialStatus.PRUNED.value:
+        return TrialState.PRUNED, None
+    return TrialState.FAIL, None
+
+
+def run_width_on_ray(study, name: str, width: int, config: StudyConfig, storage_url: str, *,
+                     trials: int, sampler, pruning, options: RayOptions,
+                     on_trial: Callable[[TrialRecord], None] | None = None) -> None:
+    """Run trials of one width on Ray until the study holds ``trials`` finished ones."""
+    from hptransfer.storage import home
+    from hptransfer.tuning import Pruning, finished_count, make_sampler, reclaim_lost, running_count
+
+    if pruning is not Pruning.NONE:
+        raise StudyError("--pruner applies to local workers; on Ray use --scheduler asha "
+                         "(it also never stops a trial before half its budget)")
+    connect(options.address)
+    check_shared_storage(storage_url, options.address)
+    from ray import tune as ray_tune
+
+    reclaim_lost(study)
+    missing = trials - finished_count(study) - running_count(study)
+    if missing <= 0:
+        return
+    tokens = config.tokens_per_trial()
+    scheduler = None
+    if options.scheduler is Scheduler.ASHA:
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="tokens", max_t=tokens,
+                                  grace_period=max(1, tokens // 2), reduction_factor=2)
+    searcher = _searcher(study, config, make_sampler(sampler, config, config.seed + width),
+                         name, width, on_trial)
+    job = {"config": config.model_dump_json(), "storage": storage_url, "width": width,
+           "threads": options.cpus_per_trial}
+    trainable = ray_tune.with_resources(
+        ray_tune.with_parameters(_train_trial, job=job),
+        {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
+    tuner = ray_tune.Tuner(
+        trainable,
+        tune_config=ray_tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, metric=METRIC, mode="min",
+            num_samples=missing, max_concurrent_trials=options.concurrent),
+        run_config=ray_tune.RunConfig(
+            name=f"{name}.w{width}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(home() / "ray"), verbose=0,
+            failure_config=ray_tune.FailureConfig(max_failures=options.max_failures)))
+    try:
+        # Ray Tune prints its experiment header on stdout; keep stdout for hptransfer's own
+        # output (--json must stay parseable)
+        with contextlib.redirect_stdout(sys.stderr):
+            tuner.fit()
+    finally:
+        searcher.stop_leases()
