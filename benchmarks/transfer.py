@@ -44,12 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hptransfer.hparams import HParams
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
 from hptransfer.study import StudyConfig, TrialStatus, load_trials
-from hptransfer.tuning import (DEFAULT_TRIALS, PROXY_SPEC, SamplerKind, WarmStart,
-                               study_config, tune)
+from hptransfer.tuning import DEFAULT_TRIALS, PROXY_SPEC, SamplerKind, WarmStart, study_config, tune
 
 TARGETS = {"lr_error_octaves": 0.5, "regret": 0.005, "compute_ratio": 0.10}
 

@@ -15,6 +15,14 @@ matches the ``NAME.w{width}`` pattern of :func:`hptransfer.study.study_names` (a
 listed as a study, and ``load_trials(study)`` reads only the proxy widths. Re-running
 :func:`confirm` trains only the offsets that have no finished run for the same prediction.
 
+Where the runs train (``backend``): in this process (:attr:`Backend.LOCAL`), or each as a
+Ray Train job of ``workers`` data-parallel workers (:attr:`Backend.RAY`,
+:mod:`hptransfer.ray_train`). Either way this process holds the trial's lease and writes its
+record, with the same code (:func:`hptransfer.tuning.record_inputs`, ``record_outcome``,
+``outcome_state``); the attributes ``backend`` and ``workers`` say where it ran, and nothing
+that reads the runs looks at them. A data-parallel run trains the same global batch as a
+local one, so its losses match up to float rounding.
+
 The verdict (:func:`judge`), with ``regret = (loss at the prediction − best loss) / best
 loss`` over the completed runs:
 
@@ -42,11 +50,15 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from hptransfer.cluster import Backend
 from hptransfer.hparams import HParams
 from hptransfer.spec import FrozenConfig
 from hptransfer.study import StudyError, TrialStatus
+
+if TYPE_CHECKING:
+    from hptransfer.ray_train import RayScaling
 
 __all__ = ["Confirmation", "ConfirmationRun", "ConfirmationVerdict", "DEFAULT_OFFSETS",
            "TOLERANCE", "confirm", "confirmation_study_name", "confirmation_widths", "judge",
@@ -192,20 +204,91 @@ def _summarize(study: str, width: int, predicted: HParams, runs: list[Confirmati
                         notes=(*extra_notes, *judgement.notes))
 
 
-def _run_one(optuna_study, trial, hparams: HParams, offset: float, predicted: float, spec,
-             config, corpus, threads: int) -> None:
+class _Placement(NamedTuple):
+    """Where confirmation runs train: this process, or Ray Train jobs (``ray`` not None)."""
+
+    threads: int  # local: torch threads; Ray: each worker's (= its CPUs)
+    ray: RayScaling | None = None
+    address: str | None = None
+
+    @property
+    def attrs(self) -> tuple[tuple[str, Any], ...]:
+        if self.ray is None:
+            return (("backend", Backend.LOCAL.value), ("workers", 1))
+        return (("backend", Backend.RAY.value), ("workers", self.ray.workers))
+
+
+def _run_one(optuna_study, trial, hparams: HParams, attrs: tuple[tuple[str, Any], ...], spec,
+             config, corpus, placement: _Placement) -> None:
     """Train one confirmation run and record it like a tune trial (no pruning)."""
     from hptransfer.tuning import record_run
 
+    attrs = (*attrs, *placement.attrs)
+    if placement.ray is None:
+        record_run(optuna_study, trial, spec=spec, hparams=hparams, config=config,
+                   corpus=corpus, threads=placement.threads, attrs=attrs)
+        return
+    _record_ray_run(optuna_study, trial, hparams, attrs, spec, config, corpus, placement)
+
+
+def _record_ray_run(optuna_study, trial, hparams: HParams, attrs: tuple[tuple[str, Any], ...],
+                    spec, config, corpus, placement: _Placement) -> None:
+    """:func:`hptransfer.tuning.record_run` with the training done by a Ray Train job."""
+    from hptransfer.ray_train import RayRun, train_on_ray
+    from hptransfer.tuning import record_run
+
+    run = RayRun(spec=spec, hparams=hparams, budget=config.budget, seed=config.seed,
+                 data=config.data, corpus_hash=config.corpus_hash)
     record_run(optuna_study, trial, spec=spec, hparams=hparams, config=config, corpus=corpus,
-               threads=threads, attrs=(("offset", offset), ("predicted_lr", predicted),
-                                       ("role", ROLE)))
+               threads=placement.threads, attrs=attrs,
+               trainer=lambda: train_on_ray(run, scaling=placement.ray,
+                                            address=placement.address,
+                                            name=f"{optuna_study.study_name}.t{trial.number}"))
+
+
+def _placement(backend: Backend, *, threads: int | None, workers: int, address: str | None,
+               cpus_per_worker: int) -> _Placement:
+    """Check the backend options against each other (before anything runs)."""
+    from hptransfer.training import resolve_threads
+
+    if workers < 1 or cpus_per_worker < 1:
+        raise ValueError(f"workers and cpus_per_worker must be at least 1, got {workers} and "
+                         f"{cpus_per_worker}")
+    if backend is Backend.LOCAL:
+        if workers > 1:
+            raise ValueError(f"{workers} workers train each run data parallel on a Ray "
+                             f"cluster: add --backend ray (backend=Backend.RAY); a local run "
+                             f"uses one process with --threads threads")
+        if address is not None or cpus_per_worker != 1:
+            raise ValueError("--address and --cpus-per-worker apply only with --backend ray")
+        return _Placement(threads=resolve_threads(threads))
+    from hptransfer.cluster import require_ray
+    from hptransfer.ray_train import RayScaling
+
+    require_ray()  # the install line before anything else happens
+    if threads is not None:
+        raise ValueError("--threads sets a local run's threads; on Ray each worker trains "
+                         "with --cpus-per-worker threads")
+    return _Placement(threads=cpus_per_worker, address=address,
+                      ray=RayScaling(workers=workers, cpus_per_worker=cpus_per_worker))
+
+
+def _storage_url(storage: Any) -> str | None:
+    """The URL of ``storage`` (None: the default one), or None if it is an object without
+    one (a journal or in-memory storage built by the caller)."""
+    from hptransfer.storage import normalize
+
+    if storage is None or isinstance(storage, str):
+        return normalize(storage)
+    return getattr(storage, "url", None)  # Optuna's RDBStorage keeps its URL
 
 
 def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
             offsets: Sequence[float] = DEFAULT_OFFSETS, threads: int | None = None,
             tolerance: float = TOLERANCE,
-            on_run: Callable[[ConfirmationRun], None] | None = None) -> Confirmation:
+            on_run: Callable[[ConfirmationRun], None] | None = None,
+            backend: Backend = Backend.LOCAL, workers: int = 1, address: str | None = None,
+            cpus_per_worker: int = 1) -> Confirmation:
     """Train the prediction for ``target_width`` and its LR neighbours α·2^offset, record
     them in ``storage`` and judge the prediction (module docstring).
 
@@ -213,7 +296,13 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     already finished for the same prediction are not trained again. ``on_run`` is called
     after each new run. Raises :class:`hptransfer.transfer.PredictionError` when the study
     cannot support a prediction, :class:`hptransfer.study.StudyError` when its corpus
-    changed.
+    changed (or, with ``backend=Backend.RAY``, when Ray is missing or the storage is a file
+    that a multi-node cluster cannot share), ValueError for options that do not fit together.
+
+    ``backend=Backend.RAY`` trains each run as a Ray Train job on the cluster at ``address``
+    (:func:`hptransfer.cluster.connect`) with ``workers`` data-parallel workers of
+    ``cpus_per_worker`` CPUs (and threads) each; the predicted batch size must be divisible
+    by ``workers``. ``threads`` is for local runs only.
     """
     import optuna
     from optuna.distributions import FloatDistribution
@@ -222,7 +311,6 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     from hptransfer.corpus import load_corpus
     from hptransfer.storage import open_storage
     from hptransfer.study import load_config
-    from hptransfer.training import resolve_threads
     from hptransfer.transfer import PredictionError, predict_hparams
     from hptransfer.tuning import quiet_optuna, reclaim_lost
 
@@ -231,8 +319,11 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
         raise ValueError(f"offsets must include 0 (the predicted point), got {list(offsets)}")
     if not 0 < tolerance < 1:
         raise ValueError(f"tolerance is a relative loss in (0, 1), got {tolerance}")
+    placement = _placement(backend, threads=threads, workers=workers, address=address,
+                           cpus_per_worker=cpus_per_worker)
     quiet_optuna()
     prediction = predict_hparams(target_width, study=study, storage=storage)
+    url = _storage_url(storage) if placement.ray is not None else None
     storage = open_storage(storage) if storage is None or isinstance(storage, str) else storage
     try:
         config = load_config(study, storage)
@@ -243,8 +334,15 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
         raise StudyError(f"the corpus {config.data or '(built-in)'} now hashes to "
                          f"{corpus.content_hash}, but study {study!r} was tuned on "
                          f"{config.corpus_hash}; restore the data the study was tuned on")
-    threads = resolve_threads(threads)
     predicted = prediction.hparams
+    if placement.ray is not None:
+        from hptransfer.cluster import check_shared_storage, connect
+        from hptransfer.training import rows_per_worker
+
+        rows_per_worker(predicted.batch_size, workers)  # before any run is created
+        connect(address)
+        if url is not None:
+            check_shared_storage(url, address)
     runs_study = optuna.create_study(
         study_name=confirmation_study_name(study, target_width), storage=storage,
         direction="minimize", load_if_exists=True)
@@ -273,8 +371,8 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
             runs_study.tell(trial, state=TrialState.FAIL)
             continue
         hparams = HParams(**{**predicted.model_dump(), "lr": lr})
-        _run_one(runs_study, trial, hparams, offset, predicted.lr, prediction.spec, config,
-                 corpus, threads)
+        attrs = (("offset", offset), ("predicted_lr", predicted.lr), ("role", ROLE))
+        _run_one(runs_study, trial, hparams, attrs, prediction.spec, config, corpus, placement)
         if on_run is not None:
             on_run(next(r for r in _runs(runs_study, predicted, offsets)
                         if r.offset == offset))

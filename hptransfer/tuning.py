@@ -361,12 +361,15 @@ def outcome_state(outcome: RunRecord | BaseException):
 
 def record_run(study, trial, *, spec: ModelSpec, hparams: HParams, config: StudyConfig,
                corpus: Corpus, threads: int, attrs: tuple[tuple[str, Any], ...] = (),
-               prune: bool = False) -> None:
+               prune: bool = False,
+               trainer: Callable[[], RunRecord] | None = None) -> None:
     """Train ``spec``/``hparams`` as ``trial`` of ``study`` and record it, under a lease.
 
-    The one place a local run becomes a trial (tune trials and confirmation runs alike):
-    :func:`record_inputs`, :func:`hptransfer.training.train`, :func:`record_outcome`, and
-    the Optuna state of :func:`outcome_state`.
+    The one place a run becomes a trial (tune trials and confirmation runs alike):
+    :func:`record_inputs`, the training, :func:`record_outcome`, and the Optuna state of
+    :func:`outcome_state`. The training is :func:`hptransfer.training.train` in this
+    process, or ``trainer`` when the run is trained elsewhere (a Ray Train job: this process
+    still holds the lease while it runs).
     """
     from hptransfer.training import train
 
@@ -381,8 +384,9 @@ def record_run(study, trial, *, spec: ModelSpec, hparams: HParams, config: Study
             return Verdict.STOP if trial.should_prune() else Verdict.CONTINUE
 
         try:
-            outcome = train(spec, hparams, config.budget, corpus, seed=config.seed,
-                            on_eval=on_eval if prune else None, threads=threads)
+            outcome = trainer() if trainer is not None else train(
+                spec, hparams, config.budget, corpus, seed=config.seed,
+                on_eval=on_eval if prune else None, threads=threads)
         except Exception as error:
             outcome = error
         record_outcome(storage, trial._trial_id, outcome)

@@ -7,6 +7,7 @@ import click
 
 from hptransfer.cli.app import main
 from hptransfer.cli.options import fail, threads_option
+from hptransfer.cluster import Backend
 
 
 def _offsets(ctx, param, text: str) -> tuple[float, ...]:
@@ -46,13 +47,29 @@ def _local_storage_or_fail(storage: str | None, study: str) -> None:
               callback=_offsets, help="LR offsets in octaves around the prediction")
 @click.option("--json", "as_json", is_flag=True, help="print the confirmation as JSON")
 @threads_option
-def confirm(target_width, study_name, storage, offsets, as_json, threads) -> None:
+@click.option("--backend", type=click.Choice([b.value for b in Backend]),
+              default=Backend.LOCAL.value, show_default=True,
+              help="where each run trains: this process, or a Ray Train job on a Ray cluster "
+                   "(pip install \"hptransfer[ray]\")")
+@click.option("--address", default=None,
+              help="--backend ray: the cluster (auto, HOST:PORT, ray://HOST:10001) "
+                   "[default: a running cluster, else a local one]")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="--backend ray: data-parallel workers per run; the predicted batch size "
+                   "must be divisible by it")
+@click.option("--cpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
+              help="--backend ray: CPUs (= training threads) per worker")
+def confirm(target_width, study_name, storage, offsets, as_json, threads, backend, address,
+            workers, cpus_per_worker) -> None:
     """Train the predicted point and its LR neighbours at --target-width and judge it.
 
     The runs are recorded in the study's storage (as the Optuna study
     NAME.confirm.wWIDTH); running the command again trains only the missing ones. The
     verdict is CONFIRMED, OPTIMUM HIGHER, OPTIMUM LOWER or INCONCLUSIVE, with the loss
     regret of the prediction; the exit status is 0 whatever the verdict.
+
+    With --backend ray each run is a Ray Train job of --workers data-parallel workers; the
+    runs are recorded, by this process, exactly like local ones.
     """
     from hptransfer.confirmation import confirm as run_confirm
     from hptransfer.corpus import CorpusError
@@ -69,7 +86,9 @@ def confirm(target_width, study_name, storage, offsets, as_json, threads) -> Non
 
     try:
         result = run_confirm(target_width, study=study_name, storage=storage,
-                             offsets=offsets, threads=threads, on_run=progress)
+                             offsets=offsets, threads=threads, on_run=progress,
+                             backend=Backend(backend), workers=workers, address=address,
+                             cpus_per_worker=cpus_per_worker)
     except (PredictionError, StudyError, StorageError, CorpusError, ValueError) as error:
         fail(str(error))
     if as_json:

@@ -1,0 +1,110 @@
+"""Data-parallel training: two gloo processes on CPU follow the single-process run.
+
+One module fixture spawns two ranks once (torch.multiprocessing, no Ray); each rank trains
+the same few tiny runs and writes its records as JSON, which the tests compare with the
+same runs trained in this process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hptransfer.budget import Budget
+from hptransfer.hparams import HParams
+from hptransfer.record import RunRecord, Status, Verdict
+from hptransfer.spec import ModelSpec
+from hptransfer.training import train
+
+WORKERS = 2
+SPEC = ModelSpec(width=32, depth=2, head_dim=16, seq_len=32, base_width=32)  # = tiny_spec
+BUDGET = Budget(steps=12, eval_every=4, eval_tokens=1024)
+HPARAMS = HParams(batch_size=4, lr=2.0**-6)
+DIVERGING = HParams(batch_size=4, lr=8.0, warmup_fraction=0.0, grad_clip=0.0)
+TOLERANCE = 1e-4  # relative: float rounding of a split mean, not a different computation
+
+
+def _stop_at_second_eval(seen: list):
+    def on_eval(point):
+        seen.append(point)
+        return Verdict.STOP if len(seen) == 2 else Verdict.CONTINUE
+
+    return on_eval
+
+
+def _rank(rank: int, rendezvous: str, corpus_path: str, out: str) -> None:
+    """One data-parallel rank: train each case, write {case: record JSON or error}."""
+    import torch.distributed as dist
+
+    from hptransfer.corpus import load_corpus
+
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=WORKERS)
+    try:
+        corpus = load_corpus(corpus_path)
+        results: dict[str, object] = {}
+        try:
+            train(SPEC, HParams(batch_size=3), BUDGET, corpus, threads=1)
+        except ValueError as error:
+            results["indivisible"] = str(error)
+        results["plain"] = train(SPEC, HPARAMS, BUDGET, corpus, threads=1).model_dump_json()
+        seen: list = []
+        pruned = train(SPEC, HPARAMS, BUDGET, corpus, threads=1,
+                       on_eval=_stop_at_second_eval(seen))
+        results["pruned"] = pruned.model_dump_json()
+        results["pruned_callbacks"] = len(seen)
+        results["diverged"] = train(SPEC, DIVERGING, Budget(steps=40, eval_every=5), corpus,
+                                    threads=1).model_dump_json()
+        Path(out, f"rank{rank}.json").write_text(json.dumps(results))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory, text_file) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    folder = tmp_path_factory.mktemp("ddp")
+    rendezvous = f"file://{folder / 'rendezvous'}"
+    mp.spawn(_rank, args=(rendezvous, text_file, str(folder)), nprocs=WORKERS, join=True)
+    return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(WORKERS)]
+
+
+def _record(result: dict, case: str) -> RunRecord:
+    return RunRecord.model_validate_json(result[case])
+
+
+def test_two_ranks_match_one_process(ranks, tiny_corpus):
+    alone = train(SPEC, HPARAMS, BUDGET, tiny_corpus, threads=1)
+    first, second = (_record(r, "plain") for r in ranks)
+    for record in (first, second):
+        assert record.status is Status.COMPLETE
+        assert record.final_val_loss == pytest.approx(alone.final_val_loss, rel=TOLERANCE)
+        assert [p.loss for p in record.val_curve] == pytest.approx(
+            [p.loss for p in alone.val_curve], rel=TOLERANCE)
+        assert [p.loss for p in record.train_curve] == pytest.approx(
+            [p.loss for p in alone.train_curve], rel=TOLERANCE)
+        # the global batch is counted, not one rank's share
+        assert (record.steps, record.tokens_seen, record.flops) == (
+            alone.steps, alone.tokens_seen, alone.flops)
+    # the ranks agree exactly: one averaged training loss, rank 0's validation loss
+    assert first.val_curve == second.val_curve and first.train_curve == second.train_curve
+
+
+def test_indivisible_batch_is_refused(ranks):
+    for result in ranks:
+        assert "batch_size 3 cannot be split evenly over 2" in result["indivisible"]
+
+
+def test_ranks_stop_together(ranks):
+    """on_eval runs on rank 0 only and its STOP ends every rank; a divergence seen in the
+    averaged loss ends every rank at the same step."""
+    pruned = [_record(r, "pruned") for r in ranks]
+    assert [r.status for r in pruned] == [Status.PRUNED] * WORKERS
+    assert [r.steps for r in pruned] == [8] * WORKERS
+    assert [r["pruned_callbacks"] for r in ranks] == [2, 0]
+    diverged = [_record(r, "diverged") for r in ranks]
+    assert [r.status for r in diverged] == [Status.DIVERGED] * WORKERS
+    assert diverged[0].steps == diverged[1].steps < 40
+    assert diverged[0].reason == diverged[1].reason
