@@ -112,7 +112,7 @@ def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
                              f"the study's {config.corpus_hash}: every node needs the same "
                              f"--data")
         outcome = train(spec, hparams, config.budget, corpus, seed=config.seed,
-                        on_eval=on_eval, threads=job["threads"])
+                        on_eval=on_eval, threads=job["threads"], device=job["device"])
     except Exception as error:
         outcome = error
     record_outcome(storage, trial_id, outcome)
@@ -238,8 +238,10 @@ def run_width_on_ray(study, name: str, width: int, config: StudyConfig, storage_
                                   grace_period=max(1, tokens // 2), reduction_factor=2)
     searcher = _searcher(study, config, make_sampler(sampler, config, config.seed + width),
                          name, width, on_trial)
+    # Ray gives a trial with a GPU share its own CUDA_VISIBLE_DEVICES: "cuda" is that card
     job = {"config": config.model_dump_json(), "storage": storage_url, "width": width,
-           "threads": options.cpus_per_trial}
+           "threads": options.cpus_per_trial,
+           "device": "cuda" if options.gpus_per_trial > 0 else None}
     trainable = ray_tune.with_resources(
         ray_tune.with_parameters(_train_trial, job=job),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})

@@ -45,7 +45,8 @@ from hptransfer.record import CurvePoint, RunRecord, Status, Verdict
 from hptransfer.schedule import lr_factor
 from hptransfer.spec import ModelSpec, Precision
 
-__all__ = ["EvalCallback", "evaluate", "resolve_threads", "rows_per_worker", "train"]
+__all__ = ["EvalCallback", "evaluate", "resolve_device", "resolve_threads", "rows_per_worker",
+           "train"]
 
 EvalCallback = Callable[[CurvePoint], "Verdict | None"]
 
@@ -66,11 +67,24 @@ def resolve_threads(threads: int | None = None) -> int:
     return threads
 
 
-def _autocast(spec: ModelSpec):
+def _autocast(spec: ModelSpec, device_type: str = "cpu"):
     # bf16 autocast keeps fp32 master weights and optimizer state; only matmul inputs and
     # outputs are bf16. On AVX512-BF16 CPUs this runs matmuls ~4× faster than fp32.
-    return torch.autocast("cpu", dtype=torch.bfloat16,
+    return torch.autocast(device_type, dtype=torch.bfloat16,
                           enabled=spec.precision is Precision.BF16)
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """The device to train on: ``cpu`` (the default) or a CUDA device; a clear error when
+    CUDA is asked for and this torch build or machine has none."""
+    resolved = torch.device(device or "cpu")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch {torch.__version__} sees no "
+                         f"CUDA GPU here; install a CUDA build of torch on a GPU machine, or "
+                         f"train on the CPU")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda[:N], got {device!r}")
+    return resolved
 
 
 def _loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -86,7 +100,7 @@ def evaluate(model: Transformer, batches: list[torch.Tensor]) -> float:
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    with _autocast(model.spec):
+    with _autocast(model.spec, batches[0].device.type if batches else "cpu"):
         for batch in batches:
             rows = batch.shape[0]
             total += _loss(model, batch).item() * rows
@@ -156,8 +170,11 @@ class _Ranks(NamedTuple):
 
 def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | None = None,
           *, seed: int = 0, on_eval: EvalCallback | None = None,
-          threads: int | None = None) -> RunRecord:
+          threads: int | None = None, device: str | None = None) -> RunRecord:
     """Train one model and return its record.
+
+    ``device``: ``cpu`` (default) or ``cuda[:N]``. The init is drawn on the CPU either way
+    (the same seed gives the same initial weights on every device), then moved.
 
     ``on_eval`` is called with every validation point; returning :attr:`Verdict.STOP`
     ends the run as :attr:`Status.PRUNED`. Non-finite losses or a training loss above
@@ -172,6 +189,7 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
     rows_per_worker(hparams.batch_size, ranks.size)  # refuse an uneven split before any work
     threads = resolve_threads(threads)
     torch.set_num_threads(threads)
+    on = resolve_device(device)
     corpus = corpus if corpus is not None else load_corpus()
     if corpus.vocab_size > spec.vocab:
         raise ValueError(
@@ -179,7 +197,7 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
             f"has vocab={spec.vocab}; set vocab to at least {corpus.vocab_size}")
 
     torch.manual_seed(seed)
-    model = Transformer(spec, seed=seed)
+    model = Transformer(spec, seed=seed).to(on)
     optimizer = build_optimizer(model, spec, hparams)
     # DDP all-reduces gradients during backward; the optimizer, clipping and evaluation keep
     # working on `model`, whose parameters the wrapper shares.
@@ -189,7 +207,7 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
     tokens_per_step = hparams.batch_size * spec.seq_len
     planned = budget.resolve_steps(tokens_per_step=tokens_per_step)
     rng = np.random.default_rng(seed)
-    validation = [torch.from_numpy(rows) for rows in
+    validation = [torch.from_numpy(rows).to(on) for rows in
                   corpus.validation_batches(_EVAL_ROWS, spec.seq_len, budget.eval_tokens)]
 
     status, reason = Status.COMPLETE, None
@@ -204,7 +222,8 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
         for group, peak in zip(optimizer.param_groups, peak_lrs, strict=True):
             group["lr"] = peak * factor
         batch = torch.from_numpy(corpus.train_batch(rng, hparams.batch_size, spec.seq_len))
-        with _autocast(spec):
+        batch = batch.to(on, non_blocking=True)
+        with _autocast(spec, on.type):
             loss = _loss(forward, ranks.rows(batch))
         loss.backward()
         if hparams.grad_clip > 0:

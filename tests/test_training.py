@@ -112,3 +112,17 @@ def test_optimizer_options_train(tiny_spec, tiny_corpus, hparams):
     record = train(tiny_spec, hparams, Budget(steps=6, eval_every=6, eval_tokens=512),
                    tiny_corpus)
     assert record.status is Status.COMPLETE
+
+
+def test_device_is_checked_before_any_work(tiny_spec, tiny_corpus):
+    import torch
+
+    from hptransfer.training import resolve_device
+
+    assert resolve_device(None) == torch.device("cpu")
+    with pytest.raises(ValueError, match="cpu or cuda"):
+        resolve_device("mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            train(tiny_spec, HParams(batch_size=4), Budget(steps=1), tiny_corpus,
+                  device="cuda")
