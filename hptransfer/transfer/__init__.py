@@ -19,7 +19,7 @@ Three steps, each with a recorded result (docs/transfer.md explains the choices)
    width from the others.
 3. **Beyond width** (:mod:`hptransfer.transfer.rules`). Named rules for weight decay (by the
    study's convention, SPEC §3), a different target batch (√k), a longer horizon
-   (η* ∝ D^−β) and depth (not supported yet).
+   (η* ∝ D^−β) and depth (CompleteP studies only; a warning otherwise).
 
 :mod:`hptransfer.transfer.predictor` runs the three steps on a study's trials
 (:func:`predict_hparams`, :func:`predict_from_trials`) and returns a :class:`Prediction`

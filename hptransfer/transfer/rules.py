@@ -6,8 +6,9 @@ Every rule applied is recorded with its reason and every doubt becomes a warning
   loudly beyond ``DRIFT_THRESHOLD``, with loose slopes and leave-one-width-out misses;
 - the stability bound: the LR stays below the smallest LR that diverged at any width;
 - beyond width: weight decay by the study's convention (SPEC §3), a different target batch
-  (√k) and a longer horizon (η* ∝ D^−β). Depth is not supported yet: the predictor
-  (:mod:`hptransfer.transfer.predictor`) warns.
+  (√k) and a longer horizon (η* ∝ D^−β). Depth: a study whose spec uses the CompleteP
+  depth rule transfers across depth unchanged (rule ``depth-completep``); any other study
+  gets a warning from the predictor (:mod:`hptransfer.transfer.predictor`).
 """
 
 from __future__ import annotations
