@@ -12,6 +12,7 @@ and asks for a database server (PostgreSQL) instead, before anything runs.
 
 from __future__ import annotations
 
+import json
 import os
 from enum import Enum
 
@@ -53,9 +54,13 @@ def connect(address: str | None = None):
     ray = require_ray()
     if ray.is_initialized():
         return ray
+    # Inside a Ray Job, the job's runtime env already sets its env vars on every worker, and
+    # Ray refuses a driver runtime env that sets one of them again: pass only the others.
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    taken = set((job.get("runtime_env") or {}).get("env_vars") or {})
     env = {k: os.environ[k] for k in ("HPTRANSFER_THREADS", "HPTRANSFER_HOME",
                                       "HPTRANSFER_HEARTBEAT_S", "HPTRANSFER_GRACE_S")
-           if k in os.environ}
+           if k in os.environ and k not in taken}
     try:
         ray.init(address=address, runtime_env={"env_vars": env} if env else None,
                  logging_level="WARNING", log_to_driver=True, include_dashboard=False

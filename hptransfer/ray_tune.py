@@ -96,10 +96,7 @@ def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
     trial_id = ray_config["optuna_trial_id"]
     params = {k: v for k, v in ray_config.items() if k != "optuna_trial_id"}
     storage.set_trial_system_attr(trial_id, _WORKER_PID, f"{socket.gethostname()}:{os.getpid()}")
-    corpus = load_corpus(config.data)
     spec, hparams = config.spec_at(job["width"]), _hparams_of(config, params)
-    record_inputs(storage, trial_id, spec=spec, hparams=hparams, corpus=corpus,
-                  threads=job["threads"], attrs=(("backend", Backend.RAY.value),))
 
     def on_eval(point: CurvePoint) -> Verdict:
         storage.set_trial_intermediate_value(trial_id, point.tokens, point.loss)
@@ -107,6 +104,11 @@ def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
         return Verdict.CONTINUE
 
     try:
+        # a missing or different corpus on this node is recorded as the trial's error (a
+        # retry on the same node would fail the same way)
+        corpus = load_corpus(config.data)
+        record_inputs(storage, trial_id, spec=spec, hparams=hparams, corpus=corpus,
+                      threads=job["threads"], attrs=(("backend", Backend.RAY.value),))
         if corpus.content_hash != config.corpus_hash:
             raise StudyError(f"the corpus on this node hashes to {corpus.content_hash}, not "
                              f"the study's {config.corpus_hash}: every node needs the same "
@@ -135,10 +137,20 @@ def _searcher(study, config: StudyConfig, sampler, name: str, width: int,
         config.space.suggest(trial)
 
     class RecordingSearch(OptunaSearch):
-        def __init__(self) -> None:
+        def __init__(self, on_trial) -> None:
             super().__init__(space=space, metric=METRIC, mode="min", sampler=sampler,
                              study_name=study.study_name, storage=study._storage)
             self._leases: dict[str, _Heartbeat] = {}
+            self._on_trial = on_trial
+
+        def __getstate__(self) -> dict:
+            # Ray pickles the searcher with the experiment; the lease threads and the
+            # caller's callback (a progress bar, holding locks) stay in this process
+            return {k: v for k, v in self.__dict__.items()
+                    if k not in ("_leases", "_on_trial")}
+
+        def __setstate__(self, state: dict) -> None:
+            self.__dict__.update(state, _leases={}, _on_trial=None)
 
         def suggest(self, trial_id: str) -> dict | None:
             params = super().suggest(trial_id)
@@ -180,9 +192,9 @@ def _searcher(study, config: StudyConfig, sampler, name: str, width: int,
                 if lease is not None:
                     lease.stop()
                 self._completed_trials.add(trial_id)
-            if on_trial is not None:
-                on_trial(next(t for t in load_trials(name, storage, [width])
-                              if t.number == ot_trial.number))
+            if self._on_trial is not None:
+                self._on_trial(next(t for t in load_trials(name, storage, [width])
+                                    if t.number == ot_trial.number))
 
         # Ray checkpoints its experiment by pickling the searcher (storage engine, lease
         # threads). Not needed: the Optuna storage is the record, and a re-run resumes from it.
@@ -197,7 +209,9 @@ def _searcher(study, config: StudyConfig, sampler, name: str, width: int,
                 lease.stop()
             self._leases.clear()
 
-    return RecordingSearch()
+    # on_trial goes in as an argument, not a closure: cloudpickle pickles this class by
+    # value, closures included, and __getstate__ leaves the callback behind
+    return RecordingSearch(on_trial)
 
 
 def _state_of(status: str, loss: float | None):

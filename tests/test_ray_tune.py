@@ -163,6 +163,8 @@ def _tiny_flags(text_file, url):
 
 
 def test_cli_tune_on_ray(text_file, ray_cluster, tmp_path):
+    """With the progress bar (it holds locks: Ray pickles the searcher, which must leave
+    the bar behind) and then again with --json: nothing left to run, same record."""
     import json
 
     from click.testing import CliRunner
@@ -170,9 +172,12 @@ def test_cli_tune_on_ray(text_file, ray_cluster, tmp_path):
     from hptransfer.cli import main
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"
-    result = CliRunner().invoke(main, ["tune", *_tiny_flags(text_file, url), "--backend",
-                                       "ray", "--address", ray_cluster.address,
-                                       "--concurrent", "2", "--json"])
+    flags = ["tune", *_tiny_flags(text_file, url), "--backend", "ray", "--address",
+             ray_cluster.address, "--concurrent", "2"]
+    result = CliRunner().invoke(main, flags)
+    assert result.exit_code == 0, result.output
+    assert "Resume or top up" in result.stdout
+    result = CliRunner().invoke(main, [*flags, "--json"])
     assert result.exit_code == 0, result.output
     assert [w["finished"] for w in json.loads(result.stdout)["widths"]] == [2]
     # two complete; the rest of the warm-start grid stays enqueued for a top-up, as locally
