@@ -27,6 +27,7 @@ from pydantic import Field
 
 from hptransfer.ablation import Ablation, Axis, PaperVerdict, Setting, Study
 from hptransfer.spec import FrozenConfig
+from hptransfer.storage import write_atomic
 from hptransfer.study import StudyConfig, TrialRecord, TrialStatus
 
 if TYPE_CHECKING:
@@ -148,19 +149,8 @@ def run_study(study: Study, *, results: str | Path, storage: str | None = None,
              storage=url, sampler=SamplerKind.GRID, warm_start=WarmStart.NONE,
              corpus=corpus, threads=threads, on_trial=on_trial)
         result = result_from_storage(study, open_storage(url))
-        _write_atomic(path, result.model_dump_json(indent=1) + "\n")
+        write_atomic(path, result.model_dump_json(indent=1) + "\n")
     return result
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def load_result(path: str | Path) -> StudyResult:

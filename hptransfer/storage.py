@@ -13,6 +13,7 @@ The Optuna storage is the single record of every trial. Accepted forms:
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,3 +102,13 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
                            f"pip install 'hptransfer[{extra}]' ({error})") from error
     except optuna.exceptions.StorageInternalError as error:
         raise StorageError(f"cannot open storage {url}: {error}") from error
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename:
+    never half a file, even when the process is killed mid-write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)

@@ -10,16 +10,15 @@ option, before anything is trained or written (:func:`build`, :func:`fail`).
 from __future__ import annotations
 
 import math
-import os
 import re
 import sys
-import tempfile
 from enum import Enum
-from pathlib import Path
 from typing import Any, get_args
 
 import click
 from pydantic import BaseModel, ValidationError
+
+from hptransfer.storage import write_atomic  # noqa: F401  (the commands import it from here)
 
 # ---- numbers like 2^-6 --------------------------------------------------------------------
 
@@ -127,15 +126,6 @@ def load_corpus_or_fail(data: str | None):
         return load_corpus(data)
     except CorpusError as error:
         fail(str(error))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def parse_widths(text: str) -> tuple[int, ...]:
