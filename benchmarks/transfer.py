@@ -70,6 +70,22 @@ def _grid_optimum(records, config: StudyConfig, width: int) -> dict:
             "best_grid_loss": best.final_val_loss, "flags": list(fit.evidence.flags)}
 
 
+def _same_grid(config: StudyConfig, name: str, storage) -> StudyConfig:
+    """The recorded grid's config when it differs from ``config`` only in the base LR (the
+    grid searches the LR, so its base value is never used): a new prediction with the same
+    λ and batch reuses the grid instead of paying for it again."""
+    from hptransfer.study import load_config, study_names
+
+    if name not in study_names(storage):
+        return config
+    old = load_config(name, storage)
+    unify = {"lr": config.space.base.lr}
+    if (old.model_copy(update={"space": old.space.model_copy(update={
+            "base": old.space.base.model_copy(update=unify)})}) == config):
+        return old
+    return config
+
+
 def _save(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -104,6 +120,7 @@ def run(args: argparse.Namespace) -> dict:
         corpus_hash=config.corpus_hash, data=config.data,
         space=SearchSpace(lr=(2.0**low, 2.0**high), base=predicted))
     points = high - low + 1
+    grid_config = _same_grid(grid_config, f"{name}.grid", args.storage)
     grid = tune(grid_config, study=f"{name}.grid", widths=(args.target_width,), trials=points,
                 storage=args.storage, sampler=SamplerKind.GRID, warm_start=WarmStart.NONE)
     print(f"target grid ({points} points) done in {grid.wall_time_s:.0f} s", flush=True)

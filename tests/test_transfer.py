@@ -122,6 +122,23 @@ def test_drift_alarm_names_sp_as_a_suspect():
     assert alarm and "-0.7" in alarm[0] and "standard parametrization" in alarm[0]
 
 
+def test_a_large_slope_that_is_not_yet_significant_is_announced_as_loudly():
+    """Two noisy widths with a real drift of −1 octave per doubling: the slope's interval
+    still reaches 0, so the model stays constant, but "no drift established" must not read
+    as "transfer holds" (the SP benchmark at widths 32 and 64 is this case)."""
+    drift = lambda w: TRUE_OPT - 1.0 * math.log2(w / 32)  # noqa: E731
+    prediction = predict_from_trials(bowl([32, 64], drift, seed=0, noise=0.02,
+                                          curvature=0.01, extra=3),
+                                     make_config(param="sp"), 1024)
+    fit = prediction.evidence.fits["lr"]
+    assert fit.model is TransferModel.CONSTANT and fit.slope < -0.25
+    assert fit.slope_interval[0] < 0 < fit.slope_interval[1]
+    warning = [w for w in prediction.warnings if "transfer is not established" in w]
+    assert warning and f"{fit.slope:+.2f} octaves per doubling" in warning[0]
+    assert "standard parametrization" in warning[0]
+    assert not any("transfer holds" in r.detail for r in prediction.rules)
+
+
 def test_diverged_trials_bound_the_optimum():
     # the bowl's own minimum (2^-4.5) lies beyond the stability edge at 2^-5
     records = bowl([32, 64], lambda w: -4.5, diverge_above=-5.0, extra=8)

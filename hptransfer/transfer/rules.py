@@ -2,8 +2,10 @@
 
 Every rule applied is recorded with its reason and every doubt becomes a warning:
 
-- the width rule of each hparam: constant (µP transfer holds) or log-linear drift, announced
-  loudly beyond ``DRIFT_THRESHOLD``, with loose slopes and leave-one-width-out misses;
+- the width rule of each hparam: constant (no drift established) or log-linear drift,
+  announced loudly beyond ``DRIFT_THRESHOLD`` (and a constant whose slope estimate is that
+  large gets a loud "not established" warning), with loose slopes and leave-one-width-out
+  misses;
 - the stability bound: the LR stays below the smallest LR that diverged at any width;
 - beyond width: weight decay by the study's convention (SPEC §3), a different target batch
   (√k) and a longer horizon (η* ∝ D^−β). Depth: a study whose spec uses the CompleteP
@@ -24,7 +26,8 @@ __all__ = ["Rule"]
 
 # ---- the choices, each with its reason ------------------------------------------------------
 
-# Drift alarm: a slope whose interval excludes 0 and that exceeds 0.25 octave per doubling
+# Drift alarm: a slope that exceeds 0.25 octave per doubling (its interval excluding 0: a
+# fitted drift; including 0: transfer not established)
 # moves the optimum by 1–1.5 octaves over the 4–6 doublings of a typical proxy → target
 # extrapolation: more than the half-octave a µP prediction should be good to.
 DRIFT_THRESHOLD = 0.25
@@ -70,8 +73,18 @@ def _judge_width_fits(transfer: dict[str, TransferFit], config: StudyConfig,
         if fit.model is TransferModel.CONSTANT:
             notes.rule(f"width-constant:{hparam}",
                        f"{what}: the slope interval [{low:+.2f}, {high:+.2f}] octave per "
-                       f"doubling contains 0, so µP transfer holds: the weighted "
+                       f"doubling contains 0, so no drift is established: the weighted "
                        f"{'mean' if hparam == 'lr' else 'median'} of the widths' optima")
+            if hparam == "lr" and abs(fit.slope) > DRIFT_THRESHOLD:
+                # a large slope whose interval still reaches 0 (too few widths to be sure):
+                # not evidence of transfer, and the user must hear it as loudly as a drift
+                notes.warnings.append(
+                    f"transfer is not established for this parametrization: the optimum LR "
+                    f"moves {fit.slope:+.2f} octaves per doubling of width (95% interval "
+                    f"[{low:+.2f}, {high:+.2f}], which still includes 0); the prediction "
+                    f"keeps the optimum constant, which is wrong if the drift is real: tune "
+                    f"a wider proxy width to settle it"
+                    + _drift_causes(config.spec, config.space.base))
             spread = max(abs(low), abs(high)) * abs(doublings)
             if hparam == "lr" and spread > EXTRAPOLATION_SPREAD_WARN:
                 notes.warnings.append(
