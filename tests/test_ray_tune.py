@@ -92,6 +92,8 @@ def _kill_first_worker(url: str, name: str, killed: list[int]) -> None:
                     return
         except KeyError:  # the study does not exist yet
             pass
+        except Exception as error:  # a database hiccup must not kill the killer silently
+            print(f"killer: {type(error).__name__}: {error}", file=sys.stderr)
         time.sleep(0.05)
 
 
@@ -103,6 +105,7 @@ def test_a_killed_ray_worker_is_retried_and_nothing_is_lost(tiny_study_config, t
     config = StudyConfig(**{**tiny_study_config.model_dump(),
                             "budget": Budget(steps=40, eval_every=2, eval_tokens=1024)})
     killed: list[int] = []
+    open_storage(url)  # create the tables here, not in a race with the killer thread
     killer = threading.Thread(target=_kill_first_worker, args=(url, "killed.w32", killed))
     killer.start()
     _ray_tune(config, url, ray_cluster, study="killed", widths=(32,), trials=3,
