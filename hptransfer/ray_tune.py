@@ -131,7 +131,7 @@ def _searcher(study, config: StudyConfig, sampler, name: str, width: int,
     from ray.tune.search.optuna import OptunaSearch
 
     from hptransfer.study import load_trials
-    from hptransfer.tuning import _Heartbeat
+    from hptransfer.tuning import _Heartbeat, state_of
 
     def space(trial) -> None:  # define-by-run: the captor records every suggest_* call
         config.space.suggest(trial)
@@ -174,7 +174,7 @@ def _searcher(study, config: StudyConfig, sampler, name: str, width: int,
                 record = storage.get_trial(tid)
                 status = record.user_attrs.get("status")
                 if result and result.get("final") and status is not None:
-                    state, value = _state_of(status, record.user_attrs.get("final_val_loss"))
+                    state, value = state_of(status, record.user_attrs.get("final_val_loss"))
                 elif error:
                     storage.set_trial_user_attr(tid, "status", TrialStatus.ERROR.value)
                     storage.set_trial_user_attr(
@@ -212,17 +212,6 @@ def _searcher(study, config: StudyConfig, sampler, name: str, width: int,
     # on_trial goes in as an argument, not a closure: cloudpickle pickles this class by
     # value, closures included, and __getstate__ leaves the callback behind
     return RecordingSearch(on_trial)
-
-
-def _state_of(status: str, loss: float | None):
-    """The Optuna state for a status the worker recorded (same mapping as local trials)."""
-    from optuna.trial import TrialState
-
-    if status == TrialStatus.COMPLETE.value and loss is not None:
-        return TrialState.COMPLETE, loss
-    if status == TrialStatus.PRUNED.value:
-        return TrialState.PRUNED, None
-    return TrialState.FAIL, None
 
 
 def run_width_on_ray(study, name: str, width: int, config: StudyConfig, storage_url: str, *,

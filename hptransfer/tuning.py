@@ -40,7 +40,7 @@ from hptransfer.cluster import Backend
 from hptransfer.corpus import Corpus
 from hptransfer.hparams import HParams
 from hptransfer.ray_tune import RayOptions
-from hptransfer.record import CurvePoint, RunRecord, Status, Verdict
+from hptransfer.record import CurvePoint, RunRecord, Verdict
 from hptransfer.space import SearchSpace
 from hptransfer.spec import FrozenConfig, ModelSpec
 from hptransfer.storage import storage_kind
@@ -348,13 +348,19 @@ def outcome_state(outcome: RunRecord | BaseException):
     """The Optuna state and value of a run: COMPLETE with the final validation loss, PRUNED,
     or FAIL for a diverged run (not a loss; it bounds the stable region) and for an
     exception (recorded, never retried: it would fail again)."""
+    if isinstance(outcome, BaseException):
+        return state_of(TrialStatus.ERROR.value, None)
+    return state_of(outcome.status.value, outcome.final_val_loss)
+
+
+def state_of(status: str, loss: float | None):
+    """The Optuna state and value for a recorded ``status`` attribute (the one mapping, for
+    local trials and for the Ray driver, which reads the status its worker recorded)."""
     from optuna.trial import TrialState
 
-    if isinstance(outcome, BaseException):
-        return TrialState.FAIL, None
-    if outcome.status is Status.COMPLETE:
-        return TrialState.COMPLETE, outcome.final_val_loss
-    if outcome.status is Status.PRUNED:
+    if status == TrialStatus.COMPLETE.value and loss is not None:
+        return TrialState.COMPLETE, loss
+    if status == TrialStatus.PRUNED.value:
         return TrialState.PRUNED, None
     return TrialState.FAIL, None
 
