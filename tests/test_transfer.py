@@ -257,6 +257,23 @@ def test_batch_horizon_and_depth_rules_are_named_and_applied():
     assert not {"batch-sqrt", "horizon-power-law"} & {r.name for r in same.rules}
 
 
+def test_a_measured_horizon_exponent_replaces_the_default():
+    config, records = make_config(), bowl([32, 64])
+    tokens = 150 * 16 * 128
+    default = predict_from_trials(records, config, 1024, target_tokens=8 * tokens)
+    measured = predict_from_trials(records, config, 1024, target_tokens=8 * tokens,
+                                   horizon_exponent=0.5)
+    # 3 doublings of tokens at β = 0.5 instead of 0.3: 0.6 octave lower
+    assert math.log2(default.hparams.lr / measured.hparams.lr) == pytest.approx(0.6)
+    rule = next(r.detail for r in measured.rules if r.name == "horizon-power-law")
+    assert "β = 0.5 is given" in rule
+    assert "literature default" in next(r.detail for r in default.rules
+                                        if r.name == "horizon-power-law")
+    with pytest.raises(PredictionError, match=r"horizon_exponent=-0.3 is outside \[0, 1\]"):
+        predict_from_trials(records, config, 1024, target_tokens=8 * tokens,
+                            horizon_exponent=-0.3)
+
+
 def test_baselines_are_reported_with_their_caveat():
     prediction = predict_from_trials(bowl([32, 64]), make_config(), 4096, target_tokens=10**9)
     baselines = prediction.baselines
@@ -394,6 +411,8 @@ def test_cli_predict(runner, tiny_study, tmp_path):
     (["--target-width", "256", "--target-tokens", "0"], "positive whole number"),
     (["--target-width", "256", "--target-tokens", "1.5"], "positive whole number"),
     (["--target-width", "0"], "range"),
+    (["--target-width", "256", "--target-tokens", "1e9", "--horizon-exponent", "3"],
+     "is outside [0, 1]"),
 ])
 def test_cli_bad_input_exits_2_and_writes_nothing(runner, tiny_study, tmp_path, extra, message):
     args = ["predict", "--study", "tiny", "--storage", tiny_study, "--out", "p.json"]

@@ -90,6 +90,9 @@ def print_prediction(prediction, *, baselines: bool = False) -> None:
               help="training tokens of the target, e.g. 2e9 [default: the proxies' budget]")
 @click.option("--target-batch", type=click.IntRange(min=1), default=None,
               help="target batch in sequences [default: the proxies' optimum]")
+@click.option("--horizon-exponent", type=float, default=None,
+              help="β of the horizon rule η* ∝ D^−β for --target-tokens [default: 0.3, a "
+                   "literature value]; a steps study measures it (docs/reproduction.md)")
 @click.option("--baseline", is_flag=True,
               help="also show zero-shot µTransfer, Step Law and DeepSeek predictions")
 @click.option("--bootstrap", type=click.IntRange(min=50), default=1000, show_default=True,
@@ -102,7 +105,7 @@ def print_prediction(prediction, *, baselines: bool = False) -> None:
               help="print ready code instead: torch param groups with µP per-tensor LRs for "
                    "hptransfer's model, or Hugging Face TrainingArguments fields")
 def predict(target_width, study_name, storage, target_depth, target_tokens, target_batch,
-            baseline, bootstrap, seed, as_json, out, snippet) -> None:
+            horizon_exponent, baseline, bootstrap, seed, as_json, out, snippet) -> None:
     """Predict lr, weight decay and batch size at --target-width from a tuned study.
 
     Fits each proxy width's optimum (quadratic in log2 lr, bootstrap intervals), fits the
@@ -124,8 +127,9 @@ def predict(target_width, study_name, storage, target_depth, target_tokens, targ
     try:
         prediction = predict_hparams(target_width, study=study_name, storage=storage,
                                      target_depth=target_depth, target_tokens=tokens,
-                                     target_batch=target_batch, bootstrap=bootstrap,
-                                     seed=seed)
+                                     target_batch=target_batch,
+                                     horizon_exponent=horizon_exponent,
+                                     bootstrap=bootstrap, seed=seed)
     except (PredictionError, StorageError) as error:
         fail(str(error))
     text = prediction.model_dump_json(indent=2)

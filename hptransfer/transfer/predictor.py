@@ -23,6 +23,8 @@ from hptransfer.transfer.fit import _transfer_fits
 from hptransfer.transfer.optimum import BAND, WINDOW_OCTAVES, _fit_width
 from hptransfer.transfer.prediction import Evidence, Prediction
 from hptransfer.transfer.rules import (
+    HORIZON_EXPONENT,
+    HORIZON_EXPONENT_RANGE,
     _judge_width_fits,
     _lr_at_target,
     _Notes,
@@ -71,6 +73,7 @@ def _usable_widths(records: list[TrialRecord], study: str) -> tuple[dict[int, li
 def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_width: int, *,
                         study: str = "proxy", target_depth: int | None = None,
                         target_tokens: int | None = None, target_batch: int | None = None,
+                        horizon_exponent: float | None = None,
                         bootstrap: int = 1000, seed: int = 0, band: float = BAND,
                         window: float = WINDOW_OCTAVES) -> Prediction:
     """The prediction from a study's trial records and config (what
@@ -86,6 +89,13 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
                         ("target_batch", target_batch)):
         if value is not None and value < 1:
             raise PredictionError(f"{name} must be a positive integer, got {value}")
+    beta_low, beta_high = HORIZON_EXPONENT_RANGE
+    if horizon_exponent is not None and not beta_low <= horizon_exponent <= beta_high:
+        raise PredictionError(
+            f"horizon_exponent={horizon_exponent:g} is outside [{beta_low:g}, {beta_high:g}]: "
+            f"β is the exponent in η* ∝ D^−β, positive when the optimum LR falls as training gets "
+            f"longer (a steps study's drift per doubling of tokens is −β); the literature "
+            f"default is {HORIZON_EXPONENT}")
     try:
         spec = ModelSpec(**{**config.spec.model_dump(), "width": target_width,
                             "depth": target_depth or config.spec.depth})
@@ -114,7 +124,8 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
     bounds = [f.evidence.diverged_lr for f in fits if f.evidence.diverged_lr is not None]
     lr, lr_low, lr_high = _lr_at_target(
         transfer["lr"], bounds, proxy_batch=proxy_batch, target_batch=target_batch,
-        proxy_tokens=proxy_tokens, target_tokens=target_tokens, notes=notes)
+        proxy_tokens=proxy_tokens, target_tokens=target_tokens,
+        horizon_exponent=horizon_exponent, notes=notes)
     wd, wd_interval = _weight_decay_at_target(transfer.get("weight_decay"), zero, config,
                                               target_width, notes)
     if wd > 0 and (target_tokens is not None or target_batch is not None):
@@ -169,13 +180,15 @@ def _missing_local_storage(url: str) -> str | None:
 
 def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = None,
                     target_depth: int | None = None, target_tokens: int | None = None,
-                    target_batch: int | None = None, bootstrap: int = 1000,
-                    seed: int = 0) -> Prediction:
+                    target_batch: int | None = None, horizon_exponent: float | None = None,
+                    bootstrap: int = 1000, seed: int = 0) -> Prediction:
     """Predict the hparams of a model of width ``target_width`` from study ``study``.
 
     ``storage`` is an Optuna storage or URL (None: ``$HPTRANSFER_HOME/studies.db``).
     ``target_tokens`` and ``target_batch`` (sequences) default to the proxies' own; the
-    rules that move the LR for them are listed in ``Prediction.rules``. Raises
+    rules that move the LR for them are listed in ``Prediction.rules``.
+    ``horizon_exponent`` is β of the horizon rule η* ∝ D^−β (None: the literature default
+    ``HORIZON_EXPONENT``; a steps study such as ``studies/horizon.toml`` measures it). Raises
     :class:`PredictionError` when the study cannot support a prediction.
 
     >>> predict_hparams(1024, study="gone", storage="sqlite:///:memory:")  # doctest: +ELLIPSIS
@@ -200,4 +213,6 @@ def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = N
         raise PredictionError(str(error)) from None
     return predict_from_trials(records, config, target_width, study=study,
                                target_depth=target_depth, target_tokens=target_tokens,
-                               target_batch=target_batch, bootstrap=bootstrap, seed=seed)
+                               target_batch=target_batch,
+                               horizon_exponent=horizon_exponent, bootstrap=bootstrap,
+                               seed=seed)

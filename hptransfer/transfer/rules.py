@@ -39,8 +39,13 @@ LOO_WARN = 0.5  # octaves: a leave-one-width-out miss beyond this is reported
 # a *default*, not fitted: Bjorck et al. 2025 ("Scaling Optimal LR Across Token Horizons",
 # ICLR 2025, arXiv 2409.19913) fit LR*(D) = B·D^−β with β of about 0.3 on their LLMs, and
 # Filatov et al. 2025 (arXiv 2510.03871) measure η*(D) ∝ D^−0.28. A study holds one budget,
-# so β cannot be fitted from it; fitting β from several budgets is future work.
+# so β cannot be fitted from it: a measured β is passed in (``horizon_exponent``), e.g. from
+# a steps study such as studies/horizon.toml, whose drift per doubling of tokens is −β.
 HORIZON_EXPONENT = 0.3
+# A β outside this range is not a horizon rule but a mistake (a sign error, or a drift per
+# doubling read as a per-decade slope): the optimum does not grow with the budget, and
+# β = 1 already keeps the total LR·steps constant.
+HORIZON_EXPONENT_RANGE = (0.0, 1.0)
 
 
 class Rule(FrozenConfig):
@@ -126,7 +131,7 @@ def _drift_causes(spec: ModelSpec, hparams: HParams) -> str:
 
 def _lr_at_target(fit: TransferFit, bounds: list[float], *, proxy_batch: int,
                   target_batch: int | None, proxy_tokens: int, target_tokens: int | None,
-                  notes: _Notes) -> tuple[float, float, float]:
+                  horizon_exponent: float | None, notes: _Notes) -> tuple[float, float, float]:
     """log2 of the target LR and its interval: the width fit, then the stability bound,
     batch and horizon rules (each multiplies the LR, so it shifts the whole interval)."""
     code, (low, high) = fit.target, fit.target_interval
@@ -147,13 +152,16 @@ def _lr_at_target(fit: TransferFit, bounds: list[float], *, proxy_batch: int,
                    f"§4; the paper's 4× batch ablations moved the grid this way)")
     if target_tokens is not None and target_tokens != proxy_tokens:
         ratio = target_tokens / proxy_tokens
-        factor = ratio**-HORIZON_EXPONENT
+        beta = HORIZON_EXPONENT if horizon_exponent is None else horizon_exponent
+        source = ("a literature default, Bjorck et al. 2025, not fitted: the study has one "
+                  "budget; pass a measured one with --horizon-exponent"
+                  if horizon_exponent is None else "given (--horizon-exponent)")
+        factor = ratio**-beta
         shift += math.log2(factor)
         notes.rule("horizon-power-law",
                    f"target trains on {target_tokens:,} tokens, {ratio:.3g}× the proxies' "
-                   f"{proxy_tokens:,}: LR × {ratio:.3g}^−{HORIZON_EXPONENT} = ×{factor:.3g} "
-                   f"(η* ∝ D^−β; β = {HORIZON_EXPONENT} is a literature default, Bjorck et al. "
-                   f"2025, not fitted: the study has one budget). The interval leaves out the "
+                   f"{proxy_tokens:,}: LR × {ratio:.3g}^−{beta:g} = ×{factor:.3g} "
+                   f"(η* ∝ D^−β; β = {beta:g} is {source}). The interval leaves out the "
                    f"rule's own uncertainty; batch is not scaled with the horizon (pass "
                    f"--target-batch; Step Law: B ∝ D^0.571)")
     return code + shift, low + shift, high + shift
