@@ -35,8 +35,12 @@ def transfer_figure(name: str, records: list[TrialRecord]):
                       if r.width == width and r.status is TrialStatus.COMPLETE)
         if done:
             lrs, losses = zip(*done, strict=True)
-            # points, not a line: trials at one LR may differ in weight decay or batch size
-            ax.plot(lrs, losses, marker="o", linestyle="none", alpha=0.8, color=color,
+            # a line only when the trials differ in LR alone (an LR grid, the paper's
+            # plot): when weight decay or batch size vary too, neighbours are not comparable
+            others = {r.hparams.model_dump_json(exclude={"lr"}) for r in records
+                      if r.width == width and r.status is TrialStatus.COMPLETE}
+            line = "-" if len(others) == 1 else "none"
+            ax.plot(lrs, losses, marker="o", linestyle=line, alpha=0.8, color=color,
                     label=f"width {width}")
             best = min(done, key=lambda p: p[1])
             ax.plot(*best, marker="*", markersize=14, color=color, markeredgecolor="black")

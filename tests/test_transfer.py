@@ -274,6 +274,18 @@ def test_a_measured_horizon_exponent_replaces_the_default():
                             horizon_exponent=-0.3)
 
 
+def test_transfer_figure_draws_a_curve_only_when_lr_alone_varies():
+    from hptransfer.plots import transfer_figure
+
+    lr_only = bowl([32, 64])
+    mixed = [r.model_copy(update={"hparams": r.hparams.model_copy(
+        update={"weight_decay": 1e-4 * (r.number % 2)})}) for r in lr_only]
+    for records, style in ((lr_only, "-"), (mixed, "None")):
+        curves = [line for line in transfer_figure("s", records).axes[0].get_lines()
+                  if line.get_label().startswith("width")]
+        assert [c.get_linestyle() for c in curves] == [style, style]
+
+
 def test_baselines_are_reported_with_their_caveat():
     prediction = predict_from_trials(bowl([32, 64]), make_config(), 4096, target_tokens=10**9)
     baselines = prediction.baselines
