@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from hptransfer.cli.app import main
-from hptransfer.cli.options import fail, threads_option
+from hptransfer.cli.options import address_option, fail, threads_option
 from hptransfer.cluster import Backend
 
 
@@ -51,9 +51,7 @@ def _local_storage_or_fail(storage: str | None, study: str) -> None:
               default=Backend.LOCAL.value, show_default=True,
               help="where each run trains: this process, or a Ray Train job on a Ray cluster "
                    "(pip install \"hptransfer[ray]\")")
-@click.option("--address", default=None,
-              help="--backend ray: the cluster (auto, HOST:PORT, ray://HOST:10001) "
-                   "[default: a running cluster, else a local one]")
+@address_option
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="--backend ray: data-parallel workers per run; the predicted batch size "
                    "must be divisible by it")

@@ -143,6 +143,11 @@ data_option = click.option(
     "--data", type=click.Path(), default=None,
     help="corpus: a text file, a .bin token file, or a folder with train.bin and val.bin "
          "[default: the built-in Python standard library corpus]")
+address_option = click.option(
+    "--address", default=None,
+    help="--backend ray: the cluster (auto, HOST:PORT, ray://HOST:10001) "
+         "[default: a running cluster, else a local one]")
+
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
     help="torch threads [default: $HPTRANSFER_THREADS, else all available CPUs]")

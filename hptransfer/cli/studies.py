@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from hptransfer.budget import Budget
 from hptransfer.cli.app import main
 from hptransfer.cli.options import (
+    address_option,
     build,
     config_options,
     data_option,
@@ -185,9 +186,7 @@ def _range_option(text: str | None):
 @click.option("--backend", type=click.Choice([b.value for b in Backend]), default=None,
               help="where trials run: this machine, or a Ray cluster (pip install "
                    "\"hptransfer[ray]\"; docs/ray.md) [default: local]")
-@click.option("--address", default=None,
-              help="--backend ray: the cluster (auto, HOST:PORT, ray://HOST:10001) "
-                   "[default: a running cluster, else a local one]")
+@address_option
 @click.option("--cpus-per-trial", type=click.IntRange(min=1), default=None,
               help="--backend ray: CPUs (= training threads) per trial [default: 1]")
 @click.option("--gpus-per-trial", type=click.FloatRange(min=0), default=None,
