@@ -146,3 +146,16 @@ def test_table_lists_studies_not_run_yet(folder, tmp_path):
                                        "--out", str(tmp_path / "reports")])
     assert result.exit_code == 0, result.output
     assert result.output.count("not yet run") == 2
+
+
+def test_the_papers_rule_is_also_read_at_its_two_octave_spacing():
+    # the recorded baseline: argmin 2^-8 / 2^-7 / 2^-7 on our 1-octave grid, but on the
+    # paper's points (2^-10, 2^-8, 2^-6, 2^-4) 2^-8 wins at every width; full SP moves on both
+    baseline = tabulate(load_result(STUDIES / "results" / "baseline.json"))
+    assert [r.argmin for r in baseline.rows] == [-8, -7, -7]
+    assert [r.coarse_argmin for r in baseline.rows] == [-8, -8, -8]
+    assert baseline.transfer is False and baseline.coarse_transfer is True
+    sp = tabulate(load_result(STUDIES / "results" / "full-sp.json"))
+    assert [r.coarse_argmin for r in sp.rows] == [-6, -6, -8]
+    assert sp.transfer is False and sp.coarse_transfer is False
+    assert sp.drift_interval[1] < 0 < baseline.drift_interval[1]

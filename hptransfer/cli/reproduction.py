@@ -189,14 +189,23 @@ def _summary_rows(tables) -> list[list[str]]:
         argmins = " / ".join(_exp(row.argmin) for row in t.rows) if t.cells_done else "—"
         losses = [c.val_loss for c in r.cells if c.val_loss is not None]
         minutes = sum(c.wall_time_s for c in r.cells) / 60
-        rows.append([r.name, r.title, _paper(r), t.verdict, argmins, _drift(t),
+        rows.append([r.name, r.title, _paper(r), t.verdict, argmins, _coarse(t), _drift(t),
                      f"{min(losses):.4f}" if losses else "—",
                      f"{minutes:.1f} min" if r.cells else "—"])
     return rows
 
 
 _SUMMARY = ["study", "ablation", "paper", "ours: same argmin", "argmin per value",
-            "drift per doubling [95%]", "best loss", "run time"]
+            "same argmin, 2-octave grid", "drift per doubling [95%]", "best loss", "run time"]
+
+
+def _coarse(t) -> str:
+    """The paper's rule on every other LR of the grid (its points were 2 octaves apart)."""
+    if t.coarse_transfer is None:
+        return "—"
+    if t.coarse_transfer:
+        return "Yes"
+    return "No: " + " / ".join(_exp(row.coarse_argmin) for row in t.rows)
 
 
 def _cell_text(cell, best: bool) -> str:
@@ -228,8 +237,11 @@ def _verdict_line(t) -> str:
         return f"Transfer: {t.verdict}"
     same = (f"argmin {_exp(t.rows[0].argmin)} at every {r.axis.value}" if t.transfer
             else f"argmin moves with {r.axis.value}")
-    return (f"Transfer: {t.verdict} ({same}); fitted drift {_drift(t)} octave per doubling "
-            f"of {r.axis.value}; paper: {_paper(r)}")
+    coarse = (f"argmin {_exp(t.rows[0].coarse_argmin)} at every {r.axis.value}"
+              if t.coarse_transfer else "argmin moves")
+    return (f"Transfer: {t.verdict} ({same}); on every other LR (the paper's 2-octave "
+            f"spacing): {'Yes' if t.coarse_transfer else 'No'} ({coarse}); fitted drift "
+            f"{_drift(t)} octave per doubling of {r.axis.value}; paper: {_paper(r)}")
 
 
 def _markdown(tables) -> str:
