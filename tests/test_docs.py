@@ -1,4 +1,5 @@
-"""Every ``hptransfer …`` command written in the README and docs/ runs (slow job).
+"""Every ``hptransfer …`` command written in the README and docs/ runs (slow job), and
+output a page shows (the reproduction table) is what the command prints today.
 
 Commands are taken from fenced ``bash`` blocks; each runs through the installed console
 script in a temporary folder, so files it writes land there.
@@ -65,3 +66,25 @@ def test_code_links_point_at_what_they_name():
             if number > len(lines) or label not in lines[number - 1]:
                 broken.append(f"{doc.name}: `{label}` is not on {target}:{line}")
     assert not broken, "\n".join(broken)
+
+
+TABLE_BEGIN = "<!-- begin: hptransfer study table --markdown -->\n"
+TABLE_END = "<!-- end: hptransfer study table --markdown -->"
+
+
+def test_reproduction_page_shows_the_recorded_table(tmp_path):
+    # the Results of docs/reproduction.md are the table rebuilt from the committed JSON
+    # (studies/results), so a re-run study or a changed fit cannot leave the page stale
+    from click.testing import CliRunner
+
+    from hptransfer.cli import main
+
+    page = (ROOT / "docs" / "reproduction.md").read_text()
+    assert TABLE_BEGIN in page and TABLE_END in page
+    shown = page.split(TABLE_BEGIN, 1)[1].split(TABLE_END, 1)[0].strip()
+    result = CliRunner().invoke(main, ["study", "table", "--markdown", "--studies",
+                                       str(ROOT / "studies"), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    table = result.stdout.strip()
+    assert shown == table, ("docs/reproduction.md is stale: paste the output of "
+                            "`hptransfer study table --markdown` between its markers")

@@ -254,7 +254,7 @@ def _markdown(tables) -> str:
         if not t.cells_done:
             continue
         r = t.result
-        parts.append(f"### {r.name}: {r.title}\n\n" + table_md(*_grid(t)) + "\n\n"
+        parts.append(f"#### {r.name}: {r.title}\n\n" + table_md(*_grid(t)) + "\n\n"
                      + _verdict_line(t) + "".join(f"\n- {r.axis.value} {row.value}: {f}"
                                                   for row in t.rows for f in row.flags))
     return "\n\n".join(parts)
