@@ -31,14 +31,14 @@ def transfer_figure(name: str, records: list[TrialRecord]):
     top = max(finite) if finite else 1.0
     for i, width in enumerate(widths):
         color = cmap(i)
-        done = sorted((r.hparams.lr, r.final_val_loss) for r in records
-                      if r.width == width and r.status is TrialStatus.COMPLETE)
+        complete = [r for r in records
+                    if r.width == width and r.status is TrialStatus.COMPLETE]
+        done = sorted((r.hparams.lr, r.final_val_loss) for r in complete)
         if done:
             lrs, losses = zip(*done, strict=True)
             # a line only when the trials differ in LR alone (an LR grid, the paper's
             # plot): when weight decay or batch size vary too, neighbours are not comparable
-            others = {r.hparams.model_dump_json(exclude={"lr"}) for r in records
-                      if r.width == width and r.status is TrialStatus.COMPLETE}
+            others = {r.hparams.model_dump_json(exclude={"lr"}) for r in complete}
             line = "-" if len(others) == 1 else "none"
             ax.plot(lrs, losses, marker="o", linestyle=line, alpha=0.8, color=color,
                     label=f"width {width}")

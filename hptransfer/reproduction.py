@@ -214,6 +214,15 @@ def _records(result: StudyResult, value: int) -> list[TrialRecord]:
             for i, c in enumerate(result.cells) if c.value(result.axis) == value]
 
 
+def _argmin(losses: dict[int, float]) -> int | None:
+    return min(losses, key=losses.get) if losses else None
+
+
+def _same(complete: bool, argmins: list[int | None]) -> bool | None:
+    """The paper's rule: one argmin at every value; None until every cell has run."""
+    return len(set(argmins)) == 1 if complete and None not in argmins else None
+
+
 def tabulate(result: StudyResult, *, seed: int = 0) -> StudyTable:
     """The paper-style table of ``result``, with the fitted optima and drift."""
     from hptransfer.transfer.fit import _transfer_fits
@@ -229,8 +238,7 @@ def tabulate(result: StudyResult, *, seed: int = 0) -> StudyTable:
         # the paper's grid points were 2 octaves apart: its yes/no rule on our 1-octave grid
         # is stricter than the paper's own, so the rule is also applied at its spacing
         coarse = {e: loss for e, loss in done.items() if (e - result.lr_exponents[0]) % 2 == 0}
-        row = Row(value=value, cells=cells, argmin=min(done, key=done.get) if done else None,
-                  coarse_argmin=min(coarse, key=coarse.get) if coarse else None)
+        row = Row(value=value, cells=cells, argmin=_argmin(done), coarse_argmin=_argmin(coarse))
         if len(done) >= MIN_COMPLETE:
             # the axis value stands in for the width: the fits only read it as x = log2 value
             fit = _fit_width(value, _records(result, value), result.config, band=BAND,
@@ -242,11 +250,9 @@ def tabulate(result: StudyResult, *, seed: int = 0) -> StudyTable:
                 "flags": tuple(f for f in fit.evidence.flags if not f.startswith("note:"))})
             fits.append(fit)
         rows.append(row)
-    argmins = {r.argmin for r in rows}
     complete = sum(len(r.cells) for r in rows) == result.planned
-    transfer = len(argmins) == 1 if complete and None not in argmins else None
-    coarse = {r.coarse_argmin for r in rows}
-    coarse_transfer = len(coarse) == 1 if complete and None not in coarse else None
+    transfer = _same(complete, [r.argmin for r in rows])
+    coarse_transfer = _same(complete, [r.coarse_argmin for r in rows])
     drift = interval = None
     if len(fits) >= 2:
         lr_fit = _transfer_fits(fits, result.config, max(result.values))[0]["lr"]
