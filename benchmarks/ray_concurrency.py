@@ -20,15 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from hptransfer.backends.cluster import Backend
+from hptransfer.backends.ray_tune import RayOptions
 from hptransfer.budget import Budget
-from hptransfer.cluster import Backend
 from hptransfer.hparams import HParams
 from hptransfer.provenance import collect
-from hptransfer.ray_tune import RayOptions
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
-from hptransfer.study import TrialStatus, load_trials
-from hptransfer.tuning import PROXY_SPEC, WarmStart, study_config, tune
+from hptransfer.study.ledger import TrialStatus, load_trials
+from hptransfer.study.tune import PROXY_SPEC, WarmStart, study_config, tune
 
 
 def main() -> None:

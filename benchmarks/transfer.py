@@ -46,8 +46,15 @@ import numpy as np
 
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
-from hptransfer.study import StudyConfig, TrialStatus, load_trials
-from hptransfer.tuning import DEFAULT_TRIALS, PROXY_SPEC, SamplerKind, WarmStart, study_config, tune
+from hptransfer.study.ledger import StudyConfig, TrialStatus, load_trials
+from hptransfer.study.tune import (
+    DEFAULT_TRIALS,
+    PROXY_SPEC,
+    SamplerKind,
+    WarmStart,
+    study_config,
+    tune,
+)
 
 TARGETS = {"lr_error_octaves": 0.5, "regret": 0.005, "compute_ratio": 0.10}
 
@@ -74,7 +81,7 @@ def _same_grid(config: StudyConfig, name: str, storage) -> StudyConfig:
     """The recorded grid's config when it differs from ``config`` only in the base LR (the
     grid searches the LR, so its base value is never used): a new prediction with the same
     λ and batch reuses the grid instead of paying for it again."""
-    from hptransfer.study import load_config, study_names
+    from hptransfer.study.ledger import load_config, study_names
 
     if name not in study_names(storage):
         return config

@@ -23,43 +23,43 @@ _EXPORTS = {
     "HParams": "hptransfer.hparams",
     "WeightDecay": "hptransfer.hparams",
     "Budget": "hptransfer.budget",
-    "Corpus": "hptransfer.corpus",
-    "load_corpus": "hptransfer.corpus",
+    "Corpus": "hptransfer.data.corpus",
+    "load_corpus": "hptransfer.data.corpus",
     "RunRecord": "hptransfer.record",
     "Status": "hptransfer.record",
-    "Transformer": "hptransfer.model",
-    "train": "hptransfer.training",
-    "coord_check": "hptransfer.coord_check",
+    "Transformer": "hptransfer.models.transformer",
+    "train": "hptransfer.train.loop",
+    "coord_check": "hptransfer.checks.coord_check",
     "SearchSpace": "hptransfer.space",
-    "StudyConfig": "hptransfer.study",
-    "load_trials": "hptransfer.study",
-    "TuneResult": "hptransfer.tuning",
-    "study_config": "hptransfer.tuning",
-    "tune": "hptransfer.tuning",
+    "StudyConfig": "hptransfer.study.ledger",
+    "load_trials": "hptransfer.study.ledger",
+    "TuneResult": "hptransfer.study.tune",
+    "study_config": "hptransfer.study.tune",
+    "tune": "hptransfer.study.tune",
     "Prediction": "hptransfer.transfer",
     "predict_hparams": "hptransfer.transfer",
-    "Confirmation": "hptransfer.confirmation",
-    "confirm": "hptransfer.confirmation",
-    "write_report": "hptransfer.report",
+    "Confirmation": "hptransfer.confirm.runs",
+    "confirm": "hptransfer.confirm.runs",
+    "write_report": "hptransfer.report.study_report",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
     from hptransfer.budget import Budget
-    from hptransfer.confirmation import Confirmation, confirm
-    from hptransfer.coord_check import coord_check
-    from hptransfer.corpus import Corpus, load_corpus
+    from hptransfer.checks.coord_check import coord_check
+    from hptransfer.confirm.runs import Confirmation, confirm
+    from hptransfer.data.corpus import Corpus, load_corpus
     from hptransfer.hparams import HParams, WeightDecay
-    from hptransfer.model import Transformer
+    from hptransfer.models.transformer import Transformer
     from hptransfer.record import RunRecord, Status
-    from hptransfer.report import write_report
+    from hptransfer.report.study_report import write_report
     from hptransfer.space import SearchSpace
     from hptransfer.spec import ModelSpec, Parametrization, Precision
-    from hptransfer.study import StudyConfig, load_trials
-    from hptransfer.training import train
+    from hptransfer.study.ledger import StudyConfig, load_trials
+    from hptransfer.study.tune import TuneResult, study_config, tune
+    from hptransfer.train.loop import train
     from hptransfer.transfer import Prediction, predict_hparams
-    from hptransfer.tuning import TuneResult, study_config, tune
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,7 @@
 """Optimization hyperparameters: what hptransfer tunes on proxies and transfers to targets.
 
 ``lr`` is the *base* learning rate α of SPEC §2: the per-tensor rates are α times the
-multipliers of :mod:`hptransfer.parametrization`. ``weight_decay`` is λ, applied by the
+multipliers of :mod:`hptransfer.mup.rules`. ``weight_decay`` is λ, applied by the
 chosen :class:`WeightDecay` convention (SPEC §3) — the convention decides whether λ
 transfers across width, so it is part of every record.
 

@@ -58,7 +58,7 @@ class RunRecord(FrozenConfig):
     budget: Budget
     seed: int
     corpus: dict[str, Any]
-    parametrization: str  # µP formulation used, see hptransfer.parametrization
+    parametrization: str  # µP formulation used, see hptransfer.mup.rules
     provenance: Provenance
 
     @property

@@ -116,7 +116,7 @@ class DepthRule(str, Enum):
     NONE adds every branch as it is: the LR optimum moves with depth. COMPLETEP (Dey et al.
     2025, "Don't be lazy: CompleteP enables compute-efficient deep transformers", α = 1)
     multiplies each residual branch by L₀/L; the numbers are in
-    :func:`hptransfer.parametrization.residual_multiplier`.
+    :func:`hptransfer.mup.rules.residual_multiplier`.
     """
 
     NONE = "none"

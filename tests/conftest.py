@@ -37,7 +37,7 @@ def text_file(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_corpus(text_file):
-    from hptransfer.corpus import load_corpus
+    from hptransfer.data.corpus import load_corpus
 
     return load_corpus(text_file)
 
@@ -57,7 +57,7 @@ def tiny_study_config(tiny_corpus, text_file):
     from hptransfer.hparams import HParams
     from hptransfer.space import SearchSpace
     from hptransfer.spec import ModelSpec
-    from hptransfer.study import StudyConfig
+    from hptransfer.study.ledger import StudyConfig
 
     return StudyConfig(
         spec=ModelSpec(width=32, depth=1, head_dim=16, seq_len=32, base_width=32),

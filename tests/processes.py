@@ -11,9 +11,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hptransfer.storage import open_storage
+from hptransfer.study.storage import open_storage
 
-PID_ATTR = "hptransfer:pid"  # system attribute of a running trial (see hptransfer.tuning)
+PID_ATTR = "hptransfer:pid"  # system attribute of a running trial (see hptransfer.study.tune)
 
 
 def wait_for_another_worker(url: str, name: str, timeout: float = 60) -> None:

@@ -1,6 +1,7 @@
 """Tests for the typed configs: ModelSpec, HParams, Budget, and the LR schedule.
 
-The parameter-count test builds the real :class:`~hptransfer.model.Transformer` for a grid
+The parameter-count test builds the real :class:`~hptransfer.models.transformer.Transformer` for a
+grid
 of architecture options and compares ``ModelSpec.parameter_count`` (the basis of the FLOP
 count in run records and of every scaling-law fit) with ``sum(p.numel())``.
 """
@@ -15,8 +16,7 @@ from pydantic import ValidationError
 
 from hptransfer.budget import Budget
 from hptransfer.hparams import HParams, Schedule
-from hptransfer.model import Transformer
-from hptransfer.schedule import lr_factor, warmup_steps
+from hptransfer.models.transformer import Transformer
 from hptransfer.spec import (
     Activation,
     AttentionScale,
@@ -29,6 +29,7 @@ from hptransfer.spec import (
     QueryInit,
     ReadoutInit,
 )
+from hptransfer.train.schedule import lr_factor, warmup_steps
 
 # ---- ModelSpec: derived quantities ----------------------------------------------------------
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from hptransfer.cli import main
-from hptransfer.confirmation import (
+from hptransfer.confirm.runs import (
     Confirmation,
     ConfirmationRun,
     ConfirmationVerdict,
@@ -20,7 +20,7 @@ from hptransfer.confirmation import (
     judge,
     load_confirmation,
 )
-from hptransfer.study import TrialStatus, load_trials, study_names
+from hptransfer.study.ledger import TrialStatus, load_trials, study_names
 
 OFFSETS = (-1.0, 0.0, 1.0)
 
@@ -68,7 +68,7 @@ def test_inconclusive_when_the_prediction_did_not_complete():
 @pytest.fixture(scope="module")
 def confirmed(tmp_path_factory, tiny_corpus, tiny_study_config):
     """(storage URL, the first confirmation, the confirmation of a second call)."""
-    from hptransfer.tuning import tune
+    from hptransfer.study.tune import tune
 
     folder = tmp_path_factory.mktemp("confirm")
     url = f"sqlite:///{folder / 'studies.db'}"
@@ -117,7 +117,7 @@ def test_confirm_is_resumable_and_judged(confirmed):
 
 
 def test_report_writes_markdown_and_html(confirmed, tmp_path):
-    from hptransfer.report import write_report
+    from hptransfer.report.study_report import write_report
 
     url, first, _, _ = confirmed
     written = write_report("tiny", storage=url, out_dir=tmp_path)

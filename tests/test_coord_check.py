@@ -6,8 +6,8 @@ import json
 
 from click.testing import CliRunner
 
+from hptransfer.checks.coord_check import coord_check
 from hptransfer.cli import main
-from hptransfer.coord_check import coord_check
 
 SMALL = dict(widths=(32, 64, 128, 256), steps=4, depth=2, seq_len=32, batch_size=4)
 

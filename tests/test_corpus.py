@@ -1,4 +1,4 @@
-"""Tests for hptransfer.corpus and hptransfer.tokenizer: loading, hashing, batching."""
+"""Tests for hptransfer.data.corpus and hptransfer.data.tokenizer: loading, hashing, batching."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hptransfer import corpus as corpus_module
-from hptransfer.corpus import (
+from hptransfer.data import corpus as corpus_module
+from hptransfer.data.corpus import (
     Corpus,
     CorpusError,
     CorpusSource,
@@ -18,7 +18,7 @@ from hptransfer.corpus import (
     is_builtin_validation_file,
     load_corpus,
 )
-from hptransfer.tokenizer import ByteTokenizer, Tokenizer
+from hptransfer.data.tokenizer import ByteTokenizer, Tokenizer
 
 _HEADER = re.compile(rb"^# file: (\S+)$", re.MULTILINE)
 

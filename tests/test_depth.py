@@ -13,11 +13,11 @@ import torch.nn.functional as F
 
 from hptransfer.budget import Budget
 from hptransfer.hparams import EpsRule, HParams
-from hptransfer.model import Block, Transformer
-from hptransfer.optimizer import build_optimizer
-from hptransfer.parametrization import Role, residual_multiplier, tensor_rules
+from hptransfer.models.transformer import Block, Transformer
+from hptransfer.mup.rules import Role, residual_multiplier, tensor_rules
 from hptransfer.spec import DepthRule, ModelSpec
-from hptransfer.training import train
+from hptransfer.train.loop import train
+from hptransfer.train.optimizer import build_optimizer
 
 
 def spec_at(depth: int, rule: DepthRule = DepthRule.COMPLETEP, base_depth: int = 2,

@@ -16,7 +16,7 @@ from hptransfer.budget import Budget
 from hptransfer.hparams import HParams
 from hptransfer.record import RunRecord, Status, Verdict
 from hptransfer.spec import ModelSpec
-from hptransfer.training import train
+from hptransfer.train.loop import train
 
 WORKERS = 2
 SPEC = ModelSpec(width=32, depth=2, head_dim=16, seq_len=32, base_width=32)  # = tiny_spec
@@ -38,7 +38,7 @@ def _rank(rank: int, rendezvous: str, corpus_path: str, out: str) -> None:
     """One data-parallel rank: train each case, write {case: record JSON or error}."""
     import torch.distributed as dist
 
-    from hptransfer.corpus import load_corpus
+    from hptransfer.data.corpus import load_corpus
 
     dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=WORKERS)
     try:

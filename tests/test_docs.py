@@ -55,7 +55,7 @@ def test_documented_command_runs(doc, command, workdir):
 
 
 def test_code_links_point_at_what_they_name():
-    """A link like [`init_std`](../hptransfer/parametrization.py#L132) must land on a line
+    """A link like [`init_std`](../hptransfer/mup/rules.py#L132) must land on a line
     containing its label, so the row-by-row docs cannot drift from the code."""
     broken = []
     for doc in DOCS:

@@ -27,11 +27,11 @@ import tempfile
 from pathlib import Path
 
 from hptransfer.budget import Budget
-from hptransfer.corpus import Corpus, load_corpus
+from hptransfer.data.corpus import Corpus, load_corpus
 from hptransfer.hparams import HParams
 from hptransfer.record import RunRecord, Status
 from hptransfer.spec import ModelSpec
-from hptransfer.training import train
+from hptransfer.train.loop import train
 
 ASSET = Path(__file__).parent / "assets" / "golden_debug_curve.json"
 RTOL = 2e-3

@@ -8,8 +8,8 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-import hptransfer.tuning as tuning
-from hptransfer.study import TrialStatus
+import hptransfer.study.tune as tuning
+from hptransfer.study.ledger import TrialStatus
 
 
 def _running_trial(study, **system_attrs):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hptransfer.optimizer import Lion
+from hptransfer.train.optimizer import Lion
 
 
 def _reference_lion(p, grads, lr, beta1, beta2, wd):

@@ -10,11 +10,11 @@ from torch import nn
 
 from hptransfer.budget import Budget
 from hptransfer.hparams import HParams, WeightDecay
-from hptransfer.model import Transformer
-from hptransfer.optimizer import build_optimizer
-from hptransfer.parametrization import Declaration, Declared, Role, param_groups, tensor_rules
+from hptransfer.models.transformer import Transformer
+from hptransfer.mup.rules import Declaration, Declared, Role, param_groups, tensor_rules
 from hptransfer.spec import AttentionScale, ModelSpec, ReadoutInit
-from hptransfer.training import train
+from hptransfer.train.loop import train
+from hptransfer.train.optimizer import build_optimizer
 
 
 def _rules(spec: ModelSpec, hparams: HParams | None = None):

@@ -13,8 +13,8 @@ from hptransfer.cli import main
 from hptransfer.hparams import HParams
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
-from hptransfer.study import StudyConfig, TrialStatus, load_config, load_trials
-from hptransfer.tuning import Pruning, WarmStart, tune, warm_start_lrs
+from hptransfer.study.ledger import StudyConfig, TrialStatus, load_config, load_trials
+from hptransfer.study.tune import Pruning, WarmStart, tune, warm_start_lrs
 
 
 @pytest.fixture(autouse=True)
@@ -108,8 +108,8 @@ budget: {{steps: 3, eval_every: 3, eval_tokens: 256}}
 def test_more_widths_later_resume_the_same_study(tiny_corpus, tmp_path):
     """The spec template is stored at base width, so `--widths 32` then `--widths 32,64`
     is one study; a different setting is refused before any trial runs."""
-    from hptransfer.study import StudyError
-    from hptransfer.tuning import study_config
+    from hptransfer.study.ledger import StudyError
+    from hptransfer.study.tune import study_config
 
     storage = str(tmp_path / "s.db")
     spec = ModelSpec(width=32, depth=1, seq_len=32, base_width=32)

@@ -20,7 +20,7 @@ import optuna
 import pytest
 import yaml
 
-from hptransfer.study import StudyError, load_trials
+from hptransfer.study.ledger import StudyError, load_trials
 
 RAY_DIR = Path(__file__).resolve().parent.parent / "integrations" / "ray"
 TINY_TOML = "[hparams]\nbatch_size = 4\n\n[budget]\neval_every = 2\neval_tokens = 1024\n"
@@ -172,7 +172,7 @@ def test_job_submitted_through_the_jobs_api_tunes_into_the_storage(ray_cluster, 
             "--lr-range", "2^-8,2^-4", "--weight-decay-range", "off", "--batch-sizes", "off",
             "--steps", "4", "--trials", "2", "--study", "job", "--storage", url, "--json"]
     # HPTRANSFER_* variables go on the command line, not in the job's env_vars: the driver
-    # forwards them to its workers (hptransfer.cluster.connect), and Ray refuses a key set
+    # forwards them to its workers (hptransfer.backends.cluster.connect), and Ray refuses a key set
     # by both the job and the driver. Other keys merge (as pipeline.sh's settings do).
     env = ["env", f"HPTRANSFER_HOME={tmp_path / 'home'}", "HPTRANSFER_THREADS=1"]
     submit = _submit_module()
@@ -242,7 +242,7 @@ def nodes(monkeypatch):
 @pytest.mark.parametrize("url", ["sqlite:////tmp/studies.db", "studies.db",
                                  "journal:////tmp/studies.log"])
 def test_file_storage_is_refused_on_a_multi_node_cluster(nodes, url):
-    from hptransfer.cluster import check_shared_storage
+    from hptransfer.backends.cluster import check_shared_storage
 
     check_shared_storage(url)  # one node: every worker sees the same disk
     nodes[0] = 2
@@ -252,14 +252,14 @@ def test_file_storage_is_refused_on_a_multi_node_cluster(nodes, url):
 
 
 def test_database_storage_is_fine_on_a_multi_node_cluster(nodes):
-    from hptransfer.cluster import check_shared_storage
+    from hptransfer.backends.cluster import check_shared_storage
 
     nodes[0] = 3
     check_shared_storage("postgresql://u:p@db:5432/hp")
 
 
 def test_file_storage_is_refused_through_a_remote_ray_client(nodes):
-    from hptransfer.cluster import check_shared_storage
+    from hptransfer.backends.cluster import check_shared_storage
 
     with pytest.raises(StudyError, match="postgresql://"):
         check_shared_storage("sqlite:////tmp/studies.db", "ray://head.example.com:10001")

@@ -18,10 +18,10 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
+from hptransfer.backends.cluster import Backend
 from hptransfer.cli import main
-from hptransfer.cluster import Backend
-from hptransfer.confirmation import confirm, confirmation_study_name
-from hptransfer.study import TrialStatus
+from hptransfer.confirm.runs import confirm, confirmation_study_name
+from hptransfer.study.ledger import TrialStatus
 
 OFFSETS = (-1.0, 0.0, 1.0)
 API_OFFSETS = (0.0, 1.0)  # through confirm(); the CLI then adds -1
@@ -31,7 +31,7 @@ TOLERANCE = 1e-4  # relative: two workers train the same global batch as one pro
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory, tiny_corpus, tiny_study_config):
     """The folder holding ``local.db``, a tuned tiny study (widths 32 and 64)."""
-    from hptransfer.tuning import tune
+    from hptransfer.study.tune import tune
 
     folder = tmp_path_factory.mktemp("ray_train")
     with pytest.MonkeyPatch.context() as patch:
@@ -101,7 +101,7 @@ def test_ray_runs_are_recorded_like_local_runs(confirmed):
         same = ("width", "spec", "hparams", "corpus_hash", "offset", "predicted_lr", "role",
                 "status", "steps", "tokens_seen", "flops")
         assert {k: mine.user_attrs[k] for k in same} == {k: theirs.user_attrs[k] for k in same}
-    from hptransfer.confirmation import load_confirmation
+    from hptransfer.confirm.runs import load_confirmation
 
     assert load_confirmation("tiny", 64, ray_url).verdict is load_confirmation(
         "tiny", 64, local_url).verdict
@@ -111,9 +111,9 @@ def test_ray_runs_are_recorded_like_local_runs(confirmed):
 def test_a_worker_error_is_raised_as_itself(ray_cluster, text_file, tiny_study_config,
                                             tmp_path):
     """Not as Ray's WorkerGroupError: the recorded reason then names the real problem."""
-    from hptransfer.corpus import CorpusError
+    from hptransfer.backends.ray_train import RayRun, RayScaling, train_on_ray
+    from hptransfer.data.corpus import CorpusError
     from hptransfer.hparams import HParams
-    from hptransfer.ray_train import RayRun, RayScaling, train_on_ray
 
     run = RayRun(spec=tiny_study_config.spec, hparams=HParams(batch_size=4),
                  budget=tiny_study_config.budget, data=text_file, corpus_hash="sha256:other")
@@ -161,6 +161,6 @@ def test_cli_without_ray_names_the_install_line(runner, tuned, monkeypatch):
 
 
 def test_importing_the_ray_train_module_does_not_import_ray():
-    code = ("import sys, hptransfer.ray_train, hptransfer.confirmation, hptransfer.cli; "
+    code = ("import sys, hptransfer.backends.ray_train, hptransfer.confirm.runs, hptransfer.cli; "
             "sys.exit('ray' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

@@ -17,12 +17,12 @@ import time
 import optuna
 import pytest
 
+from hptransfer.backends.cluster import Backend
+from hptransfer.backends.ray_tune import RayOptions, Scheduler
 from hptransfer.budget import Budget
-from hptransfer.cluster import Backend
-from hptransfer.ray_tune import RayOptions, Scheduler
-from hptransfer.storage import open_storage
-from hptransfer.study import StudyConfig, StudyError, TrialStatus, load_trials
-from hptransfer.tuning import tune
+from hptransfer.study.ledger import StudyConfig, StudyError, TrialStatus, load_trials
+from hptransfer.study.storage import open_storage
+from hptransfer.study.tune import tune
 
 pytest.importorskip("ray", reason='Ray is not installed: pip install "hptransfer[ray]"')
 
@@ -138,7 +138,7 @@ def test_asha_never_stops_a_trial_before_half_its_budget(tiny_study_config, tiny
 
 def test_local_pruner_and_workers_are_refused_on_ray(tiny_study_config, tiny_corpus,
                                                      ray_cluster, tmp_path):
-    from hptransfer.tuning import Pruning
+    from hptransfer.study.tune import Pruning
 
     url = f"sqlite:///{tmp_path / 'refused.db'}"
     with pytest.raises(StudyError, match="--scheduler asha"):

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hptransfer.ablation import (
+from hptransfer.cli import main
+from hptransfer.reproduction.ablation import (
     AblationError,
     Axis,
     definition_files,
     load_setting,
     load_study,
 )
-from hptransfer.cli import main
-from hptransfer.reproduction import load_result, run_study, tabulate, write_plot
+from hptransfer.reproduction.study import load_result, run_study, tabulate, write_plot
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
@@ -118,7 +118,7 @@ def test_run_records_json_table_and_rerun_trains_nothing(folder, tmp_path, monke
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell was trained again")
 
-    monkeypatch.setattr("hptransfer.training.train", no_training)
+    monkeypatch.setattr("hptransfer.train.loop.train", no_training)
     again = runner.invoke(main, run)
     assert again.exit_code == 0, again.output
     assert "6/6 cells recorded" in again.output

@@ -8,7 +8,7 @@ from hptransfer.budget import Budget
 from hptransfer.hparams import HParams
 from hptransfer.record import RunRecord, Status, Verdict
 from hptransfer.spec import ModelSpec
-from hptransfer.training import train
+from hptransfer.train.loop import train
 
 BUDGET = Budget(steps=12, eval_every=4, eval_tokens=1024)
 
@@ -117,7 +117,7 @@ def test_optimizer_options_train(tiny_spec, tiny_corpus, hparams):
 def test_device_is_checked_before_any_work(tiny_spec, tiny_corpus):
     import torch
 
-    from hptransfer.training import resolve_device
+    from hptransfer.train.loop import resolve_device
 
     assert resolve_device(None) == torch.device("cpu")
     with pytest.raises(ValueError, match="cpu or cuda"):

@@ -23,7 +23,7 @@ from hptransfer.cli import main
 from hptransfer.hparams import HParams, WeightDecay
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
-from hptransfer.study import CONFIG_ATTR, StudyConfig, TrialRecord, TrialStatus
+from hptransfer.study.ledger import CONFIG_ATTR, StudyConfig, TrialRecord, TrialStatus
 from hptransfer.transfer import (
     HORIZON_EXPONENT,
     Prediction,
@@ -275,7 +275,7 @@ def test_a_measured_horizon_exponent_replaces_the_default():
 
 
 def test_transfer_figure_draws_a_curve_only_when_lr_alone_varies():
-    from hptransfer.plots import transfer_figure
+    from hptransfer.report.plots import transfer_figure
 
     lr_only = bowl([32, 64])
     mixed = [r.model_copy(update={"hparams": r.hparams.model_copy(
@@ -368,7 +368,7 @@ def test_snippets():
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory, tiny_corpus, tiny_study_config):
     """Widths 32 and 64, one block, 4 steps: the LR grid 2^-8, 2^-6, 2^-4 (3 trials each)."""
-    from hptransfer.tuning import tune
+    from hptransfer.study.tune import tune
 
     folder = tmp_path_factory.mktemp("predict")
     url = f"sqlite:///{folder / 'studies.db'}"
@@ -442,7 +442,7 @@ def test_cli_missing_default_storage_writes_nothing(runner, tmp_path):
 
 def write_study(url: str, name: str, records: list[TrialRecord], config: StudyConfig) -> None:
     """Write records as ``hptransfer tune`` stores them (one Optuna study per width)."""
-    from hptransfer.storage import open_storage
+    from hptransfer.study.storage import open_storage
 
     storage = open_storage(url)
     for width in sorted({r.width for r in records}):

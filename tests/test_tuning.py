@@ -1,4 +1,4 @@
-"""Tuning proxies: :func:`hptransfer.tuning.tune` and the ``tune``, ``worker``, ``status`` and
+"""Tuning proxies: :func:`hptransfer.study.tune.tune` and the ``tune``, ``worker``, ``status`` and
 ``plot`` commands.
 
 Every trial is a real (tiny) model: width 32 or 64, one block, 32-token windows, batch 4, a
@@ -33,8 +33,7 @@ from hptransfer.cli import main
 from hptransfer.hparams import HParams
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
-from hptransfer.storage import normalize, open_storage
-from hptransfer.study import (
+from hptransfer.study.ledger import (
     StudyConfig,
     StudyError,
     TrialRecord,
@@ -44,7 +43,8 @@ from hptransfer.study import (
     study_names,
     width_study_name,
 )
-from hptransfer.tuning import SamplerKind, WarmStart, tune
+from hptransfer.study.storage import normalize, open_storage
+from hptransfer.study.tune import SamplerKind, WarmStart, tune
 
 LR_RANGE = (2.0**-8, 2.0**-4)  # warm-start grid (2 octaves apart): 2^-8, 2^-6, 2^-4
 GRID = [2.0**-8, 2.0**-6, 2.0**-4]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import click
 
+from hptransfer.backends.cluster import Backend
 from hptransfer.cli.app import main
 from hptransfer.cli.options import address_option, fail, threads_option
-from hptransfer.cluster import Backend
 
 
 def _offsets(ctx, param, text: str) -> tuple[float, ...]:
@@ -24,7 +24,7 @@ def _offsets(ctx, param, text: str) -> tuple[float, ...]:
 
 def _local_storage_or_fail(storage: str | None, study: str) -> None:
     """Refuse a local storage file that does not exist (opening it would create it)."""
-    from hptransfer.storage import StorageError
+    from hptransfer.study.storage import StorageError
     from hptransfer.transfer.predictor import _missing_local_storage
 
     try:
@@ -69,10 +69,10 @@ def confirm(target_width, study_name, storage, offsets, as_json, threads, backen
     With --backend ray each run is a Ray Train job of --workers data-parallel workers; the
     runs are recorded, by this process, exactly like local ones.
     """
-    from hptransfer.confirmation import confirm as run_confirm
-    from hptransfer.corpus import CorpusError
-    from hptransfer.storage import StorageError
-    from hptransfer.study import StudyError
+    from hptransfer.confirm.runs import confirm as run_confirm
+    from hptransfer.data.corpus import CorpusError
+    from hptransfer.study.ledger import StudyError
+    from hptransfer.study.storage import StorageError
     from hptransfer.transfer import PredictionError
 
     _local_storage_or_fail(storage, study_name)
@@ -126,9 +126,9 @@ def report(study_name, storage, target_width, out) -> None:
     """Write NAME_report.md and a self-contained NAME_report.html: the µTransfer plot, the
     LR optimum vs width with the prediction, its rules and warnings, and the confirmation
     runs with their verdict."""
-    from hptransfer.report import write_report
-    from hptransfer.storage import StorageError
-    from hptransfer.study import StudyError
+    from hptransfer.report.study_report import write_report
+    from hptransfer.study.ledger import StudyError
+    from hptransfer.study.storage import StorageError
 
     _local_storage_or_fail(storage, study_name)
     try:

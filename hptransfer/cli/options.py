@@ -18,7 +18,7 @@ from typing import Any, get_args
 import click
 from pydantic import BaseModel, ValidationError
 
-from hptransfer.storage import write_atomic  # noqa: F401  (the commands import it from here)
+from hptransfer.study.storage import write_atomic  # noqa: F401  (the commands import it from here)
 
 # ---- numbers like 2^-6 --------------------------------------------------------------------
 
@@ -120,7 +120,7 @@ def build(model: type[BaseModel], values: dict[str, Any]) -> Any:
 
 
 def load_corpus_or_fail(data: str | None):
-    from hptransfer.corpus import CorpusError, load_corpus
+    from hptransfer.data.corpus import CorpusError, load_corpus
 
     try:
         return load_corpus(data)

@@ -112,7 +112,7 @@ def predict(target_width, study_name, storage, target_depth, target_tokens, targ
     optimum against width, and applies named rules for batch, horizon, weight decay and
     depth. Warns loudly when transfer is not holding (the optimum drifts with width).
     """
-    from hptransfer.storage import StorageError
+    from hptransfer.study.storage import StorageError
     from hptransfer.transfer import PredictionError, predict_hparams
 
     if as_json and snippet:

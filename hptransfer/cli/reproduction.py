@@ -1,7 +1,8 @@
 """``hptransfer study run`` and ``hptransfer study table``: Lingle's ablations at CPU scale.
 
-Definitions live in ``studies/`` (:mod:`hptransfer.ablation`); running and tabulating in
-:mod:`hptransfer.reproduction`; docs/reproduction.md shows the table beside the paper's.
+Definitions live in ``studies/`` (:mod:`hptransfer.reproduction.ablation`); running and tabulating
+in
+:mod:`hptransfer.reproduction.study`; docs/reproduction.md shows the table beside the paper's.
 """
 
 from __future__ import annotations
@@ -59,10 +60,10 @@ def run(definition, storage, widths, setting_path, results, threads) -> None:
     storage as study NAME (NAME.depth4 … for depth and steps studies); results/NAME.json is
     rewritten after each point. Running it again only trains what is missing.
     """
-    from hptransfer.ablation import AblationError, load_study
     from hptransfer.cli.studies import TrialProgress
-    from hptransfer.reproduction import run_study
-    from hptransfer.study import StudyError
+    from hptransfer.reproduction.ablation import AblationError, load_study
+    from hptransfer.reproduction.study import run_study
+    from hptransfer.study.ledger import StudyError
 
     try:
         resolved = load_study(definition, setting=setting_path, widths=widths)
@@ -91,7 +92,7 @@ def run(definition, storage, widths, setting_path, results, threads) -> None:
 
 
 def _default_folder() -> Path:
-    from hptransfer.ablation import default_folder
+    from hptransfer.reproduction.ablation import default_folder
 
     return default_folder()
 
@@ -117,8 +118,13 @@ def table(names, from_results, storage, folder, results, markdown, out) -> None:
     the same at every width (the paper's rule), and the fitted drift of the LR optimum per
     doubling with its 95% interval. Studies not run yet are listed as such.
     """
-    from hptransfer.ablation import AblationError, PaperVerdict, definition_files, load_study
-    from hptransfer.reproduction import empty_result, load_result, tabulate, write_plot
+    from hptransfer.reproduction.ablation import (
+        AblationError,
+        PaperVerdict,
+        definition_files,
+        load_study,
+    )
+    from hptransfer.reproduction.study import empty_result, load_result, tabulate, write_plot
 
     if from_results and storage:
         fail("give --from-results or --storage, not both")
@@ -152,8 +158,8 @@ def table(names, from_results, storage, folder, results, markdown, out) -> None:
 
 
 def _from_storage(resolved, storage):
-    from hptransfer.reproduction import result_from_storage
-    from hptransfer.storage import StorageError, open_storage
+    from hptransfer.reproduction.study import result_from_storage
+    from hptransfer.study.storage import StorageError, open_storage
 
     try:
         return result_from_storage(resolved, open_storage(storage))

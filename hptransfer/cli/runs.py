@@ -39,7 +39,7 @@ from hptransfer.spec import DepthRule, ModelSpec, Parametrization
 def train(seed: int, data: str | None, threads: int | None, out: str | None, as_json: bool,
           **values: Any) -> None:
     """Train one model and print its record (validation loss, cost, status)."""
-    from hptransfer.training import train as run
+    from hptransfer.train.loop import train as run
 
     # Validate every option before touching the corpus or torch; the vocabulary, when not
     # given, is the corpus's and is filled in once the corpus is loaded.
@@ -72,8 +72,8 @@ def train(seed: int, data: str | None, threads: int | None, out: str | None, as_
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list, one object a tensor")
 def describe(as_json: bool, **values: Any) -> None:
     """Show every parameter tensor's µP role, shape, init std and LR multiplier."""
-    from hptransfer.model import Transformer
-    from hptransfer.parametrization import residual_multiplier, tensor_rules
+    from hptransfer.models.transformer import Transformer
+    from hptransfer.mup.rules import residual_multiplier, tensor_rules
 
     spec, hparams = build(ModelSpec, values), build(HParams, values)
     rules = tensor_rules(Transformer(spec), spec, hparams)
@@ -121,7 +121,7 @@ def coord_check_command(widths: tuple[int, ...], param: str, steps: int, lr: flo
                         depth: int, head_dim: int, tolerance: float, seed: int, out: str,
                         data: str | None, threads: int | None, as_json: bool) -> None:
     """Check that activations stay flat in width (exit 0) or not (exit 1)."""
-    from hptransfer.coord_check import coord_check, write_report
+    from hptransfer.checks.coord_check import coord_check, write_report
 
     try:
         spec = ModelSpec(width=widths[0], head_dim=head_dim, param=param)
@@ -163,14 +163,14 @@ def quickstart(out: str, steps: int, target_width: int, threads: int | None) -> 
 
     Everything lands in --out (the study in studies.db); running it again resumes.
     """
+    from hptransfer.checks.coord_check import coord_check, write_report
     from hptransfer.cli.predict import print_prediction
     from hptransfer.cli.studies import TrialProgress
-    from hptransfer.coord_check import coord_check, write_report
-    from hptransfer.plots import write_study_report
+    from hptransfer.report.plots import write_study_report
     from hptransfer.space import SearchSpace
-    from hptransfer.study import load_trials, summarize
+    from hptransfer.study.ledger import load_trials, summarize
+    from hptransfer.study.tune import PROXY_HPARAMS, PROXY_SPACE, study_config, tune
     from hptransfer.transfer import predict_hparams
-    from hptransfer.tuning import PROXY_HPARAMS, PROXY_SPACE, study_config, tune
 
     folder = Path(out).resolve()
     storage = f"sqlite:///{folder / 'studies.db'}"

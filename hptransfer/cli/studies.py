@@ -16,6 +16,8 @@ from typing import Any
 import click
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from hptransfer.backends.cluster import Backend
+from hptransfer.backends.ray_tune import RayOptions, Scheduler
 from hptransfer.budget import Budget
 from hptransfer.cli.app import main
 from hptransfer.cli.options import (
@@ -28,12 +30,10 @@ from hptransfer.cli.options import (
     load_corpus_or_fail,
     threads_option,
 )
-from hptransfer.cluster import Backend
 from hptransfer.hparams import HParams
-from hptransfer.ray_tune import RayOptions, Scheduler
 from hptransfer.space import SearchSpace
 from hptransfer.spec import FrozenConfig, ModelSpec
-from hptransfer.tuning import (
+from hptransfer.study.tune import (
     DEFAULT_TRIALS,
     PROXY_BUDGET,
     PROXY_HPARAMS,
@@ -59,7 +59,7 @@ class TuneOptions(FrozenConfig):
     warm_start: WarmStart = WarmStart.OCTAVES
     data: str | None = None
     backend: Backend = Backend.LOCAL
-    # --backend ray only (hptransfer.ray_tune.RayOptions)
+    # --backend ray only (hptransfer.backends.ray_tune.RayOptions)
     address: str | None = None
     cpus_per_trial: int = Field(1, ge=1)
     gpus_per_trial: float = Field(0.0, ge=0.0)
@@ -224,9 +224,9 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, prune
     With no flag: width 128, depth 4, seq 128, 8 trials of 150 steps on the built-in corpus,
     about 7 minutes on 2 cores. Running the same command again resumes the study.
     """
-    from hptransfer.study import StudyError
-    from hptransfer.tuning import study_config
-    from hptransfer.tuning import tune as run_tune
+    from hptransfer.study.ledger import StudyError
+    from hptransfer.study.tune import study_config
+    from hptransfer.study.tune import tune as run_tune
 
     file = _read_config(config_path)
     if proxy_width is not None and widths is not None:
@@ -354,7 +354,7 @@ def _print_summary(name: str, storage: str, summaries) -> None:
 
 
 def _open(storage: str | None):
-    from hptransfer.storage import StorageError, open_storage
+    from hptransfer.study.storage import StorageError, open_storage
 
     try:
         return open_storage(storage)
@@ -380,10 +380,10 @@ def worker(study_name, storage, width, trials, sampler, pruner, threads, quiet) 
 
     The study's spec, budget, search space and corpus come from the storage itself.
     """
-    from hptransfer.corpus import CorpusError, load_corpus
-    from hptransfer.study import StudyError, load_config, widths_of
-    from hptransfer.training import resolve_threads
-    from hptransfer.tuning import run_worker
+    from hptransfer.data.corpus import CorpusError, load_corpus
+    from hptransfer.study.ledger import StudyError, load_config, widths_of
+    from hptransfer.study.tune import run_worker
+    from hptransfer.train.loop import resolve_threads
 
     optuna_storage = _open(storage)
     try:
@@ -413,7 +413,7 @@ def worker(study_name, storage, width, trials, sampler, pruner, threads, quiet) 
 @click.option("--json", "as_json", is_flag=True, help="print the summaries as JSON")
 def status(study_name, storage, as_json) -> None:
     """Summarise a study: per width, trials by status, the best trial and the compute used."""
-    from hptransfer.study import StudyError, load_trials, study_names, summarize
+    from hptransfer.study.ledger import StudyError, load_trials, study_names, summarize
 
     optuna_storage = _open(storage)
     if study_name is None:
@@ -437,7 +437,7 @@ def status(study_name, storage, as_json) -> None:
                                "widths": [s.model_dump(mode="json") for s in summaries]},
                               indent=2))
         return
-    from hptransfer.storage import normalize
+    from hptransfer.study.storage import normalize
 
     _print_summary(study_name, normalize(storage), summaries)
     if running:
@@ -451,8 +451,8 @@ def status(study_name, storage, as_json) -> None:
               help="folder for the PNG and the HTML report")
 def plot(study_name, storage, out) -> None:
     """Write the µTransfer picture: validation loss vs LR, one curve per width."""
-    from hptransfer.plots import write_study_report
-    from hptransfer.study import StudyError, load_trials, summarize
+    from hptransfer.report.plots import write_study_report
+    from hptransfer.study.ledger import StudyError, load_trials, summarize
 
     try:
         records = load_trials(study_name, _open(storage))

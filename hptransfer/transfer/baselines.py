@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from hptransfer.spec import FrozenConfig, ModelSpec
-from hptransfer.study import TrialRecord, TrialStatus
+from hptransfer.study.ledger import TrialRecord, TrialStatus
 from hptransfer.transfer.optimum import _WidthFit
 
 __all__ = ["Baseline"]

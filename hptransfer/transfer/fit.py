@@ -18,7 +18,7 @@ from pydantic import Field
 
 from hptransfer.hparams import WeightDecay
 from hptransfer.spec import FrozenConfig, Parametrization
-from hptransfer.study import StudyConfig
+from hptransfer.study.ledger import StudyConfig
 from hptransfer.transfer.optimum import _percentiles, _WidthFit, _zero_code
 
 __all__ = ["TransferFit", "TransferModel"]

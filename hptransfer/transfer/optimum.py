@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import Field
 
 from hptransfer.spec import FrozenConfig
-from hptransfer.study import StudyConfig, TrialRecord, TrialStatus
+from hptransfer.study.ledger import StudyConfig, TrialRecord, TrialStatus
 
 __all__ = ["Estimate", "WidthEvidence"]
 

@@ -64,7 +64,7 @@ class Prediction(FrozenConfig):
 
     def hidden_lr(self) -> str:
         """The per-step LR of the hidden matrices at the target, in words (display only:
-        the arithmetic itself is :func:`hptransfer.parametrization.lr_multiplier`)."""
+        the arithmetic itself is :func:`hptransfer.mup.rules.lr_multiplier`)."""
         alpha, spec = self.hparams.lr, self.spec
         if spec.param is Parametrization.SP:
             return f"α = {alpha:.4g} (SP: one LR)"
@@ -75,13 +75,13 @@ class Prediction(FrozenConfig):
 
     def to_torch_param_groups_snippet(self) -> str:
         """Python code building hptransfer's Transformer at the target width with µP
-        per-tensor LRs (:func:`hptransfer.parametrization.param_groups`) and the schedule."""
+        per-tensor LRs (:func:`hptransfer.mup.rules.param_groups`) and the schedule."""
         h = self.hparams
         steps = math.ceil(self.target_tokens / (h.batch_size * self.spec.seq_len))
         if h.optimizer is Optimizer.LION:
             make = ("for group in groups:\n    group.pop(\"eps\")  # Lion has no ε\n"
                     "optimizer = Lion(groups, betas=(hparams.beta1, hparams.beta2))")
-            extra = "from hptransfer.optimizer import Lion\n"
+            extra = "from hptransfer.train.optimizer import Lion\n"
         else:
             make = "optimizer = torch.optim.AdamW(groups, betas=(hparams.beta1, hparams.beta2))"
             extra = ""
@@ -92,10 +92,10 @@ class Prediction(FrozenConfig):
             f"{self.target_width}; hidden matrices: {self.hidden_lr()}\n"
             "import torch\n\n"
             "from hptransfer.hparams import HParams\n"
-            "from hptransfer.model import Transformer\n"
+            "from hptransfer.models.transformer import Transformer\n"
             f"{extra}"
-            "from hptransfer.parametrization import param_groups\n"
-            "from hptransfer.schedule import lr_factor\n"
+            "from hptransfer.mup.rules import param_groups\n"
+            "from hptransfer.train.schedule import lr_factor\n"
             "from hptransfer.spec import ModelSpec\n\n"
             f"spec = ModelSpec.model_validate_json({self.spec.model_dump_json()!r})\n"
             f"hparams = HParams.model_validate_json({h.model_dump_json()!r})\n"

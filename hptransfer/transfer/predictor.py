@@ -17,7 +17,7 @@ import numpy as np
 
 from hptransfer.hparams import HParams
 from hptransfer.spec import DepthRule, ModelSpec
-from hptransfer.study import StudyConfig, StudyError, TrialRecord, TrialStatus
+from hptransfer.study.ledger import StudyConfig, StudyError, TrialRecord, TrialStatus
 from hptransfer.transfer.baselines import _baselines
 from hptransfer.transfer.fit import _transfer_fits
 from hptransfer.transfer.optimum import BAND, WINDOW_OCTAVES, _fit_width
@@ -169,7 +169,7 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
 def _missing_local_storage(url: str) -> str | None:
     """The path of a local SQLite or journal file that does not exist, else None (opening
     it would create an empty one)."""
-    from hptransfer.storage import normalize, storage_kind
+    from hptransfer.study.storage import normalize, storage_kind
 
     url = normalize(url)
     if storage_kind(url) not in ("sqlite", "journal") or ":memory:" in url:
@@ -196,8 +196,8 @@ def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = N
     ...
     hptransfer.transfer.PredictionError: no study named 'gone' in this storage ...
     """
-    from hptransfer.storage import open_storage
-    from hptransfer.study import load_config, load_trials
+    from hptransfer.study.ledger import load_config, load_trials
+    from hptransfer.study.storage import open_storage
 
     if storage is None or isinstance(storage, str):
         missing = _missing_local_storage(storage)

@@ -19,7 +19,7 @@ import math
 
 from hptransfer.hparams import HParams, WeightDecay
 from hptransfer.spec import AttentionScale, FrozenConfig, ModelSpec, NormGain, Parametrization
-from hptransfer.study import StudyConfig
+from hptransfer.study.ledger import StudyConfig
 from hptransfer.transfer.fit import TransferFit, TransferModel, _coupled_mup
 
 __all__ = ["Rule"]

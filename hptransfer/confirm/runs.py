@@ -10,15 +10,16 @@ Where the runs live: in the study's own storage, as trials of one more Optuna st
 ``{study}.confirm.w{width}``, each with the user attributes a tune trial gets (width, spec,
 hparams, status, reason, final_val_loss, val_curve, flops, wall_time_s, tokens_per_s,
 corpus_hash) plus ``offset``, ``predicted_lr`` and ``role = "confirmation"``. That study
-matches the ``NAME.w{width}`` pattern of :func:`hptransfer.study.study_names` (as ``NAME =
+matches the ``NAME.w{width}`` pattern of :func:`hptransfer.study.ledger.study_names` (as ``NAME =
 {study}.confirm``) but carries no study config, which ``study_names`` requires: it is never
 listed as a study, and ``load_trials(study)`` reads only the proxy widths. Re-running
 :func:`confirm` trains only the offsets that have no finished run for the same prediction.
 
 Where the runs train (``backend``): in this process (:attr:`Backend.LOCAL`), or each as a
 Ray Train job of ``workers`` data-parallel workers (:attr:`Backend.RAY`,
-:mod:`hptransfer.ray_train`). Either way this process holds the trial's lease and writes its
-record, with the same code (:func:`hptransfer.tuning.record_inputs`, ``record_outcome``,
+:mod:`hptransfer.backends.ray_train`). Either way this process holds the trial's lease and writes
+its
+record, with the same code (:func:`hptransfer.study.tune.record_inputs`, ``record_outcome``,
 ``outcome_state``); the attributes ``backend`` and ``workers`` say where it ran, and nothing
 that reads the runs looks at them. A data-parallel run trains the same global batch as a
 local one, so its losses match up to float rounding.
@@ -52,13 +53,13 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from hptransfer.cluster import Backend
+from hptransfer.backends.cluster import Backend
 from hptransfer.hparams import HParams
 from hptransfer.spec import FrozenConfig
-from hptransfer.study import StudyError, TrialStatus
+from hptransfer.study.ledger import StudyError, TrialStatus
 
 if TYPE_CHECKING:
-    from hptransfer.ray_train import RayScaling
+    from hptransfer.backends.ray_train import RayScaling
 
 __all__ = ["Confirmation", "ConfirmationRun", "ConfirmationVerdict", "DEFAULT_OFFSETS",
            "TOLERANCE", "confirm", "confirmation_study_name", "confirmation_widths", "judge",
@@ -145,7 +146,7 @@ def confirmation_study_name(study: str, width: int) -> str:
 
 def confirmation_widths(study: str, storage: Any = None) -> list[int]:
     """Target widths with confirmation runs of ``study`` in ``storage``."""
-    from hptransfer.study import _open
+    from hptransfer.study.ledger import _open
 
     pattern = re.compile(rf"^{re.escape(study)}\.confirm\.w(\d+)$")
     return sorted(int(m[1]) for s in _open(storage).get_all_studies()
@@ -163,7 +164,7 @@ def _runs(optuna_study, predicted: HParams, offsets: Sequence[float] | None
     finished one if any, else the running or waiting one. Lost runs are skipped (retried)."""
     from optuna.trial import TrialState
 
-    from hptransfer.study import _record
+    from hptransfer.study.ledger import _record
 
     name = optuna_study.study_name
     found: dict[float, ConfirmationRun] = {}
@@ -221,7 +222,7 @@ class _Placement(NamedTuple):
 def _run_one(optuna_study, trial, hparams: HParams, attrs: tuple[tuple[str, Any], ...], spec,
              config, corpus, placement: _Placement) -> None:
     """Train one confirmation run and record it like a tune trial (no pruning)."""
-    from hptransfer.tuning import record_run
+    from hptransfer.study.tune import record_run
 
     attrs = (*attrs, *placement.attrs)
     if placement.ray is None:
@@ -233,9 +234,9 @@ def _run_one(optuna_study, trial, hparams: HParams, attrs: tuple[tuple[str, Any]
 
 def _record_ray_run(optuna_study, trial, hparams: HParams, attrs: tuple[tuple[str, Any], ...],
                     spec, config, corpus, placement: _Placement) -> None:
-    """:func:`hptransfer.tuning.record_run` with the training done by a Ray Train job."""
-    from hptransfer.ray_train import RayRun, train_on_ray
-    from hptransfer.tuning import record_run
+    """:func:`hptransfer.study.tune.record_run` with the training done by a Ray Train job."""
+    from hptransfer.backends.ray_train import RayRun, train_on_ray
+    from hptransfer.study.tune import record_run
 
     run = RayRun(spec=spec, hparams=hparams, budget=config.budget, seed=config.seed,
                  data=config.data, corpus_hash=config.corpus_hash)
@@ -249,7 +250,7 @@ def _record_ray_run(optuna_study, trial, hparams: HParams, attrs: tuple[tuple[st
 def _placement(backend: Backend, *, threads: int | None, workers: int, address: str | None,
                cpus_per_worker: int) -> _Placement:
     """Check the backend options against each other (before anything runs)."""
-    from hptransfer.training import resolve_threads
+    from hptransfer.train.loop import resolve_threads
 
     if workers < 1 or cpus_per_worker < 1:
         raise ValueError(f"workers and cpus_per_worker must be at least 1, got {workers} and "
@@ -262,8 +263,8 @@ def _placement(backend: Backend, *, threads: int | None, workers: int, address: 
         if address is not None or cpus_per_worker != 1:
             raise ValueError("--address and --cpus-per-worker apply only with --backend ray")
         return _Placement(threads=resolve_threads(threads))
-    from hptransfer.cluster import require_ray
-    from hptransfer.ray_train import RayScaling
+    from hptransfer.backends.cluster import require_ray
+    from hptransfer.backends.ray_train import RayScaling
 
     require_ray()  # the install line before anything else happens
     if threads is not None:
@@ -276,7 +277,7 @@ def _placement(backend: Backend, *, threads: int | None, workers: int, address: 
 def _storage_url(storage: Any) -> str | None:
     """The URL of ``storage`` (None: the default one), or None if it is an object without
     one (a journal or in-memory storage built by the caller)."""
-    from hptransfer.storage import normalize
+    from hptransfer.study.storage import normalize
 
     if storage is None or isinstance(storage, str):
         return normalize(storage)
@@ -295,12 +296,12 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     ``storage`` is an Optuna storage or URL (None: ``$HPTRANSFER_HOME/studies.db``). Runs
     already finished for the same prediction are not trained again. ``on_run`` is called
     after each new run. Raises :class:`hptransfer.transfer.PredictionError` when the study
-    cannot support a prediction, :class:`hptransfer.study.StudyError` when its corpus
+    cannot support a prediction, :class:`hptransfer.study.ledger.StudyError` when its corpus
     changed (or, with ``backend=Backend.RAY``, when Ray is missing or the storage is a file
     that a multi-node cluster cannot share), ValueError for options that do not fit together.
 
     ``backend=Backend.RAY`` trains each run as a Ray Train job on the cluster at ``address``
-    (:func:`hptransfer.cluster.connect`) with ``workers`` data-parallel workers of
+    (:func:`hptransfer.backends.cluster.connect`) with ``workers`` data-parallel workers of
     ``cpus_per_worker`` CPUs (and threads) each; the predicted batch size must be divisible
     by ``workers``. ``threads`` is for local runs only.
     """
@@ -308,11 +309,11 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState
 
-    from hptransfer.corpus import load_corpus
-    from hptransfer.storage import open_storage
-    from hptransfer.study import load_config
+    from hptransfer.data.corpus import load_corpus
+    from hptransfer.study.ledger import load_config
+    from hptransfer.study.storage import open_storage
+    from hptransfer.study.tune import quiet_optuna, reclaim_lost
     from hptransfer.transfer import PredictionError, predict_hparams
-    from hptransfer.tuning import quiet_optuna, reclaim_lost
 
     offsets = tuple(sorted({float(o) for o in offsets}))
     if 0.0 not in offsets:
@@ -336,8 +337,8 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
                          f"{config.corpus_hash}; restore the data the study was tuned on")
     predicted = prediction.hparams
     if placement.ray is not None:
-        from hptransfer.cluster import check_shared_storage, connect
-        from hptransfer.training import rows_per_worker
+        from hptransfer.backends.cluster import check_shared_storage, connect
+        from hptransfer.train.loop import rows_per_worker
 
         rows_per_worker(predicted.batch_size, workers)  # before any run is created
         connect(address)
@@ -387,7 +388,7 @@ def load_confirmation(study: str, target_width: int, storage: Any = None
     storage (nothing is trained); None when there is none."""
     import optuna
 
-    from hptransfer.study import _open
+    from hptransfer.study.ledger import _open
 
     storage = _open(storage)
     name = confirmation_study_name(study, target_width)

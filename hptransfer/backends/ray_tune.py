@@ -14,9 +14,9 @@ Who writes what:
   its lease (host, pid and heartbeat of the driver: Ray, not hptransfer, retries a dead Ray
   worker, so the lease must outlive the worker), and tells Optuna the final state;
 - the **Ray worker** (``_train_trial``) rebuilds the hparams from the trial's params, writes
-  what it trains (:func:`hptransfer.tuning.record_inputs`), trains with
-  :func:`hptransfer.training.train` reporting each validation point to Ray (for ASHA) and to
-  Optuna (the curve), and writes what came of it (:func:`hptransfer.tuning.record_outcome`).
+  what it trains (:func:`hptransfer.study.tune.record_inputs`), trains with
+  :func:`hptransfer.train.loop.train` reporting each validation point to Ray (for ASHA) and to
+  Optuna (the curve), and writes what came of it (:func:`hptransfer.study.tune.record_outcome`).
 
 A killed worker: Ray restarts the same Ray trial from scratch (no checkpoints: proxy runs
 are short) with the same Optuna trial, up to ``max_failures`` times. A killed driver: its
@@ -41,9 +41,9 @@ from typing import Any
 
 from pydantic import Field
 
-from hptransfer.cluster import Backend, check_shared_storage, connect
+from hptransfer.backends.cluster import Backend, check_shared_storage, connect
 from hptransfer.spec import FrozenConfig
-from hptransfer.study import StudyConfig, StudyError, TrialRecord, TrialStatus
+from hptransfer.study.ledger import StudyConfig, StudyError, TrialRecord, TrialStatus
 
 __all__ = ["RayOptions", "Scheduler", "run_width_on_ray"]
 
@@ -85,11 +85,11 @@ def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
     again on every retry."""
     from ray import tune as ray_tune
 
-    from hptransfer.corpus import load_corpus
+    from hptransfer.data.corpus import load_corpus
     from hptransfer.record import CurvePoint, Verdict
-    from hptransfer.storage import open_storage
-    from hptransfer.training import train
-    from hptransfer.tuning import record_inputs, record_outcome
+    from hptransfer.study.storage import open_storage
+    from hptransfer.study.tune import record_inputs, record_outcome
+    from hptransfer.train.loop import train
 
     config = StudyConfig.model_validate_json(job["config"])
     storage = open_storage(job["storage"])
@@ -130,8 +130,8 @@ def _searcher(study, config: StudyConfig, sampler, name: str, width: int,
     from optuna.trial import TrialState
     from ray.tune.search.optuna import OptunaSearch
 
-    from hptransfer.study import load_trials
-    from hptransfer.tuning import _Heartbeat, state_of
+    from hptransfer.study.ledger import load_trials
+    from hptransfer.study.tune import _Heartbeat, state_of
 
     def space(trial) -> None:  # define-by-run: the captor records every suggest_* call
         config.space.suggest(trial)
@@ -218,8 +218,14 @@ def run_width_on_ray(study, name: str, width: int, config: StudyConfig, storage_
                      trials: int, sampler, pruning, options: RayOptions,
                      on_trial: Callable[[TrialRecord], None] | None = None) -> None:
     """Run trials of one width on Ray until the study holds ``trials`` finished ones."""
-    from hptransfer.storage import home
-    from hptransfer.tuning import Pruning, finished_count, make_sampler, reclaim_lost, running_count
+    from hptransfer.study.storage import home
+    from hptransfer.study.tune import (
+        Pruning,
+        finished_count,
+        make_sampler,
+        reclaim_lost,
+        running_count,
+    )
 
     if pruning is not Pruning.NONE:
         raise StudyError("--pruner applies to local workers; on Ray use --scheduler asha "

@@ -1,10 +1,10 @@
 """The study report: what the proxies say, what was predicted, and whether it held.
 
 :func:`write_report` writes ``{study}_report.md`` and a self-contained ``{study}_report.html``
-(images inline as base64) with the µTransfer plot (:func:`hptransfer.plots.transfer_figure`),
+(images inline as base64) with the µTransfer plot (:func:`hptransfer.report.plots.transfer_figure`),
 the LR optimum of each proxy width against width with its interval, the fit line and the
 prediction at the target width, the prediction's rules and warnings, and the confirmation
-runs with their verdict (:mod:`hptransfer.confirmation`). The Markdown file shows the same
+runs with their verdict (:mod:`hptransfer.confirm.runs`). The Markdown file shows the same
 figures from PNG files written beside it. Every file is written to a temporary name and
 renamed, so a crash leaves no half a file.
 """
@@ -37,7 +37,7 @@ class Report(FrozenConfig):
 def optimum_figure(name: str, prediction, confirmation=None):
     """The LR optimum of each proxy width (with its 95% interval) against width, the fit
     line of :mod:`hptransfer.transfer.fit`, the prediction at the target width and, given a
-    :class:`~hptransfer.confirmation.Confirmation`, its best run's LR."""
+    :class:`~hptransfer.confirm.runs.Confirmation`, its best run's LR."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,7 +80,7 @@ def optimum_figure(name: str, prediction, confirmation=None):
 
 
 def _png(fig) -> bytes:
-    from hptransfer.plots import _png_bytes
+    from hptransfer.report.plots import _png_bytes
 
     return _png_bytes(fig)
 
@@ -182,12 +182,12 @@ def write_report(study: str = "proxy", *, storage: Any = None,
 
     ``target_width`` defaults to the widest one with confirmation runs, if any; without a
     target width the report holds the µTransfer plot only. A study that cannot support a
-    prediction gets a report saying why. Raises :class:`hptransfer.study.StudyError` when
+    prediction gets a report saying why. Raises :class:`hptransfer.study.ledger.StudyError` when
     there is no such study.
     """
-    from hptransfer.confirmation import confirmation_widths, load_confirmation
-    from hptransfer.plots import transfer_figure
-    from hptransfer.study import _open, load_trials
+    from hptransfer.confirm.runs import confirmation_widths, load_confirmation
+    from hptransfer.report.plots import transfer_figure
+    from hptransfer.study.ledger import _open, load_trials
     from hptransfer.transfer import PredictionError, predict_hparams
 
     storage = _open(storage)

@@ -30,12 +30,19 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from hptransfer.corpus import Corpus, load_corpus
+from hptransfer.data.corpus import Corpus, load_corpus
 from hptransfer.hparams import HParams
-from hptransfer.model import MLP, Attention, Block, Readout, TokenEmbedding, Transformer
-from hptransfer.optimizer import build_optimizer
+from hptransfer.models.transformer import (
+    MLP,
+    Attention,
+    Block,
+    Readout,
+    TokenEmbedding,
+    Transformer,
+)
 from hptransfer.spec import FrozenConfig, ModelSpec, Parametrization, ReadoutInit
-from hptransfer.training import _autocast, resolve_threads
+from hptransfer.train.loop import _autocast, resolve_threads
+from hptransfer.train.optimizer import build_optimizer
 
 __all__ = ["CoordCheckReport", "CoordPoint", "coord_check", "write_report"]
 

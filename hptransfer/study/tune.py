@@ -1,7 +1,7 @@
 """Tuning proxies with Optuna: the worker loop, leases, samplers and pruners.
 
 A worker runs trials of one width until the study holds ``trials`` finished ones:
-ask → :meth:`SearchSpace.suggest` → :func:`hptransfer.training.train` → tell. The storage
+ask → :meth:`SearchSpace.suggest` → :func:`hptransfer.train.loop.train` → tell. The storage
 is the only shared state, so workers may be threads of no one: processes on one machine or
 on many, started by ``hptransfer tune --workers N`` or ``hptransfer worker``.
 
@@ -35,16 +35,15 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
+from hptransfer.backends.cluster import Backend
+from hptransfer.backends.ray_tune import RayOptions
 from hptransfer.budget import Budget
-from hptransfer.cluster import Backend
-from hptransfer.corpus import Corpus
+from hptransfer.data.corpus import Corpus
 from hptransfer.hparams import HParams
-from hptransfer.ray_tune import RayOptions
 from hptransfer.record import CurvePoint, RunRecord, Verdict
 from hptransfer.space import SearchSpace
 from hptransfer.spec import FrozenConfig, ModelSpec
-from hptransfer.storage import storage_kind
-from hptransfer.study import (
+from hptransfer.study.ledger import (
     CONFIG_ATTR,
     StudyConfig,
     StudyError,
@@ -55,6 +54,7 @@ from hptransfer.study import (
     summarize,
     width_study_name,
 )
+from hptransfer.study.storage import storage_kind
 
 __all__ = ["Pruning", "SamplerKind", "TuneResult", "WarmStart", "outcome_state", "record_inputs",
            "record_outcome", "record_run", "run_worker",
@@ -373,11 +373,11 @@ def record_run(study, trial, *, spec: ModelSpec, hparams: HParams, config: Study
 
     The one place a run becomes a trial (tune trials and confirmation runs alike):
     :func:`record_inputs`, the training, :func:`record_outcome`, and the Optuna state of
-    :func:`outcome_state`. The training is :func:`hptransfer.training.train` in this
+    :func:`outcome_state`. The training is :func:`hptransfer.train.loop.train` in this
     process, or ``trainer`` when the run is trained elsewhere (a Ray Train job: this process
     still holds the lease while it runs).
     """
-    from hptransfer.training import train
+    from hptransfer.train.loop import train
 
     storage = study._storage
     beat = _Heartbeat(storage, trial._trial_id)
@@ -443,7 +443,7 @@ def study_config(*, spec: ModelSpec | None = None, space: SearchSpace | None = N
     When the batch size is searched and the budget is in steps, the budget becomes the same
     number of *tokens* at the base batch size: batch sizes are compared at equal data.
     """
-    from hptransfer.corpus import load_corpus
+    from hptransfer.data.corpus import load_corpus
 
     corpus = corpus if corpus is not None else load_corpus(data)
     spec = spec or ModelSpec(**PROXY_SPEC)
@@ -481,7 +481,7 @@ class TuneResult(FrozenConfig):
 
 def _check_existing(name: str, config: StudyConfig, storage) -> None:
     """Refuse, before any trial runs, a config that differs from the study's stored one."""
-    from hptransfer.study import load_config, study_names
+    from hptransfer.study.ledger import load_config, study_names
 
     if name not in study_names(storage):
         return
@@ -523,12 +523,13 @@ def tune(config: StudyConfig | None = None, *, study: str = "proxy",
     ones retried, and only the missing trials run. ``workers`` processes share each width
     (this one plus ``workers - 1`` children), each with cores / workers threads.
 
-    ``backend=Backend.RAY`` runs the trials on a Ray cluster instead (:mod:`hptransfer.ray_tune`,
+    ``backend=Backend.RAY`` runs the trials on a Ray cluster instead
+    (:mod:`hptransfer.backends.ray_tune`,
     placed and retried as ``ray`` says); the record in ``storage`` is the same.
     """
-    from hptransfer.corpus import load_corpus
-    from hptransfer.storage import normalize, open_storage
-    from hptransfer.training import resolve_threads
+    from hptransfer.data.corpus import load_corpus
+    from hptransfer.study.storage import normalize, open_storage
+    from hptransfer.train.loop import resolve_threads
 
     quiet_optuna()
     started = time.perf_counter()
@@ -548,7 +549,7 @@ def tune(config: StudyConfig | None = None, *, study: str = "proxy",
         raise StudyError("--workers starts local worker processes; on Ray, trials run as "
                          "the cluster's resources allow (limit them with --concurrent)")
     if backend is Backend.RAY:
-        from hptransfer.cluster import require_ray
+        from hptransfer.backends.cluster import require_ray
 
         require_ray()  # before anything is created: the install line, not a half-made study
     optuna_storage = open_storage(url)
@@ -560,7 +561,7 @@ def tune(config: StudyConfig | None = None, *, study: str = "proxy",
                                        pruning=pruning, create=True)
         enqueue_warm_start(width_study, config, warm_start, previous)
         if backend is Backend.RAY:
-            from hptransfer.ray_tune import run_width_on_ray
+            from hptransfer.backends.ray_tune import run_width_on_ray
 
             run_width_on_ray(width_study, study, width, config, url, trials=trials,
                              sampler=sampler, pruning=pruning, options=ray or RayOptions(),

@@ -12,7 +12,7 @@ import html
 import io
 from pathlib import Path
 
-from hptransfer.study import TrialRecord, TrialStatus, WidthSummary
+from hptransfer.study.ledger import TrialRecord, TrialStatus, WidthSummary
 
 __all__ = ["transfer_figure", "write_study_report"]
 

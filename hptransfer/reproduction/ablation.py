@@ -37,8 +37,8 @@ from hptransfer.space import SearchSpace
 from hptransfer.spec import FrozenConfig, ModelSpec
 
 if TYPE_CHECKING:
-    from hptransfer.corpus import Corpus
-    from hptransfer.study import StudyConfig
+    from hptransfer.data.corpus import Corpus
+    from hptransfer.study.ledger import StudyConfig
 
 __all__ = ["Ablation", "AblationError", "Axis", "PaperVerdict", "Point", "Setting", "Study",
            "default_folder", "definition_files", "load_setting", "load_study"]
@@ -133,7 +133,7 @@ class Point(FrozenConfig):
 
     def config(self, corpus: Corpus) -> StudyConfig:
         """The :class:`StudyConfig` tuned for this point on ``corpus``."""
-        from hptransfer.tuning import study_config
+        from hptransfer.study.tune import study_config
 
         return study_config(spec=self.spec, space=self.space, budget=self.budget,
                             seed=self.seed, corpus=corpus, data=self.data)

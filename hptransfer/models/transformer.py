@@ -2,7 +2,7 @@
 
 Read top to bottom: norm, rotary embedding, attention, MLP, block, the whole model. Every
 parameter is created through :meth:`Declared.declare` with its µP role; the numbers (init
-std, per-tensor LR) come from :mod:`hptransfer.parametrization`, never from here.
+std, per-tensor LR) come from :mod:`hptransfer.mup.rules`, never from here.
 Shapes in comments: B batch, T time, M width, H heads, D head dim, F MLP width, V vocab.
 
 >>> from hptransfer.spec import ModelSpec
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hptransfer.parametrization import (
+from hptransfer.mup.rules import (
     Declaration,
     Declared,
     Role,
@@ -135,7 +135,7 @@ class Block(nn.Module):
     """Pre-norm residual block: x + r·attn(norm(x)), then x + r·mlp(norm(x)).
 
     r is the depth rule's branch multiplier (1, or L₀/L under CompleteP), from
-    :func:`~hptransfer.parametrization.residual_multiplier`.
+    :func:`~hptransfer.mup.rules.residual_multiplier`.
     """
 
     def __init__(self, spec: ModelSpec) -> None:

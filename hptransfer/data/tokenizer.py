@@ -1,7 +1,7 @@
 """Tokenizers: the map between text and the token ids a corpus is made of.
 
 `Tokenizer` is the extension point: anything with a ``name``, a ``vocab_size`` and
-``encode``/``decode`` can turn a text file into a `hptransfer.corpus.Corpus`.
+``encode``/``decode`` can turn a text file into a `hptransfer.data.corpus.Corpus`.
 `ByteTokenizer` is the reference implementation: one token per UTF-8 byte, so it needs
 no vocabulary file, never fails on odd input, and makes the proxies' vocabulary tiny
 (256), which keeps the embedding and readout cheap on CPU.

@@ -35,15 +35,15 @@ import torch
 import torch.nn.functional as F
 
 from hptransfer.budget import Budget
-from hptransfer.corpus import Corpus, load_corpus
+from hptransfer.data.corpus import Corpus, load_corpus
 from hptransfer.hparams import HParams
-from hptransfer.model import Transformer
-from hptransfer.optimizer import build_optimizer
-from hptransfer.parametrization import FORMULATION
+from hptransfer.models.transformer import Transformer
+from hptransfer.mup.rules import FORMULATION
 from hptransfer.provenance import available_cpus, collect
 from hptransfer.record import CurvePoint, RunRecord, Status, Verdict
-from hptransfer.schedule import lr_factor
 from hptransfer.spec import ModelSpec, Precision
+from hptransfer.train.optimizer import build_optimizer
+from hptransfer.train.schedule import lr_factor
 
 __all__ = ["EvalCallback", "evaluate", "resolve_device", "resolve_threads", "rows_per_worker",
            "train"]

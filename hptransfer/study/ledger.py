@@ -97,7 +97,7 @@ def width_study_name(name: str, width: int) -> str:
 def _open(storage: optuna.storages.BaseStorage | str | None) -> optuna.storages.BaseStorage:
     """Accept an Optuna storage or a URL (None: the default local SQLite file)."""
     if storage is None or isinstance(storage, str):
-        from hptransfer.storage import open_storage
+        from hptransfer.study.storage import open_storage
 
         return open_storage(storage)
     return storage

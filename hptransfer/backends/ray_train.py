@@ -1,10 +1,10 @@
 """One training run as a Ray Train job: N data-parallel workers, one :class:`RunRecord`.
 
-:func:`train_on_ray` submits :func:`hptransfer.training.train` to a Ray cluster through
+:func:`train_on_ray` submits :func:`hptransfer.train.loop.train` to a Ray cluster through
 ``ray.train.torch.TorchTrainer``. Ray places the N workers, sets up their
 ``torch.distributed`` process group (gloo: CPU only, see below) and can restart the job after a
 worker dies (``max_failures``); the training loop itself is the one every run uses, which
-turns data parallel when it finds the process group (:mod:`hptransfer.training`). The
+turns data parallel when it finds the process group (:mod:`hptransfer.train.loop`). The
 result is the record a local run of the same spec, hparams, budget, seed and corpus returns,
 up to float rounding.
 
@@ -21,10 +21,10 @@ every rank reports the record instead (a report is a barrier all ranks must reac
 driver reads rank 0's from ``Result.metrics``. V2 does not report it: Ray logs every report,
 and a whole record per run would bury the progress lines.
 
-CPU only: :func:`hptransfer.training.train` has no device argument (its autocast, batches
+CPU only: :func:`hptransfer.train.loop.train` has no device argument (its autocast, batches
 and model are CPU), so workers request CPUs, never GPUs, and the process group is gloo.
 
-Ray is imported only inside these functions: ``import hptransfer.ray_train`` needs no Ray.
+Ray is imported only inside these functions: ``import hptransfer.backends.ray_train`` needs no Ray.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ _RECORD = "hptransfer_record"  # the key of the reported metrics (and returned d
 
 
 class RayRun(FrozenConfig):
-    """What one job trains: :func:`hptransfer.training.train`'s inputs, by value, and the
+    """What one job trains: :func:`hptransfer.train.loop.train`'s inputs, by value, and the
     corpus by path (module docstring)."""
 
     spec: ModelSpec
@@ -77,15 +77,15 @@ def train_on_ray(run: RayRun, *, scaling: RayScaling | None = None, name: str = 
     return its record.
 
     ``scaling``: None is one worker of one CPU. ``address``: the Ray cluster, as for
-    :func:`hptransfer.cluster.connect` (reused when this process is already connected).
+    :func:`hptransfer.backends.cluster.connect` (reused when this process is already connected).
     ``name`` labels the job; a timestamp and a random suffix make each job's folder under
     ``storage_path`` (default ``$HPTRANSFER_HOME/ray``) its own. An exception the training
     function raised on a worker is raised here as itself (e.g. the ValueError of a bad
     config), not as Ray's wrapper.
     """
-    from hptransfer.cluster import connect
-    from hptransfer.storage import home
-    from hptransfer.training import rows_per_worker
+    from hptransfer.backends.cluster import connect
+    from hptransfer.study.storage import home
+    from hptransfer.train.loop import rows_per_worker
 
     scaling = scaling or RayScaling()
     rows_per_worker(run.hparams.batch_size, scaling.workers)  # refuse before submitting
@@ -125,8 +125,8 @@ def _train_loop(config: dict[str, Any]) -> str:
     """One Ray Train worker: train this rank's share and return (rank 0) the record."""
     import ray.train
 
-    from hptransfer.corpus import CorpusError, load_corpus
-    from hptransfer.training import train
+    from hptransfer.data.corpus import CorpusError, load_corpus
+    from hptransfer.train.loop import train
 
     run = RayRun.model_validate_json(config["run"])
     corpus = load_corpus(run.data)

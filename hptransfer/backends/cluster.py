@@ -16,8 +16,8 @@ import json
 import os
 from enum import Enum
 
-from hptransfer.storage import normalize, storage_kind
-from hptransfer.study import StudyError
+from hptransfer.study.ledger import StudyError
+from hptransfer.study.storage import normalize, storage_kind
 
 __all__ = ["Backend", "RAY_INSTALL", "check_shared_storage", "connect", "require_ray"]
 

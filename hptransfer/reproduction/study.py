@@ -1,7 +1,8 @@
 """Running a reproduction study, its recorded result, and the paper-style table.
 
-:func:`run_study` tunes every point of a :class:`~hptransfer.ablation.Study` with the grid
-sampler (each LR octave once, at every axis value) through :func:`hptransfer.tuning.tune`,
+:func:`run_study` tunes every point of a :class:`~hptransfer.reproduction.ablation.Study` with the
+grid
+sampler (each LR octave once, at every axis value) through :func:`hptransfer.study.tune.tune`,
 so the Optuna storage is the record, as for any tune, and a rerun only trains what is
 missing. After each point it rewrites the study's :class:`StudyResult` — a small JSON file
 (``studies/results/<name>.json``, committed) of every cell's loss and cost — atomically, so
@@ -25,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import Field
 
-from hptransfer.ablation import Ablation, Axis, PaperVerdict, Setting, Study
+from hptransfer.reproduction.ablation import Ablation, Axis, PaperVerdict, Setting, Study
 from hptransfer.spec import FrozenConfig
-from hptransfer.storage import write_atomic
-from hptransfer.study import StudyConfig, TrialRecord, TrialStatus
+from hptransfer.study.ledger import StudyConfig, TrialRecord, TrialStatus
+from hptransfer.study.storage import write_atomic
 
 if TYPE_CHECKING:
-    from hptransfer.corpus import Corpus
+    from hptransfer.data.corpus import Corpus
 
 __all__ = ["Cell", "Row", "StudyResult", "StudyTable", "empty_result", "load_result",
            "result_from_storage", "run_study", "tabulate", "write_plot"]
@@ -99,7 +100,7 @@ def empty_result(study: Study) -> StudyResult:
 def result_from_storage(study: Study, storage: Any) -> StudyResult:
     """The study's cells as recorded in ``storage`` so far (points not started have none),
     with the configs stored beside them: reading needs no corpus."""
-    from hptransfer.study import load_config, load_trials, study_names
+    from hptransfer.study.ledger import load_config, load_trials, study_names
 
     present = study_names(storage)
     cells: list[Cell] = []
@@ -133,11 +134,11 @@ def run_study(study: Study, *, results: str | Path, storage: str | None = None,
 
     ``results`` is the folder of ``<name>.json``, rewritten after each point. ``storage``
     is an Optuna storage URL (None: ``$HPTRANSFER_HOME/studies.db``). Resumable: finished
-    cells are never trained again, lost ones are retried (:func:`hptransfer.tuning.tune`).
+    cells are never trained again, lost ones are retried (:func:`hptransfer.study.tune.tune`).
     """
-    from hptransfer.corpus import load_corpus
-    from hptransfer.storage import normalize, open_storage
-    from hptransfer.tuning import SamplerKind, WarmStart, tune
+    from hptransfer.data.corpus import load_corpus
+    from hptransfer.study.storage import normalize, open_storage
+    from hptransfer.study.tune import SamplerKind, WarmStart, tune
 
     corpus = corpus if corpus is not None else load_corpus(study.setting.data)
     configs = [p.config(corpus) for p in study.points]  # every point valid before any runs
@@ -265,7 +266,7 @@ def write_plot(table: StudyTable, out: str | Path) -> Path:
     """``<out>/<name>_transfer.png``: validation loss vs LR, one curve per axis value."""
     import matplotlib.pyplot as plt
 
-    from hptransfer.plots import transfer_figure
+    from hptransfer.report.plots import transfer_figure
 
     result = table.result
     records = [r for row in table.rows for r in _records(result, row.value)]

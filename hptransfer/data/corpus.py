@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from hptransfer.tokenizer import ByteTokenizer, Tokenizer
+from hptransfer.data.tokenizer import ByteTokenizer, Tokenizer
 
 __all__ = [
     "Corpus",

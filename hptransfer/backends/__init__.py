@@ -1,0 +1,1 @@
+"""Where work runs besides this process: a Ray cluster (Ray Tune trials, Ray Train runs)."""

@@ -1,0 +1,1 @@
+"""Confirmation runs at the target width, and the verdict on a prediction."""

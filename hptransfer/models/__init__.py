@@ -1,0 +1,1 @@
+"""Model families: the built-in transformer."""

@@ -1,0 +1,1 @@
+"""µP: each parameter's role, and the one table of width and depth arithmetic."""

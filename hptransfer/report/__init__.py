@@ -1,0 +1,1 @@
+"""What a study shows: the report, its figures and tables, and the files they go to."""

@@ -1,0 +1,1 @@
+"""Lingle's µ-Transfer ablations: study definitions, runs, and the paper-style table."""

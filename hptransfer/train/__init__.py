@@ -1,0 +1,1 @@
+"""One training run: the loop, its optimizer and schedule, data-parallel ranks."""
