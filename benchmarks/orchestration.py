@@ -23,8 +23,10 @@ from hptransfer.data.corpus import load_corpus
 from hptransfer.hparams import HParams
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
-from hptransfer.study.ledger import StudyConfig
-from hptransfer.study.tune import SamplerKind, tune
+from hptransfer.study.config import StudyConfig
+from hptransfer.study.search import SamplerKind
+from hptransfer.study.tune import tune
+from hptransfer.study.worker import LocalRunner
 
 
 def main() -> None:
@@ -59,7 +61,7 @@ def main() -> None:
         corpus_hash=corpus.content_hash)
     tick = time.perf_counter()
     tune(config, study="overhead", widths=(32,), trials=args.trials, storage=storage,
-         sampler=SamplerKind(args.sampler), corpus=corpus, threads=1)
+         sampler=SamplerKind(args.sampler), corpus=corpus, runner=LocalRunner(threads=1))
     total = time.perf_counter() - tick
     overhead = (total - sum(in_train)) / args.trials
     print(f"{args.storage}, {args.sampler}: {args.trials} trials in {total:.1f} s, "

@@ -1,7 +1,7 @@
 """Trials per hour on Ray with 1 vs 2 concurrent trials (1 thread each) on this machine.
 
 Starts a private local Ray cluster with ``--cpus`` CPUs, then tunes the same study twice
-through ``hptransfer.tune(backend=RAY)`` into fresh storages: once with ``concurrent=1`` and
+through ``hptransfer.tune(runner=RayTune(...))`` into fresh storages: once with ``concurrent=1`` and
 once with ``concurrent=2``, every trial pinned to one thread (``cpus_per_trial=1``). Reports
 wall time, trials per hour and the ratio (target ≥ 1.8 on 2 cores). The wall time includes
 everything a user waits for: Ray scheduling, worker start-up, recording into Optuna.
@@ -20,15 +20,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from hptransfer.backends.cluster import Backend
-from hptransfer.backends.ray_tune import RayOptions
+from hptransfer.backends.ray_tune import RayOptions, RayTune
 from hptransfer.budget import Budget
 from hptransfer.hparams import HParams
 from hptransfer.provenance import collect
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
+from hptransfer.study.config import PROXY_SPEC, study_config
 from hptransfer.study.ledger import TrialStatus, load_trials
-from hptransfer.study.tune import PROXY_SPEC, WarmStart, study_config, tune
+from hptransfer.study.search import WarmStart
+from hptransfer.study.tune import tune
 
 
 def main() -> None:
@@ -56,8 +57,8 @@ def main() -> None:
         url = f"sqlite:///{workdir / f'c{concurrent}.db'}"
         started = time.perf_counter()
         tune(config, study="bench", widths=(args.width,), trials=args.trials, storage=url,
-             warm_start=WarmStart.NONE, backend=Backend.RAY,
-             ray=RayOptions(cpus_per_trial=1, concurrent=concurrent))
+             warm_start=WarmStart.NONE,
+             runner=RayTune(RayOptions(cpus_per_trial=1, concurrent=concurrent)))
         wall = time.perf_counter() - started
         records = load_trials("bench", url)
         done = [r for r in records if r.status is TrialStatus.COMPLETE]

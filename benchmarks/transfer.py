@@ -36,25 +36,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from hptransfer.report.files import write_atomic
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
-from hptransfer.study.ledger import StudyConfig, TrialStatus, load_trials
-from hptransfer.study.tune import (
-    DEFAULT_TRIALS,
-    PROXY_SPEC,
-    SamplerKind,
-    WarmStart,
-    study_config,
-    tune,
-)
+from hptransfer.study.config import DEFAULT_TRIALS, PROXY_SPEC, StudyConfig, study_config
+from hptransfer.study.ledger import TrialStatus, load_trials
+from hptransfer.study.search import SamplerKind, WarmStart
+from hptransfer.study.tune import tune
 
 TARGETS = {"lr_error_octaves": 0.5, "regret": 0.005, "compute_ratio": 0.10}
 
@@ -65,9 +59,9 @@ def _flops(records) -> float:
 
 def _grid_optimum(records, config: StudyConfig, width: int) -> dict:
     """The target grid's optimum by the predictor's own per-width estimator."""
-    from hptransfer.transfer.optimum import BAND, WINDOW_OCTAVES, _fit_width
+    from hptransfer.transfer.optimum import BAND, WINDOW_OCTAVES, fit_width
 
-    fit = _fit_width(width, records, config, band=BAND, window=WINDOW_OCTAVES,
+    fit = fit_width(width, records, config, band=BAND, window=WINDOW_OCTAVES,
                      bootstrap=1000, rng=np.random.default_rng(0))
     estimate = fit.evidence.optima["lr"]
     best = min((r for r in records if r.status is TrialStatus.COMPLETE),
@@ -91,14 +85,6 @@ def _same_grid(config: StudyConfig, name: str, storage) -> StudyConfig:
             "base": old.space.base.model_copy(update=unify)})}) == config):
         return old
     return config
-
-
-def _save(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(tmp, path)
 
 
 def _octaves(a: float, b: float) -> float:
@@ -231,7 +217,7 @@ def main() -> None:
     result = run(args)
     print(summary(result))
     if args.out is not None:
-        _save(args.out, result)
+        write_atomic(args.out, json.dumps(result, indent=1))
         print(f"wrote {args.out}")
 
 

@@ -1,7 +1,7 @@
 """hptransfer: tune hyperparameters on small µP proxies, transfer them to the model you train.
 
-``import hptransfer`` stays light (no torch import); the public names below are loaded on
-first use.
+``import hptransfer`` stays light (no torch, Optuna or Ray import); the public names below
+are loaded on first use. docs/architecture.md shows which layer each comes from.
 
 >>> import hptransfer
 >>> hptransfer.ModelSpec(width=64).heads
@@ -23,23 +23,29 @@ _EXPORTS = {
     "HParams": "hptransfer.hparams",
     "WeightDecay": "hptransfer.hparams",
     "Budget": "hptransfer.budget",
-    "Corpus": "hptransfer.data.corpus",
-    "load_corpus": "hptransfer.data.corpus",
     "RunRecord": "hptransfer.record",
     "Status": "hptransfer.record",
+    "SearchSpace": "hptransfer.space",
+    "HPTransferError": "hptransfer.errors",
+    "Corpus": "hptransfer.data.corpus",
+    "load_corpus": "hptransfer.data.corpus",
     "Transformer": "hptransfer.models.transformer",
     "train": "hptransfer.train.loop",
     "coord_check": "hptransfer.checks.coord_check",
-    "SearchSpace": "hptransfer.space",
-    "StudyConfig": "hptransfer.study.ledger",
+    "StudyConfig": "hptransfer.study.config",
+    "study_config": "hptransfer.study.config",
     "load_trials": "hptransfer.study.ledger",
+    "summarize": "hptransfer.study.ledger",
+    "LocalRunner": "hptransfer.study.worker",
     "TuneResult": "hptransfer.study.tune",
-    "study_config": "hptransfer.study.tune",
     "tune": "hptransfer.study.tune",
     "Prediction": "hptransfer.transfer",
+    "PredictionError": "hptransfer.errors",
     "predict_hparams": "hptransfer.transfer",
-    "Confirmation": "hptransfer.confirm.runs",
+    "Confirmation": "hptransfer.confirm.verdict",
     "confirm": "hptransfer.confirm.runs",
+    "write_coord_check": "hptransfer.report.coord_check",
+    "write_plot_page": "hptransfer.report.study_report",
     "write_report": "hptransfer.report.study_report",
 }
 
@@ -48,16 +54,21 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:
     from hptransfer.budget import Budget
     from hptransfer.checks.coord_check import coord_check
-    from hptransfer.confirm.runs import Confirmation, confirm
+    from hptransfer.confirm.runs import confirm
+    from hptransfer.confirm.verdict import Confirmation
     from hptransfer.data.corpus import Corpus, load_corpus
+    from hptransfer.errors import HPTransferError, PredictionError
     from hptransfer.hparams import HParams, WeightDecay
     from hptransfer.models.transformer import Transformer
     from hptransfer.record import RunRecord, Status
-    from hptransfer.report.study_report import write_report
+    from hptransfer.report.coord_check import write_coord_check
+    from hptransfer.report.study_report import write_plot_page, write_report
     from hptransfer.space import SearchSpace
     from hptransfer.spec import ModelSpec, Parametrization, Precision
-    from hptransfer.study.ledger import StudyConfig, load_trials
-    from hptransfer.study.tune import TuneResult, study_config, tune
+    from hptransfer.study.config import StudyConfig, study_config
+    from hptransfer.study.ledger import load_trials, summarize
+    from hptransfer.study.tune import TuneResult, tune
+    from hptransfer.study.worker import LocalRunner
     from hptransfer.train.loop import train
     from hptransfer.transfer import Prediction, predict_hparams
 

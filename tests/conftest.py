@@ -57,7 +57,7 @@ def tiny_study_config(tiny_corpus, text_file):
     from hptransfer.hparams import HParams
     from hptransfer.space import SearchSpace
     from hptransfer.spec import ModelSpec
-    from hptransfer.study.ledger import StudyConfig
+    from hptransfer.study.config import StudyConfig
 
     return StudyConfig(
         spec=ModelSpec(width=32, depth=1, head_dim=16, seq_len=32, base_width=32),

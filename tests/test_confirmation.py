@@ -11,16 +11,14 @@ import pytest
 from click.testing import CliRunner
 
 from hptransfer.cli import main
-from hptransfer.confirm.runs import (
-    Confirmation,
-    ConfirmationRun,
-    ConfirmationVerdict,
-    confirm,
+from hptransfer.confirm.runs import confirm, load_confirmation
+from hptransfer.confirm.verdict import Confirmation, ConfirmationRun, ConfirmationVerdict, judge
+from hptransfer.study.ledger import (
+    TrialStatus,
     confirmation_study_name,
-    judge,
-    load_confirmation,
+    load_trials,
+    study_names,
 )
-from hptransfer.study.ledger import TrialStatus, load_trials, study_names
 
 OFFSETS = (-1.0, 0.0, 1.0)
 
@@ -69,6 +67,7 @@ def test_inconclusive_when_the_prediction_did_not_complete():
 def confirmed(tmp_path_factory, tiny_corpus, tiny_study_config):
     """(storage URL, the first confirmation, the confirmation of a second call)."""
     from hptransfer.study.tune import tune
+    from hptransfer.study.worker import LocalRunner
 
     folder = tmp_path_factory.mktemp("confirm")
     url = f"sqlite:///{folder / 'studies.db'}"
@@ -77,7 +76,7 @@ def confirmed(tmp_path_factory, tiny_corpus, tiny_study_config):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HPTRANSFER_HOME", str(folder / "home"))
         tune(config, study="tiny", widths=(32, 64), trials=4, storage=url, corpus=tiny_corpus,
-             threads=1)
+             runner=LocalRunner(threads=1))
         first = confirm(64, study="tiny", storage=url, offsets=OFFSETS, threads=1,
                         on_run=seen.append)
         second = confirm(64, study="tiny", storage=url, offsets=OFFSETS, threads=1,

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from hptransfer.budget import Budget
 from hptransfer.hparams import EpsRule, HParams
 from hptransfer.models.transformer import Block, Transformer
-from hptransfer.mup.rules import Role, residual_multiplier, tensor_rules
+from hptransfer.mup.roles import Role
+from hptransfer.mup.rules import residual_multiplier
+from hptransfer.mup.tensors import tensor_rules
 from hptransfer.spec import DepthRule, ModelSpec
 from hptransfer.train.loop import train
 from hptransfer.train.optimizer import build_optimizer

@@ -8,7 +8,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-import hptransfer.study.tune as tuning
+import hptransfer.study.leases as leases
 from hptransfer.study.ledger import TrialStatus
 
 
@@ -22,13 +22,13 @@ def _running_trial(study, **system_attrs):
 def test_stale_heartbeat_from_another_host_is_reclaimed_once(tmp_path, monkeypatch):
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
     study = optuna.create_study(study_name="x.w32", storage=storage)
-    monkeypatch.setattr(tuning, "GRACE_S", 5.0)
+    monkeypatch.setattr(leases, "GRACE_S", 5.0)
     stale = _running_trial(study, **{"hptransfer:host": "elsewhere", "hptransfer:pid": 1,
                                      "hptransfer:heartbeat": time.time() - 60})
     fresh = _running_trial(study, **{"hptransfer:host": "elsewhere", "hptransfer:pid": 1,
                                      "hptransfer:heartbeat": time.time()})
-    assert tuning.reclaim_lost(study) == [stale.number]
-    assert tuning.reclaim_lost(study) == []  # a second worker finds nothing to retry
+    assert leases.reclaim_lost(study) == [stale.number]
+    assert leases.reclaim_lost(study) == []  # a second worker finds nothing to retry
     trials = study.get_trials(deepcopy=False)
     assert trials[stale.number].state is TrialState.FAIL
     assert trials[stale.number].user_attrs["status"] == TrialStatus.LOST.value
@@ -41,11 +41,11 @@ def test_stale_heartbeat_from_another_host_is_reclaimed_once(tmp_path, monkeypat
 def test_heartbeat_thread_refreshes_the_lease(tmp_path, monkeypatch):
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
     study = optuna.create_study(study_name="x.w32", storage=storage)
-    monkeypatch.setattr(tuning, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(leases, "HEARTBEAT_S", 0.05)
     trial = study.ask()
-    beat = tuning._Heartbeat(storage, trial._trial_id)
+    beat = leases.Heartbeat(storage, trial._trial_id)
     first = storage.get_trial_system_attrs(trial._trial_id)["hptransfer:heartbeat"]
     time.sleep(0.3)
     beat.stop()
     assert storage.get_trial_system_attrs(trial._trial_id)["hptransfer:heartbeat"] > first
-    assert not tuning._is_lost(study.get_trials(deepcopy=False)[0])  # our own, alive
+    assert not leases.is_lost(study.get_trials(deepcopy=False)[0])  # our own, alive

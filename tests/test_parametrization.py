@@ -11,7 +11,8 @@ from torch import nn
 from hptransfer.budget import Budget
 from hptransfer.hparams import HParams, WeightDecay
 from hptransfer.models.transformer import Transformer
-from hptransfer.mup.rules import Declaration, Declared, Role, param_groups, tensor_rules
+from hptransfer.mup.roles import Declaration, Role
+from hptransfer.mup.tensors import Declared, param_groups, tensor_rules
 from hptransfer.spec import AttentionScale, ModelSpec, ReadoutInit
 from hptransfer.train.loop import train
 from hptransfer.train.optimizer import build_optimizer

@@ -13,8 +13,11 @@ from hptransfer.cli import main
 from hptransfer.hparams import HParams
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
-from hptransfer.study.ledger import StudyConfig, TrialStatus, load_config, load_trials
-from hptransfer.study.tune import Pruning, WarmStart, tune, warm_start_lrs
+from hptransfer.study.config import StudyConfig
+from hptransfer.study.ledger import TrialStatus, load_config, load_trials
+from hptransfer.study.search import Pruning, WarmStart, warm_start_lrs
+from hptransfer.study.tune import tune
+from hptransfer.study.worker import LocalRunner
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +39,7 @@ def _config(tiny_corpus, *, steps=24, lr=(2.0**-12, 2.0**-2)) -> StudyConfig:
 def test_pruners_stop_trials_only_in_the_second_half(tiny_corpus, tmp_path, pruning):
     config = _config(tiny_corpus)
     tune(config, study="p", widths=(32,), trials=10, pruning=pruning, corpus=tiny_corpus,
-         storage=str(tmp_path / "s.db"), threads=1)
+         storage=str(tmp_path / "s.db"), runner=LocalRunner(threads=1))
     records = load_trials("p", str(tmp_path / "s.db"))
     pruned = [r for r in records if r.status is TrialStatus.PRUNED]
     half = config.tokens_per_trial() // 2
@@ -52,7 +55,7 @@ def test_pruners_stop_trials_only_in_the_second_half(tiny_corpus, tmp_path, prun
 def test_pruned_trials_are_not_optima(tiny_corpus, tmp_path):
     config = _config(tiny_corpus)
     result = tune(config, study="p", widths=(32,), trials=10, pruning=Pruning.MEDIAN,
-                  corpus=tiny_corpus, storage=str(tmp_path / "s.db"), threads=1)
+                  corpus=tiny_corpus, storage=str(tmp_path / "s.db"), runner=LocalRunner(threads=1))
     best = result.best(32)
     records = load_trials("p", str(tmp_path / "s.db"))
     assert records[best.best_number].status is TrialStatus.COMPLETE
@@ -63,7 +66,7 @@ def test_warm_start_previous_enqueues_the_best_lrs_of_the_previous_width(tiny_co
     config = _config(tiny_corpus, steps=6, lr=(2.0**-8, 2.0**-4))
     storage = str(tmp_path / "s.db")
     tune(config, study="w", widths=(32, 64), trials=5, corpus=tiny_corpus, storage=storage,
-         warm_start=WarmStart.OCTAVES_AND_PREVIOUS, threads=1)
+         warm_start=WarmStart.OCTAVES_AND_PREVIOUS, runner=LocalRunner(threads=1))
     records = load_trials("w", storage)
     w32 = sorted((r for r in records if r.width == 32 and r.status is TrialStatus.COMPLETE),
                  key=lambda r: r.final_val_loss)
@@ -78,7 +81,7 @@ def test_warm_start_previous_enqueues_the_best_lrs_of_the_previous_width(tiny_co
 def test_no_warm_start_enqueues_nothing(tiny_corpus, tmp_path):
     config = _config(tiny_corpus, steps=4)
     tune(config, study="n", widths=(32,), trials=2, corpus=tiny_corpus,
-         storage=str(tmp_path / "s.db"), warm_start=WarmStart.NONE, threads=1)
+         storage=str(tmp_path / "s.db"), warm_start=WarmStart.NONE, runner=LocalRunner(threads=1))
     records = load_trials("n", str(tmp_path / "s.db"))
     assert len(records) == 2 and all(r.status is TrialStatus.COMPLETE for r in records)
 
@@ -108,8 +111,8 @@ budget: {{steps: 3, eval_every: 3, eval_tokens: 256}}
 def test_more_widths_later_resume_the_same_study(tiny_corpus, tmp_path):
     """The spec template is stored at base width, so `--widths 32` then `--widths 32,64`
     is one study; a different setting is refused before any trial runs."""
-    from hptransfer.study.ledger import StudyError
-    from hptransfer.study.tune import study_config
+    from hptransfer.errors import StudyError
+    from hptransfer.study.config import study_config
 
     storage = str(tmp_path / "s.db")
     spec = ModelSpec(width=32, depth=1, seq_len=32, base_width=32)
@@ -120,7 +123,7 @@ def test_more_widths_later_resume_the_same_study(tiny_corpus, tmp_path):
                           budget=budget, corpus=tiny_corpus)
     assert first == second
     run = dict(study="m", trials=1, corpus=tiny_corpus, storage=storage,
-               warm_start=WarmStart.NONE, threads=1)
+               warm_start=WarmStart.NONE, runner=LocalRunner(threads=1))
     tune(first, widths=(32,), **run)
     tune(second, widths=(32, 64), **run)
     assert {r.width for r in load_trials("m", storage)} == {32, 64}

@@ -18,10 +18,10 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
-from hptransfer.backends.cluster import Backend
+from hptransfer.backends import Backend
 from hptransfer.cli import main
-from hptransfer.confirm.runs import confirm, confirmation_study_name
-from hptransfer.study.ledger import TrialStatus
+from hptransfer.confirm.runs import confirm
+from hptransfer.study.ledger import TrialStatus, confirmation_study_name
 
 OFFSETS = (-1.0, 0.0, 1.0)
 API_OFFSETS = (0.0, 1.0)  # through confirm(); the CLI then adds -1
@@ -32,12 +32,14 @@ TOLERANCE = 1e-4  # relative: two workers train the same global batch as one pro
 def tuned(tmp_path_factory, tiny_corpus, tiny_study_config):
     """The folder holding ``local.db``, a tuned tiny study (widths 32 and 64)."""
     from hptransfer.study.tune import tune
+    from hptransfer.study.worker import LocalRunner
 
     folder = tmp_path_factory.mktemp("ray_train")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HPTRANSFER_HOME", str(folder / "home"))
         tune(tiny_study_config, study="tiny", widths=(32, 64), trials=4,
-             storage=f"sqlite:///{folder / 'local.db'}", corpus=tiny_corpus, threads=1)
+             storage=f"sqlite:///{folder / 'local.db'}", corpus=tiny_corpus,
+             runner=LocalRunner(threads=1))
     return folder
 
 

@@ -1,4 +1,4 @@
-"""`tune(backend=RAY)` on a real local Ray cluster: the trials land in the Optuna record.
+"""`tune(runner=RayTune(...))` on a real local Ray cluster: the trials land in the Optuna record.
 
 The cluster is the session's private one (tests/ray_cluster.py: 2 CPUs, loopback-only
 machine). Trials are tiny (one block, 32-token windows, a few steps); what is tested is the
@@ -17,12 +17,14 @@ import time
 import optuna
 import pytest
 
-from hptransfer.backends.cluster import Backend
-from hptransfer.backends.ray_tune import RayOptions, Scheduler
+from hptransfer.backends.ray_tune import RayOptions, RayTune, Scheduler
 from hptransfer.budget import Budget
-from hptransfer.study.ledger import StudyConfig, StudyError, TrialStatus, load_trials
+from hptransfer.errors import StudyError
+from hptransfer.study.config import StudyConfig
+from hptransfer.study.ledger import TrialStatus, load_trials
 from hptransfer.study.storage import open_storage
 from hptransfer.study.tune import tune
+from hptransfer.study.worker import LocalRunner
 
 pytest.importorskip("ray", reason='Ray is not installed: pip install "hptransfer[ray]"')
 
@@ -35,7 +37,7 @@ def home(monkeypatch, tmp_path):
 
 def _ray_tune(config, url, cluster, **kwargs):
     options = RayOptions(address=cluster.address, **kwargs.pop("ray", {}))
-    return tune(config, storage=url, backend=Backend.RAY, ray=options, **kwargs)
+    return tune(config, storage=url, runner=RayTune(options), **kwargs)
 
 
 def test_ray_trials_land_in_the_optuna_record_and_feed_the_predictor(
@@ -71,7 +73,7 @@ def test_same_losses_as_local_trials(tiny_study_config, tiny_corpus, ray_cluster
     _ray_tune(tiny_study_config, ray_url, ray_cluster, study="same", widths=(32,), trials=3,
               corpus=tiny_corpus)
     tune(tiny_study_config, storage=local_url, study="same", widths=(32,), trials=3,
-         corpus=tiny_corpus, threads=1)
+         corpus=tiny_corpus, runner=LocalRunner(threads=1))
     on_ray = {r.hparams.lr: r.final_val_loss for r in load_trials("same", ray_url)}
     local = {r.hparams.lr: r.final_val_loss for r in load_trials("same", local_url)}
     assert on_ray == local
@@ -137,16 +139,20 @@ def test_asha_never_stops_a_trial_before_half_its_budget(tiny_study_config, tiny
 
 
 def test_local_pruner_and_workers_are_refused_on_ray(tiny_study_config, tiny_corpus,
-                                                     ray_cluster, tmp_path):
-    from hptransfer.study.tune import Pruning
+                                                     ray_cluster, text_file, tmp_path):
+    from click.testing import CliRunner
+
+    from hptransfer.cli import main
+    from hptransfer.study.search import Pruning
 
     url = f"sqlite:///{tmp_path / 'refused.db'}"
     with pytest.raises(StudyError, match="--scheduler asha"):
         _ray_tune(tiny_study_config, url, ray_cluster, study="r", widths=(32,), trials=1,
                   corpus=tiny_corpus, pruning=Pruning.MEDIAN)
-    with pytest.raises(StudyError, match="--concurrent"):
-        _ray_tune(tiny_study_config, url, ray_cluster, study="r", widths=(32,), trials=1,
-                  corpus=tiny_corpus, workers=2)
+    # local worker processes are the local runner's: the command refuses them with Ray
+    result = CliRunner().invoke(main, ["tune", *_tiny_flags(text_file, url), "--backend",
+                                       "ray", "--workers", "2"])
+    assert result.exit_code == 2 and "--concurrent" in result.output
 
 
 def test_without_ray_the_error_is_the_install_line(monkeypatch, tiny_study_config,
@@ -154,7 +160,7 @@ def test_without_ray_the_error_is_the_install_line(monkeypatch, tiny_study_confi
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError
     url = tmp_path / "none.db"
     with pytest.raises(StudyError, match=r'pip install "hptransfer\[ray\]"'):
-        tune(tiny_study_config, storage=str(url), backend=Backend.RAY, corpus=tiny_corpus,
+        tune(tiny_study_config, storage=str(url), runner=RayTune(), corpus=tiny_corpus,
              widths=(32,), trials=1)
     assert not url.exists()  # refused before any storage was created
 

@@ -15,14 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from hptransfer.cli import main
-from hptransfer.reproduction.ablation import (
-    AblationError,
-    Axis,
-    definition_files,
-    load_setting,
-    load_study,
-)
-from hptransfer.reproduction.study import load_result, run_study, tabulate, write_plot
+from hptransfer.errors import AblationError
+from hptransfer.reproduction.ablation import Axis, definition_files, load_setting, load_study
+from hptransfer.reproduction.study import load_result, run_study
+from hptransfer.reproduction.table import tabulate, write_plot
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 

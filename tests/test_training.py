@@ -117,7 +117,7 @@ def test_optimizer_options_train(tiny_spec, tiny_corpus, hparams):
 def test_device_is_checked_before_any_work(tiny_spec, tiny_corpus):
     import torch
 
-    from hptransfer.train.loop import resolve_device
+    from hptransfer.train.device import resolve_device
 
     assert resolve_device(None) == torch.device("cpu")
     with pytest.raises(ValueError, match="cpu or cuda"):

@@ -23,7 +23,8 @@ from hptransfer.cli import main
 from hptransfer.hparams import HParams, WeightDecay
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
-from hptransfer.study.ledger import CONFIG_ATTR, StudyConfig, TrialRecord, TrialStatus
+from hptransfer.study.config import StudyConfig
+from hptransfer.study.ledger import CONFIG_ATTR, TrialRecord, TrialStatus
 from hptransfer.transfer import (
     HORIZON_EXPONENT,
     Prediction,
@@ -369,6 +370,7 @@ def test_snippets():
 def tiny_study(tmp_path_factory, tiny_corpus, tiny_study_config):
     """Widths 32 and 64, one block, 4 steps: the LR grid 2^-8, 2^-6, 2^-4 (3 trials each)."""
     from hptransfer.study.tune import tune
+    from hptransfer.study.worker import LocalRunner
 
     folder = tmp_path_factory.mktemp("predict")
     url = f"sqlite:///{folder / 'studies.db'}"
@@ -376,7 +378,7 @@ def tiny_study(tmp_path_factory, tiny_corpus, tiny_study_config):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HPTRANSFER_HOME", str(folder / "home"))
         tune(config, study="tiny", widths=(32, 64), trials=3, storage=url, corpus=tiny_corpus,
-             threads=1)
+             runner=LocalRunner(threads=1))
     return url
 
 

@@ -30,12 +30,12 @@ from processes import PID_ATTR, console_script, wait_for_another_worker
 
 from hptransfer.budget import Budget
 from hptransfer.cli import main
+from hptransfer.errors import StudyError
 from hptransfer.hparams import HParams
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
+from hptransfer.study.config import StudyConfig
 from hptransfer.study.ledger import (
-    StudyConfig,
-    StudyError,
     TrialRecord,
     TrialStatus,
     load_config,
@@ -43,12 +43,14 @@ from hptransfer.study.ledger import (
     study_names,
     width_study_name,
 )
+from hptransfer.study.search import SamplerKind, WarmStart
 from hptransfer.study.storage import normalize, open_storage
-from hptransfer.study.tune import SamplerKind, WarmStart, tune
+from hptransfer.study.tune import tune
+from hptransfer.study.worker import LocalRunner
 
 LR_RANGE = (2.0**-8, 2.0**-4)  # warm-start grid (2 octaves apart): 2^-8, 2^-6, 2^-4
 GRID = [2.0**-8, 2.0**-6, 2.0**-4]
-ENQUEUED = [2.0**-6, 2.0**-8, 2.0**-4]  # the grid, centre first (tuning.warm_start_lrs)
+ENQUEUED = [2.0**-6, 2.0**-8, 2.0**-4]  # the grid, centre first (study.search.warm_start_lrs)
 
 # a [hparams]/[budget] base for every CLI tune: the command has no --batch-size flag
 TINY_TOML = """\
@@ -125,7 +127,7 @@ def test_tune_records_every_trial(config, tiny_corpus, tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     seen: list[TrialRecord] = []
     result = tune(config, study="t", widths=(32, 64), trials=4, storage=url,
-                  corpus=tiny_corpus, threads=1, on_trial=seen.append)
+                  corpus=tiny_corpus, on_trial=seen.append, runner=LocalRunner(threads=1))
 
     assert result.storage == url and [s.width for s in result.widths] == [32, 64]
     assert [s.finished for s in result.widths] == [4, 4] and len(seen) == 8
@@ -162,7 +164,8 @@ def test_tune_records_every_trial(config, tiny_corpus, tmp_path):
 
 def test_resume_tops_up_and_keeps_finished_trials(config, tiny_corpus, tmp_path):
     url = str(tmp_path / "s.log")
-    run = dict(study="t", widths=(32,), storage=url, corpus=tiny_corpus, threads=1)
+    run = dict(study="t", widths=(32,), storage=url, corpus=tiny_corpus,
+               runner=LocalRunner(threads=1))
     tune(config, trials=2, **run)
     first = records_of("t", url)
     assert [r.number for r in finished(first)] == [0, 1]
@@ -180,7 +183,8 @@ def test_resume_tops_up_and_keeps_finished_trials(config, tiny_corpus, tmp_path)
 
 def test_a_study_refuses_a_different_config(config, tiny_corpus, tmp_path):
     url = str(tmp_path / "s.log")
-    tune(config, study="t", widths=(32,), trials=1, storage=url, corpus=tiny_corpus, threads=1)
+    tune(config, study="t", widths=(32,), trials=1, storage=url, corpus=tiny_corpus,
+         runner=LocalRunner(threads=1))
     longer = config.model_copy(update={"budget": Budget(steps=5, eval_every=2,
                                                          eval_tokens=1024)})
     with pytest.raises(StudyError, match="different budget"):
@@ -207,7 +211,7 @@ def test_diverged_trials_are_recorded_and_counted(config, tiny_corpus, tmp_path)
     huge = config.model_copy(update={"space": space})
     url = str(tmp_path / "s.log")
     result = tune(huge, study="d", widths=(32,), trials=5, storage=url, corpus=tiny_corpus,
-                  threads=1)
+                  runner=LocalRunner(threads=1))
     records = records_of("d", url)
     assert len(finished(records)) == 5 == result.best(32).finished
     diverged = [r for r in records if r.status is TrialStatus.DIVERGED]
@@ -459,7 +463,7 @@ def test_status_and_plot(runner, text_file, tiny_toml, tmp_path, home):
 def test_worker_joins_and_tops_up(config, tiny_corpus, runner, tmp_path):
     url = normalize(str(tmp_path / "s.log"))
     tune(config, study="j", widths=(32, 64), trials=2, storage=url, corpus=tiny_corpus,
-         threads=1)
+         runner=LocalRunner(threads=1))
     invoke(runner, ["worker", "--study", "j", "--storage", url, "--trials", "4", "--quiet"])
     records = records_of("j", url)
     assert [len(finished(records, w)) for w in (32, 64)] == [4, 4]
@@ -486,7 +490,8 @@ def test_every_sampler_runs(sampler, config, tiny_corpus, tmp_path):
     # surface after its 5 random startup trials, so it gets 6
     trials = 6 if sampler is SamplerKind.GP else 3
     run = dict(study="x", widths=(32,), trials=trials, storage=str(tmp_path / "s.log"),
-               sampler=sampler, warm_start=WarmStart.NONE, corpus=tiny_corpus, threads=1)
+               sampler=sampler, warm_start=WarmStart.NONE, corpus=tiny_corpus,
+               runner=LocalRunner(threads=1))
     if missing:
         with pytest.raises(StudyError, match=f"pip install {needs}"):
             tune(config, **run)
@@ -506,7 +511,8 @@ def test_grid_sampler_runs_the_whole_grid_once(config, tiny_corpus, tmp_path):
     study.optimize; hptransfer's ask/tell grid runs every point once and refuses more."""
     points = len(config.space.lr_octaves())
     run = dict(study="g", widths=(32,), sampler=SamplerKind.GRID, warm_start=WarmStart.NONE,
-               storage=str(tmp_path / "s.log"), corpus=tiny_corpus, threads=1)
+               storage=str(tmp_path / "s.log"), corpus=tiny_corpus,
+               runner=LocalRunner(threads=1))
     result = tune(config, trials=points, **run)
     assert result.best(32).finished == points
     lrs = sorted(r.hparams.lr for r in records_of("g", str(tmp_path / "s.log")))

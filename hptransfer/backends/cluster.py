@@ -1,8 +1,7 @@
-"""The Ray cluster hptransfer can run on: the backend choice, connecting, shared storage.
+"""The Ray cluster hptransfer can run on: connecting, and the storage every node can share.
 
-Ray is an optional extra (``pip install "hptransfer[ray]"``) and is imported only here and in
-the Ray code paths, never by ``import hptransfer``. Whatever runs on Ray, the Optuna storage
-stays the one record: Ray schedules, retries and places work; the storage says what ran.
+Whatever runs on Ray, the Optuna storage stays the one record: Ray schedules, retries and
+places work; the storage says what ran.
 
 What must be shared: every Ray worker opens the study's storage itself. A SQLite file or a
 journal file on the driver's disk is invisible to workers on other machines, so on a
@@ -14,22 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-from enum import Enum
 
-from hptransfer.study.ledger import StudyError
+from hptransfer.errors import StudyError
 from hptransfer.study.storage import normalize, storage_kind
 
-__all__ = ["Backend", "RAY_INSTALL", "check_shared_storage", "connect", "require_ray"]
+__all__ = ["RAY_INSTALL", "check_shared_storage", "connect", "require_ray"]
 
 RAY_INSTALL = 'pip install "hptransfer[ray]"'
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-class Backend(str, Enum):
-    """Where trials and confirmation runs execute."""
-
-    LOCAL = "local"  # processes on this machine (hptransfer's own workers)
-    RAY = "ray"  # a Ray cluster: Ray Tune trials, Ray Train confirmation runs
 
 
 def require_ray():

@@ -1,30 +1,19 @@
 """One training run as a Ray Train job: N data-parallel workers, one :class:`RunRecord`.
 
-:func:`train_on_ray` submits :func:`hptransfer.train.loop.train` to a Ray cluster through
-``ray.train.torch.TorchTrainer``. Ray places the N workers, sets up their
-``torch.distributed`` process group (gloo: CPU only, see below) and can restart the job after a
-worker dies (``max_failures``); the training loop itself is the one every run uses, which
-turns data parallel when it finds the process group (:mod:`hptransfer.train.loop`). The
-result is the record a local run of the same spec, hparams, budget, seed and corpus returns,
-up to float rounding.
+:func:`train_on_ray` submits :func:`hptransfer.train.loop.train` through
+``ray.train.torch.TorchTrainer``: Ray places the N workers, sets up their process group
+(gloo) and can restart the job after a worker dies (``max_failures``); the loop turns data
+parallel when it finds the process group (:mod:`hptransfer.train.ranks`), so the record is
+the one a local run returns, up to float rounding. The workers get the spec, hparams,
+budget and seed by value and the corpus by *path*: each loads it and checks its content hash
+(:func:`~hptransfer.data.corpus.check_hash`), so every node must see the same data at the
+same path. Workers never open the study storage: the caller records the run.
 
-What crosses to the workers: the spec, hparams, budget and seed by value, and the corpus by
-*path* (``data``; None is the built-in corpus): every worker loads it and checks its content
-hash, so on several machines the data must sit at the same path on each (or on a shared
-file system). Workers never open the study storage: the caller records the run.
-
-How the record comes back: rank 0's training function returns the record's JSON, which Ray
-Train V2 (the default in recent Ray, ``RAY_TRAIN_V2_ENABLED``) hands back as
-``Result.return_value``; V2 keeps ``ray.train.report`` metrics only when attached to a
-checkpoint, and a confirmation run writes none. Under Train V1, which ignores return values,
-every rank reports the record instead (a report is a barrier all ranks must reach) and the
-driver reads rank 0's from ``Result.metrics``. V2 does not report it: Ray logs every report,
-and a whole record per run would bury the progress lines.
-
-CPU only: :func:`hptransfer.train.loop.train` has no device argument (its autocast, batches
-and model are CPU), so workers request CPUs, never GPUs, and the process group is gloo.
-
-Ray is imported only inside these functions: ``import hptransfer.backends.ray_train`` needs no Ray.
+How the record comes back: Ray Train V2 (the default in recent Ray) hands rank 0's return
+value back as ``Result.return_value``; under Train V1, which ignores return values, every
+rank reports the record (a report is a barrier all ranks must reach) and the driver reads
+rank 0's from ``Result.metrics``. The workers train on the CPU (``use_gpu=False``): GPU
+confirmation runs are future work (docs/ray.md).
 """
 
 from __future__ import annotations
@@ -85,7 +74,7 @@ def train_on_ray(run: RayRun, *, scaling: RayScaling | None = None, name: str = 
     """
     from hptransfer.backends.cluster import connect
     from hptransfer.study.storage import home
-    from hptransfer.train.loop import rows_per_worker
+    from hptransfer.train.ranks import rows_per_worker
 
     scaling = scaling or RayScaling()
     rows_per_worker(run.hparams.batch_size, scaling.workers)  # refuse before submitting
@@ -125,18 +114,12 @@ def _train_loop(config: dict[str, Any]) -> str:
     """One Ray Train worker: train this rank's share and return (rank 0) the record."""
     import ray.train
 
-    from hptransfer.data.corpus import CorpusError, load_corpus
+    from hptransfer.data.corpus import check_hash, load_corpus
     from hptransfer.train.loop import train
 
     run = RayRun.model_validate_json(config["run"])
     corpus = load_corpus(run.data)
-    if corpus.content_hash != run.corpus_hash:
-        import socket
-
-        raise CorpusError(
-            f"the corpus {run.data or '(built-in)'} on {socket.gethostname()} hashes to "
-            f"{corpus.content_hash}, not {run.corpus_hash}: every Ray node must see the "
-            f"same data at the same path")
+    check_hash(corpus, run.corpus_hash)
     record = train(run.spec, run.hparams, run.budget, corpus, seed=run.seed,
                    threads=config["threads"]).model_dump_json()
     if config["report"]:

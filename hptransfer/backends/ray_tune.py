@@ -1,54 +1,56 @@
-"""Tune trials on a Ray cluster: Ray Tune runs them, Optuna chooses them and keeps the record.
+"""Tune trials on a Ray cluster: Ray Tune runs them, Optuna chooses them, the ledger records.
 
-``hptransfer tune --backend ray`` runs the same study as the local backend, through Ray Tune
-(``Tuner``): Ray places each trial on a worker with its resources (CPUs, a fraction of a GPU
-so that many tiny proxies share a card), retries a trial whose worker died
-(``FailureConfig``), and optionally stops poor trials with ASHA. The searcher is Ray's
-``OptunaSearch`` on the study's own Optuna storage and sampler, so every trial is an Optuna
-trial of ``NAME.wW`` exactly as a local worker would have made it: predict, report and
-confirm do not know which backend ran it.
+:class:`RayTune` is a :class:`~hptransfer.study.tune.TrialRunner`: ``tune(config,
+runner=RayTune(RayOptions(...)))`` (``hptransfer tune --backend ray``) runs the same study as
+the local runner through Ray Tune's ``Tuner``. Ray places each trial with its resources
+(CPUs, a fraction of a GPU so that tiny proxies share a card), retries a trial whose worker
+died (``FailureConfig``) and can stop poor trials with ASHA. The searcher is Ray's
+``OptunaSearch`` on the width's own Optuna study and sampler, so every trial is an Optuna
+trial of ``NAME.wW`` exactly as a local worker makes it.
 
-Who writes what:
-
-- the **driver** (this process) asks Optuna for the trial (``OptunaSearch.suggest``), holds
-  its lease (host, pid and heartbeat of the driver: Ray, not hptransfer, retries a dead Ray
-  worker, so the lease must outlive the worker), and tells Optuna the final state;
-- the **Ray worker** (``_train_trial``) rebuilds the hparams from the trial's params, writes
-  what it trains (:func:`hptransfer.study.tune.record_inputs`), trains with
-  :func:`hptransfer.train.loop.train` reporting each validation point to Ray (for ASHA) and to
-  Optuna (the curve), and writes what came of it (:func:`hptransfer.study.tune.record_outcome`).
-
-A killed worker: Ray restarts the same Ray trial from scratch (no checkpoints: proxy runs
-are short) with the same Optuna trial, up to ``max_failures`` times. A killed driver: its
-RUNNING trials' leases lapse; running the same command again reclaims them (marked lost,
-enqueued again once, as for local workers) and runs only the missing trials.
-
-ASHA and the LR optimum: like the local pruners, ASHA here never stops a trial before half
-its token budget (``grace_period``), because early losses favour large LRs (SPEC §8).
+Who writes what: the **driver** (this process) asks Optuna for the trial, holds its lease
+(Ray, not hptransfer, retries a dead Ray worker, so the lease must outlive the worker) and
+tells Optuna the final state; the **Ray worker** (:func:`_train_trial`) writes what it
+trains, trains with :func:`hptransfer.train.loop.train` reporting each validation point to
+Ray (for ASHA) and to Optuna (the curve), and writes the outcome. A killed worker is
+restarted by Ray with the same Optuna trial, up to ``max_failures`` times; a killed driver's
+leases lapse and the same command run again reclaims them. ASHA, like the local pruners,
+never stops a trial before half its token budget (docs/spec.md §8).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
-import socket
 import sys
 import time
-from collections.abc import Callable
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from hptransfer.backends.cluster import Backend, check_shared_storage, connect
+from hptransfer.backends import Backend
+from hptransfer.backends.cluster import check_shared_storage, connect, require_ray
+from hptransfer.errors import StudyError
 from hptransfer.spec import FrozenConfig
-from hptransfer.study.ledger import StudyConfig, StudyError, TrialRecord, TrialStatus
+from hptransfer.study.config import StudyConfig
+from hptransfer.study.ledger import (
+    Attr,
+    TrialStatus,
+    finished_count,
+    recorded_state,
+    running_count,
+    trial_record,
+    write_status,
+)
+from hptransfer.study.search import Pruning, make_sampler
 
-__all__ = ["RayOptions", "Scheduler", "run_width_on_ray"]
+if TYPE_CHECKING:
+    from hptransfer.study.tune import WidthJob
+
+__all__ = ["RayOptions", "RayTune", "Scheduler"]
 
 METRIC = "val_loss"
-_WORKER_PID = "hptransfer:ray_worker"  # system attr: host:pid of the Ray worker training it
 
 
 class Scheduler(str, Enum):
@@ -85,17 +87,18 @@ def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
     again on every retry."""
     from ray import tune as ray_tune
 
-    from hptransfer.data.corpus import load_corpus
+    from hptransfer.data.corpus import check_hash, load_corpus
     from hptransfer.record import CurvePoint, Verdict
+    from hptransfer.study.leases import record_worker
+    from hptransfer.study.ledger import write_inputs, write_outcome
     from hptransfer.study.storage import open_storage
-    from hptransfer.study.tune import record_inputs, record_outcome
     from hptransfer.train.loop import train
 
     config = StudyConfig.model_validate_json(job["config"])
     storage = open_storage(job["storage"])
     trial_id = ray_config["optuna_trial_id"]
     params = {k: v for k, v in ray_config.items() if k != "optuna_trial_id"}
-    storage.set_trial_system_attr(trial_id, _WORKER_PID, f"{socket.gethostname()}:{os.getpid()}")
+    record_worker(storage, trial_id)
     spec, hparams = config.spec_at(job["width"]), _hparams_of(config, params)
 
     def on_eval(point: CurvePoint) -> Verdict:
@@ -107,31 +110,29 @@ def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
         # a missing or different corpus on this node is recorded as the trial's error (a
         # retry on the same node would fail the same way)
         corpus = load_corpus(config.data)
-        record_inputs(storage, trial_id, spec=spec, hparams=hparams, corpus=corpus,
-                      threads=job["threads"], attrs=(("backend", Backend.RAY.value),))
-        if corpus.content_hash != config.corpus_hash:
-            raise StudyError(f"the corpus on this node hashes to {corpus.content_hash}, not "
-                             f"the study's {config.corpus_hash}: every node needs the same "
-                             f"--data")
+        write_inputs(storage, trial_id, spec=spec, hparams=hparams,
+                     corpus_hash=corpus.content_hash, threads=job["threads"],
+                     attrs=((Attr.BACKEND, Backend.RAY.value),))
+        check_hash(corpus, config.corpus_hash)
         outcome = train(spec, hparams, config.budget, corpus, seed=config.seed,
                         on_eval=on_eval, threads=job["threads"], device=job["device"])
     except Exception as error:
         outcome = error
-    record_outcome(storage, trial_id, outcome)
+    write_outcome(storage, trial_id, outcome)
     loss = getattr(outcome, "final_val_loss", None)
     ray_tune.report({METRIC: math.inf if loss is None else loss, "final": True,
                      "tokens": getattr(outcome, "tokens_seen", 0)})
 
 
-def _searcher(study, config: StudyConfig, sampler, name: str, width: int,
-              on_trial: Callable[[TrialRecord], None] | None):
-    """Ray's OptunaSearch on our study: it asks and tells; the lease and the final state are
-    ours (module docstring)."""
+def _searcher(job: WidthJob, sampler):
+    """Ray's OptunaSearch on the width's study: it asks and tells; the lease and the final
+    state are ours (module docstring)."""
     from optuna.trial import TrialState
     from ray.tune.search.optuna import OptunaSearch
 
-    from hptransfer.study.ledger import load_trials
-    from hptransfer.study.tune import _Heartbeat, state_of
+    from hptransfer.study.leases import Heartbeat
+
+    study, config = job.study, job.config
 
     def space(trial) -> None:  # define-by-run: the captor records every suggest_* call
         config.space.suggest(trial)
@@ -140,7 +141,7 @@ def _searcher(study, config: StudyConfig, sampler, name: str, width: int,
         def __init__(self, on_trial) -> None:
             super().__init__(space=space, metric=METRIC, mode="min", sampler=sampler,
                              study_name=study.study_name, storage=study._storage)
-            self._leases: dict[str, _Heartbeat] = {}
+            self._leases: dict[str, Heartbeat] = {}
             self._on_trial = on_trial
 
         def __getstate__(self) -> dict:
@@ -157,7 +158,7 @@ def _searcher(study, config: StudyConfig, sampler, name: str, width: int,
             if params is None:
                 return None
             ot_trial = self._ot_trials[trial_id]
-            self._leases[trial_id] = _Heartbeat(study._storage, ot_trial._trial_id)
+            self._leases[trial_id] = Heartbeat(study._storage, ot_trial._trial_id)
             return {**params, "optuna_trial_id": ot_trial._trial_id}
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -171,21 +172,18 @@ def _searcher(study, config: StudyConfig, sampler, name: str, width: int,
             storage, tid = study._storage, ot_trial._trial_id
             lease = self._leases.pop(trial_id, None)
             try:
-                record = storage.get_trial(tid)
-                status = record.user_attrs.get("status")
-                if result and result.get("final") and status is not None:
-                    state, value = state_of(status, record.user_attrs.get("final_val_loss"))
+                recorded = recorded_state(storage.get_trial(tid))
+                if result and result.get("final") and recorded is not None:
+                    state, value = recorded
                 elif error:
-                    storage.set_trial_user_attr(tid, "status", TrialStatus.ERROR.value)
-                    storage.set_trial_user_attr(
-                        tid, "reason", f"the Ray trial failed after its retries (see the Ray "
-                                       f"logs of trial {trial_id})")
+                    write_status(storage, tid, TrialStatus.ERROR,
+                                 f"the Ray trial failed after its retries (see the Ray logs "
+                                 f"of trial {trial_id})")
                     state, value = TrialState.FAIL, None
                 else:  # stopped by the scheduler (ASHA) before its budget ran out
                     tokens = (result or {}).get("tokens")
-                    storage.set_trial_user_attr(tid, "status", TrialStatus.PRUNED.value)
-                    storage.set_trial_user_attr(tid, "reason",
-                                                f"stopped by ASHA at {tokens} tokens")
+                    write_status(storage, tid, TrialStatus.PRUNED,
+                                 f"stopped by ASHA at {tokens} tokens")
                     state, value = TrialState.PRUNED, None
                 self._ot_study.tell(ot_trial, value, state=state)
             finally:
@@ -193,8 +191,7 @@ def _searcher(study, config: StudyConfig, sampler, name: str, width: int,
                     lease.stop()
                 self._completed_trials.add(trial_id)
             if self._on_trial is not None:
-                self._on_trial(next(t for t in load_trials(name, storage, [width])
-                                    if t.number == ot_trial.number))
+                self._on_trial(trial_record(study.study_name, storage.get_trial(tid)))
 
         # Ray checkpoints its experiment by pickling the searcher (storage engine, lease
         # threads). Not needed: the Optuna storage is the record, and a re-run resumes from it.
@@ -211,62 +208,63 @@ def _searcher(study, config: StudyConfig, sampler, name: str, width: int,
 
     # on_trial goes in as an argument, not a closure: cloudpickle pickles this class by
     # value, closures included, and __getstate__ leaves the callback behind
-    return RecordingSearch(on_trial)
+    return RecordingSearch(job.on_trial)
 
 
-def run_width_on_ray(study, name: str, width: int, config: StudyConfig, storage_url: str, *,
-                     trials: int, sampler, pruning, options: RayOptions,
-                     on_trial: Callable[[TrialRecord], None] | None = None) -> None:
-    """Run trials of one width on Ray until the study holds ``trials`` finished ones."""
-    from hptransfer.study.storage import home
-    from hptransfer.study.tune import (
-        Pruning,
-        finished_count,
-        make_sampler,
-        reclaim_lost,
-        running_count,
-    )
+class RayTune:
+    """A tune's trials as Ray Tune trials on the cluster of ``options.address``."""
 
-    if pruning is not Pruning.NONE:
-        raise StudyError("--pruner applies to local workers; on Ray use --scheduler asha "
-                         "(it also never stops a trial before half its budget)")
-    connect(options.address)
-    check_shared_storage(storage_url, options.address)
-    from ray import tune as ray_tune
+    def __init__(self, options: RayOptions | None = None) -> None:
+        self.options = options or RayOptions()
 
-    reclaim_lost(study)
-    missing = trials - finished_count(study) - running_count(study)
-    if missing <= 0:
-        return
-    tokens = config.tokens_per_trial()
-    scheduler = None
-    if options.scheduler is Scheduler.ASHA:
-        from ray.tune.schedulers import ASHAScheduler
+    def prepare(self, storage_url: str, pruning: Pruning) -> None:
+        require_ray()
+        if pruning is not Pruning.NONE:
+            raise StudyError("--pruner applies to local workers; on Ray use --scheduler "
+                             "asha (it also never stops a trial before half its budget)")
+        connect(self.options.address)
+        check_shared_storage(storage_url, self.options.address)
 
-        scheduler = ASHAScheduler(time_attr="tokens", max_t=tokens,
-                                  grace_period=max(1, tokens // 2), reduction_factor=2)
-    searcher = _searcher(study, config, make_sampler(sampler, config, config.seed + width),
-                         name, width, on_trial)
-    # Ray gives a trial with a GPU share its own CUDA_VISIBLE_DEVICES: "cuda" is that card
-    job = {"config": config.model_dump_json(), "storage": storage_url, "width": width,
-           "threads": options.cpus_per_trial,
-           "device": "cuda" if options.gpus_per_trial > 0 else None}
-    trainable = ray_tune.with_resources(
-        ray_tune.with_parameters(_train_trial, job=job),
-        {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
-    tuner = ray_tune.Tuner(
-        trainable,
-        tune_config=ray_tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, metric=METRIC, mode="min",
-            num_samples=missing, max_concurrent_trials=options.concurrent),
-        run_config=ray_tune.RunConfig(
-            name=f"{name}.w{width}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(home() / "ray"), verbose=0,
-            failure_config=ray_tune.FailureConfig(max_failures=options.max_failures)))
-    try:
-        # Ray Tune prints its experiment header on stdout; keep stdout for hptransfer's own
-        # output (--json must stay parseable)
-        with contextlib.redirect_stdout(sys.stderr):
-            tuner.fit()
-    finally:
-        searcher.stop_leases()
+    def run_width(self, job: WidthJob) -> None:
+        """Run trials of one width on Ray until the study holds ``job.trials`` finished."""
+        from ray import tune as ray_tune
+
+        from hptransfer.study.leases import reclaim_lost
+        from hptransfer.study.storage import home
+
+        options, config = self.options, job.config
+        reclaim_lost(job.study)
+        missing = job.trials - finished_count(job.study) - running_count(job.study)
+        if missing <= 0:
+            return
+        tokens = config.tokens_per_trial()
+        scheduler = None
+        if options.scheduler is Scheduler.ASHA:
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(time_attr="tokens", max_t=tokens,
+                                      grace_period=max(1, tokens // 2), reduction_factor=2)
+        searcher = _searcher(job, make_sampler(job.sampler, config, config.seed + job.width))
+        # Ray gives a trial with a GPU share its own CUDA_VISIBLE_DEVICES: "cuda" is that card
+        worker_job = {"config": config.model_dump_json(), "storage": job.storage_url,
+                      "width": job.width, "threads": options.cpus_per_trial,
+                      "device": "cuda" if options.gpus_per_trial > 0 else None}
+        trainable = ray_tune.with_resources(
+            ray_tune.with_parameters(_train_trial, job=worker_job),
+            {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
+        tuner = ray_tune.Tuner(
+            trainable,
+            tune_config=ray_tune.TuneConfig(
+                search_alg=searcher, scheduler=scheduler, metric=METRIC, mode="min",
+                num_samples=missing, max_concurrent_trials=options.concurrent),
+            run_config=ray_tune.RunConfig(
+                name=f"{job.name}.w{job.width}-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=str(home() / "ray"), verbose=0,
+                failure_config=ray_tune.FailureConfig(max_failures=options.max_failures)))
+        try:
+            # Ray Tune prints its experiment header on stdout; keep stdout for hptransfer's
+            # own output (--json must stay parseable)
+            with contextlib.redirect_stdout(sys.stderr):
+                tuner.fit()
+        finally:
+            searcher.stop_leases()

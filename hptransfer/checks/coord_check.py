@@ -1,17 +1,12 @@
-"""Coordinate check (SPEC §6): are activation sizes flat in width during training?
+"""Coordinate check (docs/spec.md §6): are activation sizes flat in width during training?
 
-Each width trains a few steps on the same fixed batch sequence with a largish constant LR.
-Before each optimizer step (t = 1 is the initial model) the mean |activation| of every
-module type's output is recorded: token embedding, attention output, MLP output, block
-output (the residual stream) and logits. Under µP these curves are flat in width at every t;
-under SP they grow with width once the first update has happened.
-
-Pass/fail, after microsoft/mup's numeric test: for every module type and step, fit
-log2|activation| against log2(width); the growth per doubling of width, 2^slope, must lie
-within [1/tolerance, tolerance]. Exceptions predicted by the theory: at t = 1 the logits of a
-non-zero µP readout (init std 1/M) shrink like 1/√M, so logits at t = 1 are exempt, and at
-later steps the logits are only required not to grow (their init part still shrinks like
-1/√M while the Θ(1) learned part builds up). Hidden activations must be flat both ways.
+Each width trains a few steps on the same fixed batches with a largish constant LR; before
+each step (t = 1 is the initial model) the mean |activation| of every module type's output is
+recorded. Pass/fail after microsoft/mup's numeric test: for every module type and step, the
+growth per doubling of width, 2^slope of log2|activation| against log2(width), must lie
+within [1/tolerance, tolerance]. The theory's exceptions (:func:`~hptransfer.mup.rules.
+logits_shrink_at_init`): under µP the logits at t = 1 shrink like 1/√M and are exempt, and
+later logits need only not grow. The report's picture is drawn by :mod:`hptransfer.report`.
 
 >>> report = coord_check(widths=(32, 64), steps=2, depth=1, seq_len=16, batch_size=2)
 >>> report.widths, len(report.points) > 0
@@ -20,10 +15,8 @@ later steps the logits are only required not to grow (their init part still shri
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +24,7 @@ from pydantic import Field
 from torch import nn
 
 from hptransfer.data.corpus import Corpus, load_corpus
+from hptransfer.errors import ConfigError
 from hptransfer.hparams import HParams
 from hptransfer.models.transformer import (
     MLP,
@@ -40,11 +34,13 @@ from hptransfer.models.transformer import (
     TokenEmbedding,
     Transformer,
 )
-from hptransfer.spec import FrozenConfig, ModelSpec, Parametrization, ReadoutInit
-from hptransfer.train.loop import _autocast, resolve_threads
+from hptransfer.mup.rules import alpha_for_base_lr, logits_shrink_at_init
+from hptransfer.spec import FrozenConfig, ModelSpec, Parametrization
+from hptransfer.train.device import autocast, resolve_threads
+from hptransfer.train.loop import token_loss
 from hptransfer.train.optimizer import build_optimizer
 
-__all__ = ["CoordCheckReport", "CoordPoint", "coord_check", "write_report"]
+__all__ = ["DEFAULT_LR", "CoordCheckReport", "CoordPoint", "Growth", "coord_check"]
 
 # module type whose outputs are recorded -> name in the report
 _MODULE_NAMES: dict[type[nn.Module], str] = {
@@ -56,6 +52,9 @@ _MODULE_NAMES: dict[type[nn.Module], str] = {
 }
 
 DEFAULT_TOLERANCE = 1.25
+# The hidden matrices' LR at the base width; each parametrization's α follows from it
+# (mup.rules.alpha_for_base_lr: ×M₀ under the absolute rule).
+DEFAULT_LR = 2.0**-5
 
 
 class CoordPoint(FrozenConfig):
@@ -105,10 +104,8 @@ def _record_width(spec: ModelSpec, hparams: HParams, batches: list[torch.Tensor]
     means: dict[tuple[str, int], float] = {}
     for t, batch in enumerate(batches, start=1):
         sums.clear()
-        with _autocast(spec):
-            logits = model(batch[:, :-1])
-            loss = nn.functional.cross_entropy(logits.float().flatten(0, 1),
-                                               batch[:, 1:].flatten())
+        with autocast(spec):
+            loss = token_loss(model, batch)
         for name, values in sums.items():
             means[(name, t)] = float(np.mean(values))  # averaged over blocks
         loss.backward()
@@ -121,21 +118,26 @@ def _record_width(spec: ModelSpec, hparams: HParams, batches: list[torch.Tensor]
 
 def coord_check(*, widths: tuple[int, ...] = (32, 64, 128, 256),
                 param: Parametrization | str = Parametrization.MUP, steps: int = 4,
-                lr: float = 2.0**-5, depth: int = 2, seq_len: int = 64, batch_size: int = 8,
+                lr: float | None = None, depth: int = 2, seq_len: int = 64, batch_size: int = 8,
                 tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
                 corpus: Corpus | None = None, threads: int | None = None,
                 **spec_fields) -> CoordCheckReport:
     """Train each width ``steps`` steps and judge whether activations stay flat in width.
 
     ``spec_fields`` are further :class:`ModelSpec` fields (head_dim, activation, …). The LR
-    is constant (no warmup or decay) so every step moves the weights.
+    is constant (no warmup or decay) so every step moves the weights; ``lr`` None is
+    :data:`DEFAULT_LR` for the hidden matrices at the base width.
     """
     if len(widths) < 2:
-        raise ValueError(f"a coord check needs at least two widths, got {list(widths)}")
+        raise ConfigError(f"a coord check needs at least two widths, got {list(widths)}")
     torch.set_num_threads(resolve_threads(threads))
     corpus = corpus if corpus is not None else load_corpus()
     specs = [ModelSpec(width=w, depth=depth, seq_len=seq_len, param=param, **spec_fields)
              for w in widths]
+    if lr is None:
+        lr = alpha_for_base_lr(specs[0], DEFAULT_LR)
+    if not lr > 0:
+        raise ConfigError(f"the coord check LR must be positive, got {lr}")
     hparams = HParams(lr=lr, warmup_fraction=0.0, final_lr_fraction=1.0, grad_clip=0.0,
                       batch_size=batch_size)
     rng = np.random.default_rng(seed)
@@ -145,8 +147,7 @@ def coord_check(*, widths: tuple[int, ...] = (32, 64, 128, 256),
 
     points = [CoordPoint(module=name, step=t, width=w, mean_abs=value)
               for w, means in per_width.items() for (name, t), value in means.items()]
-    exempt_logits = specs[0].readout_init is not ReadoutInit.ZERO and specs[0].param in (
-        Parametrization.MUP, Parametrization.MUP_ABS)
+    exempt_logits = logits_shrink_at_init(specs[0])
     log_widths = np.log2(np.array(widths, dtype=float))
     growth = []
     for name, t in sorted(per_width[widths[0]]):
@@ -164,46 +165,3 @@ def coord_check(*, widths: tuple[int, ...] = (32, 64, 128, 256),
     return CoordCheckReport(param=specs[0].param, widths=tuple(widths), steps=steps, lr=lr,
                             tolerance=tolerance, spec=specs[0], points=tuple(points),
                             growth=tuple(growth), passed=all(g.ok for g in growth))
-
-
-def write_report(report: CoordCheckReport, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``coord_check_<param>.json`` and ``.png`` into ``out_dir``; return both paths.
-
-    Files are written to a temporary name and renamed, so a crash leaves no half a report.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"coord_check_{report.param.value}"
-    json_path, png_path = out / f"{stem}.json", out / f"{stem}.png"
-
-    modules = sorted({p.module for p in report.points})
-    fig, axes = plt.subplots(1, report.steps, figsize=(3.2 * report.steps, 3.2),
-                             sharey=True, squeeze=False)
-    for t, ax in enumerate(axes[0], start=1):
-        for name in modules:
-            pts = sorted((p.width, p.mean_abs) for p in report.points
-                         if p.module == name and p.step == t)
-            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_title(f"t = {t}")
-        ax.set_xlabel("width")
-    axes[0][0].set_ylabel("mean |activation|")
-    axes[0][-1].legend(fontsize=7)
-    verdict = "PASS" if report.passed else "FAIL"
-    fig.suptitle(f"coord check, {report.param.value}, lr {report.lr:g}: {verdict}")
-    fig.tight_layout()
-    tmp_png = png_path.with_suffix(".png.tmp")
-    fig.savefig(tmp_png, format="png", dpi=100)
-    plt.close(fig)
-
-    tmp_json = json_path.with_suffix(".json.tmp")
-    tmp_json.write_text(json.dumps(report.model_dump(mode="json"), indent=2))
-    tmp_png.replace(png_path)
-    tmp_json.replace(json_path)
-    return json_path, png_path

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import click
 
-from hptransfer.backends.cluster import Backend
+from hptransfer.backends import Backend
 from hptransfer.cli.app import main
-from hptransfer.cli.options import address_option, fail, threads_option
+from hptransfer.cli.options import address_option, fail, storage_option, threads_option
 
 
 def _offsets(ctx, param, text: str) -> tuple[float, ...]:
@@ -22,15 +22,11 @@ def _offsets(ctx, param, text: str) -> tuple[float, ...]:
     return values
 
 
-def _local_storage_or_fail(storage: str | None, study: str) -> None:
+def _existing_storage_or_fail(storage: str | None, study: str) -> None:
     """Refuse a local storage file that does not exist (opening it would create it)."""
-    from hptransfer.study.storage import StorageError
-    from hptransfer.transfer.predictor import _missing_local_storage
+    from hptransfer.study.storage import missing_local_file
 
-    try:
-        missing = _missing_local_storage(storage)
-    except StorageError as error:
-        fail(str(error))
+    missing = missing_local_file(storage)
     if missing is not None:
         fail(f"no study {study!r}: there is no storage file at {missing}; create the study "
              f"with hptransfer tune --study {study} --widths 32,64")
@@ -41,8 +37,7 @@ def _local_storage_or_fail(storage: str | None, study: str) -> None:
               help="width (d_model) of the model whose prediction to check")
 @click.option("--study", "study_name", default="proxy", show_default=True,
               help="the tuned study the prediction comes from")
-@click.option("--storage", default=None,
-              help="storage URL [default: $HPTRANSFER_HOME/studies.db]")
+@storage_option()
 @click.option("--offsets", default="-1,-0.5,0,0.5,1", show_default=True,
               callback=_offsets, help="LR offsets in octaves around the prediction")
 @click.option("--json", "as_json", is_flag=True, help="print the confirmation as JSON")
@@ -70,25 +65,17 @@ def confirm(target_width, study_name, storage, offsets, as_json, threads, backen
     runs are recorded, by this process, exactly like local ones.
     """
     from hptransfer.confirm.runs import confirm as run_confirm
-    from hptransfer.data.corpus import CorpusError
-    from hptransfer.study.ledger import StudyError
-    from hptransfer.study.storage import StorageError
-    from hptransfer.transfer import PredictionError
 
-    _local_storage_or_fail(storage, study_name)
+    _existing_storage_or_fail(storage, study_name)
 
     def progress(run) -> None:
         if not as_json:
             loss = "" if run.loss is None else f" loss {run.loss:.4f}"
             click.echo(f"  offset {run.offset:+g}: lr {run.lr:.4g} {run.status.value}{loss}")
 
-    try:
-        result = run_confirm(target_width, study=study_name, storage=storage,
-                             offsets=offsets, threads=threads, on_run=progress,
-                             backend=Backend(backend), workers=workers, address=address,
-                             cpus_per_worker=cpus_per_worker)
-    except (PredictionError, StudyError, StorageError, CorpusError, ValueError) as error:
-        fail(str(error))
+    result = run_confirm(target_width, study=study_name, storage=storage, offsets=offsets,
+                         threads=threads, on_run=progress, backend=Backend(backend),
+                         workers=workers, address=address, cpus_per_worker=cpus_per_worker)
     if as_json:
         click.echo(result.model_dump_json(indent=2))
         return
@@ -115,8 +102,7 @@ def print_confirmation(result) -> None:
 
 @main.command()
 @click.option("--study", "study_name", required=True, help="study to report on")
-@click.option("--storage", default=None,
-              help="storage URL [default: $HPTRANSFER_HOME/studies.db]")
+@storage_option()
 @click.option("--target-width", type=click.IntRange(min=1), default=None,
               help="width to show the prediction for [default: the widest confirmed one, "
                    "else none]")
@@ -130,7 +116,7 @@ def report(study_name, storage, target_width, out) -> None:
     from hptransfer.study.ledger import StudyError
     from hptransfer.study.storage import StorageError
 
-    _local_storage_or_fail(storage, study_name)
+    _existing_storage_or_fail(storage, study_name)
     try:
         written = write_report(study_name, storage=storage, target_width=target_width,
                                out_dir=out)

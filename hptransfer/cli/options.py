@@ -4,7 +4,8 @@ Options of ``train``, ``describe`` and ``tune`` are generated from the fields of
 configs (:func:`config_options`), so the CLI cannot drift from them: a field ``head_dim`` is
 the option ``--head-dim``, an enum field takes its values as choices, and the help text is
 the field's description. Invalid input exits with status 2 and a message naming the
-option, before anything is trained or written (:func:`build`, :func:`fail`).
+option, before anything is trained or written (:func:`build`, :func:`fail`). Options that
+several commands share are declared once here.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, get_args
 import click
 from pydantic import BaseModel, ValidationError
 
-from hptransfer.study.storage import write_atomic  # noqa: F401  (the commands import it from here)
+from hptransfer.study.config import OFF
 
 # ---- numbers like 2^-6 --------------------------------------------------------------------
 
@@ -119,24 +120,59 @@ def build(model: type[BaseModel], values: dict[str, Any]) -> Any:
         fail(explain(error))
 
 
-def load_corpus_or_fail(data: str | None):
-    from hptransfer.data.corpus import CorpusError, load_corpus
-
+def _number_list(text: str, kind=float) -> tuple:
     try:
-        return load_corpus(data)
-    except CorpusError as error:
-        fail(str(error))
+        return tuple(kind(NUMBER.convert(v, None, None)) for v in text.split(",") if v.strip())
+    except (click.BadParameter, ValueError):
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
 
 
-def parse_widths(text: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(w) for w in text.split(",") if w.strip())
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers "
-                                 f"(example: 32,64,128)") from None
-    if len(widths) < 2 or any(w <= 0 for w in widths):
-        raise click.BadParameter(f"need at least two positive widths, got {text!r}")
-    return widths
+def range_option(ctx, param, text: str | None):
+    """``LOW,HIGH`` as two numbers, or ``off`` (the range is not searched), or None."""
+    if text is None:
+        return None
+    if text.lower() in ("off", "none", "fixed"):
+        return OFF
+    values = _number_list(text)
+    if len(values) != 2:
+        raise click.BadParameter(f"give LOW,HIGH (e.g. 2^-12,2^-2), got {text!r}")
+    return values
+
+
+def batch_sizes_option(ctx, param, text: str | None):
+    """Comma-separated batch sizes, or ``off``, or None."""
+    if text is None:
+        return None
+    if text.lower() in ("off", "none"):
+        return OFF
+    return _number_list(text, int)
+
+
+def widths_option(minimum: int = 1):
+    """A click callback parsing comma-separated positive widths, at least ``minimum``."""
+
+    def parse(ctx, param, text: str | None) -> tuple[int, ...] | None:
+        if text is None:
+            return None
+        try:
+            widths = tuple(int(w) for w in text.split(",") if w.strip())
+        except ValueError:
+            raise click.BadParameter(f"{text!r} is not a comma-separated list of integers "
+                                     f"(example: 32,64,128)") from None
+        if len(widths) < minimum or any(w <= 0 for w in widths):
+            raise click.BadParameter(f"need at least {minimum} positive width(s), got "
+                                     f"{text!r} (example: 32,64,128)")
+        return widths
+
+    return parse
+
+
+def storage_option(*, required: bool = False, help: str = "the study's Optuna storage"):
+    """``--storage``: a URL or a file path (one declaration for every command)."""
+    default = "" if required else " [default: $HPTRANSFER_HOME/studies.db]"
+    return click.option("--storage", required=required, default=None,
+                        help=f"{help}: an Optuna storage URL or a file (.db SQLite, .log "
+                             f"journal){default}")
 
 
 data_option = click.option(

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from hptransfer.cli.app import main
-from hptransfer.cli.options import NUMBER, fail, write_atomic
+from hptransfer.cli.options import NUMBER, fail, storage_option
 
 
 def _power(value: float) -> str:
@@ -82,8 +82,7 @@ def print_prediction(prediction, *, baselines: bool = False) -> None:
               help="width (d_model) of the model to predict hparams for")
 @click.option("--study", "study_name", default="proxy", show_default=True,
               help="the tuned study to predict from")
-@click.option("--storage", default=None,
-              help="storage URL [default: $HPTRANSFER_HOME/studies.db]")
+@storage_option()
 @click.option("--target-depth", type=click.IntRange(min=1), default=None,
               help="depth of the target [default: the proxies' depth]")
 @click.option("--target-tokens", type=NUMBER, default=None,
@@ -112,8 +111,8 @@ def predict(target_width, study_name, storage, target_depth, target_tokens, targ
     optimum against width, and applies named rules for batch, horizon, weight decay and
     depth. Warns loudly when transfer is not holding (the optimum drifts with width).
     """
-    from hptransfer.study.storage import StorageError
-    from hptransfer.transfer import PredictionError, predict_hparams
+    from hptransfer.report.files import write_atomic
+    from hptransfer.transfer import predict_hparams
 
     if as_json and snippet:
         fail("--json and --snippet both print to stdout: give one of them")
@@ -124,14 +123,10 @@ def predict(target_width, study_name, storage, target_depth, target_tokens, targ
         tokens = int(target_tokens)
     if out is not None and Path(out).is_dir():
         fail(f"--out {out} is a folder; give a file name such as prediction.json")
-    try:
-        prediction = predict_hparams(target_width, study=study_name, storage=storage,
-                                     target_depth=target_depth, target_tokens=tokens,
-                                     target_batch=target_batch,
-                                     horizon_exponent=horizon_exponent,
-                                     bootstrap=bootstrap, seed=seed)
-    except (PredictionError, StorageError) as error:
-        fail(str(error))
+    prediction = predict_hparams(target_width, study=study_name, storage=storage,
+                                 target_depth=target_depth, target_tokens=tokens,
+                                 target_batch=target_batch, horizon_exponent=horizon_exponent,
+                                 bootstrap=bootstrap, seed=seed)
     text = prediction.model_dump_json(indent=2)
     if out is not None:
         write_atomic(Path(out), text + "\n")

@@ -19,10 +19,8 @@ from hptransfer.cli.options import (
     data_option,
     explain,
     fail,
-    load_corpus_or_fail,
-    parse_widths,
     threads_option,
-    write_atomic,
+    widths_option,
 )
 from hptransfer.hparams import HParams
 from hptransfer.spec import DepthRule, ModelSpec, Parametrization
@@ -39,18 +37,17 @@ from hptransfer.spec import DepthRule, ModelSpec, Parametrization
 def train(seed: int, data: str | None, threads: int | None, out: str | None, as_json: bool,
           **values: Any) -> None:
     """Train one model and print its record (validation loss, cost, status)."""
+    from hptransfer.data.corpus import load_corpus
+    from hptransfer.report.files import write_atomic
     from hptransfer.train.loop import train as run
 
     # Validate every option before touching the corpus or torch; the vocabulary, when not
     # given, is the corpus's and is filled in once the corpus is loaded.
     spec, hparams, budget = (build(m, values) for m in (ModelSpec, HParams, Budget))
-    corpus = load_corpus_or_fail(data)
+    corpus = load_corpus(data)
     if values.get("vocab") is None:
         spec = build(ModelSpec, {**values, "vocab": corpus.vocab_size})
-    try:
-        record = run(spec, hparams, budget, corpus, seed=seed, threads=threads)
-    except ValueError as error:
-        fail(str(error))
+    record = run(spec, hparams, budget, corpus, seed=seed, threads=threads)
     text = record.model_dump_json(indent=2)
     if out:
         write_atomic(Path(out), text)
@@ -73,7 +70,8 @@ def train(seed: int, data: str | None, threads: int | None, out: str | None, as_
 def describe(as_json: bool, **values: Any) -> None:
     """Show every parameter tensor's µP role, shape, init std and LR multiplier."""
     from hptransfer.models.transformer import Transformer
-    from hptransfer.mup.rules import residual_multiplier, tensor_rules
+    from hptransfer.mup.rules import residual_multiplier
+    from hptransfer.mup.tensors import tensor_rules
 
     spec, hparams = build(ModelSpec, values), build(HParams, values)
     rules = tensor_rules(Transformer(spec), spec, hparams)
@@ -98,8 +96,8 @@ def describe(as_json: bool, **values: Any) -> None:
 
 
 @main.command("coord-check")
-@click.option("--widths", default="32,64,128,256", show_default=True, callback=lambda c, p, v:
-              parse_widths(v), help="comma-separated widths")
+@click.option("--widths", default="32,64,128,256", show_default=True,
+              callback=widths_option(minimum=2), help="comma-separated widths")
 @click.option("--param", type=click.Choice([p.value for p in Parametrization]),
               default="mup", show_default=True, help="parametrization")
 @click.option("--steps", type=click.IntRange(min=2), default=4, show_default=True,
@@ -121,28 +119,27 @@ def coord_check_command(widths: tuple[int, ...], param: str, steps: int, lr: flo
                         depth: int, head_dim: int, tolerance: float, seed: int, out: str,
                         data: str | None, threads: int | None, as_json: bool) -> None:
     """Check that activations stay flat in width (exit 0) or not (exit 1)."""
-    from hptransfer.checks.coord_check import coord_check, write_report
+    from hptransfer.checks.coord_check import coord_check
+    from hptransfer.data.corpus import load_corpus
+    from hptransfer.report.coord_check import write_coord_check
 
     try:
-        spec = ModelSpec(width=widths[0], head_dim=head_dim, param=param)
         for width in widths:
             ModelSpec(width=width, head_dim=head_dim, param=param)
     except ValidationError as error:
         fail(explain(error))
     if lr is not None and lr <= 0:
         fail(f"--lr: must be positive, got {lr}")
-    if lr is None:
-        lr = 2.0**-5 * (spec.base_width if spec.param is Parametrization.MUP_ABS else 1)
-    corpus = load_corpus_or_fail(data)
+    corpus = load_corpus(data)
     report = coord_check(widths=widths, param=param, steps=steps, lr=lr, depth=depth,
                          head_dim=head_dim, tolerance=tolerance, seed=seed, corpus=corpus,
                          threads=threads, vocab=max(corpus.vocab_size, 2))
-    json_path, png_path = write_report(report, out)
+    json_path, png_path = write_coord_check(report, out)
     if as_json:
         click.echo(report.model_dump_json(indent=2))
     else:
-        click.echo(f"coord check {param}, widths {','.join(map(str, widths))}, lr {lr:g}: "
-                   f"{'PASS' if report.passed else 'FAIL'}")
+        click.echo(f"coord check {param}, widths {','.join(map(str, widths))}, lr "
+                   f"{report.lr:g}: {'PASS' if report.passed else 'FAIL'}")
         for growth in report.failures:
             click.echo(f"  {growth.module} at t={growth.step}: ×{growth.per_doubling:.2f} per "
                        f"doubling of width (allowed ×{1 / tolerance:.2f}..×{tolerance:.2f})")
@@ -161,36 +158,36 @@ def coord_check_command(widths: tuple[int, ...], param: str, steps: int, lr: flo
 def quickstart(out: str, steps: int, target_width: int, threads: int | None) -> None:
     """The README's first job: coord check, tune widths 32 and 64, predict a wide model.
 
-    Everything lands in --out (the study in studies.db); running it again resumes.
+    Everything lands in --out (the study in studies.db); running it again resumes. It calls
+    the public Python API, the same functions a user would.
     """
-    from hptransfer.checks.coord_check import coord_check, write_report
+    import hptransfer as hp
     from hptransfer.cli.predict import print_prediction
     from hptransfer.cli.studies import TrialProgress
-    from hptransfer.report.plots import write_study_report
-    from hptransfer.space import SearchSpace
-    from hptransfer.study.ledger import load_trials, summarize
-    from hptransfer.study.tune import PROXY_HPARAMS, PROXY_SPACE, study_config, tune
-    from hptransfer.transfer import predict_hparams
+    from hptransfer.report.files import write_atomic
 
     folder = Path(out).resolve()
     storage = f"sqlite:///{folder / 'studies.db'}"
     click.echo("1/3 coord check, µP, widths 32..256")
-    report = coord_check(threads=threads)
-    _, png_path = write_report(report, folder)
+    report = hp.coord_check(threads=threads)
+    _, png_path = hp.write_coord_check(report, folder)
     click.echo(f"    {'PASS' if report.passed else 'FAIL'}: {png_path}")
 
     widths, trials = (32, 64), 6
     click.echo(f"2/3 tune the base LR of µP proxies at widths {widths[0]} and {widths[1]}: "
                f"{trials} trials each (the LR grid 2^-12 … 2^-2), {steps} steps per trial")
-    config = study_config(space=SearchSpace(lr=PROXY_SPACE["lr"], weight_decay=None,
-                                            batch_sizes=None, base=HParams(**PROXY_HPARAMS)),
-                          budget=Budget(steps=steps, eval_every=steps))
+    config = hp.study_config(space=hp.SearchSpace(weight_decay=None, batch_sizes=None,
+                                                  base=hp.HParams(batch_size=16)),
+                             budget=hp.Budget(steps=steps, eval_every=steps))
     progress = TrialProgress(len(widths) * trials, quiet=False)
-    result = tune(config, study="quickstart", widths=widths, trials=trials, storage=storage,
-                  threads=threads, on_trial=progress.update)
-    progress.close()
-    records = load_trials("quickstart", storage)
-    plot_path, _ = write_study_report("quickstart", records, summarize(records), folder)
+    try:
+        result = hp.tune(config, study="quickstart", widths=widths, trials=trials,
+                         storage=storage, runner=hp.LocalRunner(threads=threads),
+                         on_trial=progress.update)
+    finally:
+        progress.close()
+    records = hp.load_trials("quickstart", storage)
+    plot_path, _ = hp.write_plot_page("quickstart", records, hp.summarize(records), folder)
     for summary in result.widths:
         lr = summary.best_hparams.lr if summary.best_hparams else float("nan")
         click.echo(f"    width {summary.width}: best validation loss {summary.best_loss:.4f} at "
@@ -198,7 +195,7 @@ def quickstart(out: str, steps: int, target_width: int, threads: int | None) -> 
     click.echo(f"    plot: {plot_path}")
 
     click.echo(f"3/3 predict the hparams of width {target_width}")
-    prediction = predict_hparams(target_width, study="quickstart", storage=storage)
+    prediction = hp.predict_hparams(target_width, study="quickstart", storage=storage)
     write_atomic(folder / "prediction.json", prediction.model_dump_json(indent=2))
     print_prediction(prediction)
     click.echo(f"    prediction: {folder / 'prediction.json'}")

@@ -1,1 +1,2 @@
-"""Confirmation runs at the target width, and the verdict on a prediction."""
+"""Confirmation runs at the target width (:mod:`~hptransfer.confirm.runs`) and the verdict
+on a prediction (:mod:`~hptransfer.confirm.verdict`, pure)."""

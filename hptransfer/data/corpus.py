@@ -36,12 +36,14 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from hptransfer.data.tokenizer import ByteTokenizer, Tokenizer
+from hptransfer.errors import CorpusError
 
 __all__ = [
     "Corpus",
     "CorpusError",
     "CorpusSource",
     "builtin_corpus_files",
+    "check_hash",
     "is_builtin_validation_file",
     "load_corpus",
 ]
@@ -66,10 +68,6 @@ _HASH_CHUNK = 1 << 24
 _ACCEPTED = (
     "expected a text file, a .bin token file, or a directory with train.bin and val.bin"
 )
-
-
-class CorpusError(ValueError):
-    """A corpus cannot be loaded or is too small for the requested windows."""
 
 
 class CorpusSource(str, enum.Enum):
@@ -238,6 +236,19 @@ def load_corpus(
     if resolved.suffix == ".bin":
         return _load_token_file(resolved, tokenizer, validation_fraction)
     return _load_text_file(resolved, tokenizer or ByteTokenizer(), validation_fraction)
+
+
+def check_hash(corpus: Corpus, expected: str) -> None:
+    """Refuse a corpus whose ids are not the ones a study was tuned on (``expected`` is the
+    study's ``corpus_hash``): its losses would not compare with the study's."""
+    if corpus.content_hash != expected:
+        import socket
+
+        raise CorpusError(
+            f"the corpus {corpus.name} on {socket.gethostname()} hashes to "
+            f"{corpus.content_hash}, not {expected}, the hash the study was tuned on: pass "
+            f"the --data it was tuned with (every worker process and every Ray node must "
+            f"see the same data at the same path)")
 
 
 def builtin_corpus_files() -> list[str]:

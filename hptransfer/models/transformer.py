@@ -17,14 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hptransfer.mup.rules import (
-    Declaration,
-    Declared,
-    Role,
-    attention_scale,
-    initialize,
-    residual_multiplier,
-)
+from hptransfer.mup.roles import Declaration, Role
+from hptransfer.mup.rules import attention_scale, residual_multiplier
+from hptransfer.mup.tensors import Declared, initialize
 from hptransfer.spec import Activation, Bias, EmbeddingNorm, ModelSpec, NormGain, QueryInit
 
 __all__ = ["Transformer"]

@@ -1,28 +1,38 @@
-"""Pictures of a study: the µTransfer plot (validation loss against LR, one curve per width).
+"""The figures of hptransfer: the µTransfer plot, the LR optimum against width, the coord check.
 
-Under µP the bowls line up: their minima sit at the same base LR at every width, and wider
-is better (lower) at every LR. Diverged trials are drawn as crosses above the curves, pruned
-ones are left out (their loss is from an unfinished schedule).
+Under µP the µTransfer plot's bowls line up: their minima sit at the same base LR at every
+width, and wider is better (lower) at every LR. Diverged trials are drawn as crosses above
+the curves; pruned ones are left out (their loss is from an unfinished schedule).
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
-from pathlib import Path
+import math
+from typing import TYPE_CHECKING
 
-from hptransfer.study.ledger import TrialRecord, TrialStatus, WidthSummary
+from hptransfer.study.ledger import TrialRecord, TrialStatus
 
-__all__ = ["transfer_figure", "write_study_report"]
+if TYPE_CHECKING:
+    from hptransfer.checks.coord_check import CoordCheckReport
+    from hptransfer.confirm.verdict import Confirmation
+    from hptransfer.transfer.prediction import Prediction
+
+__all__ = ["coord_check_figure", "optimum_figure", "transfer_figure"]
 
 
-def transfer_figure(name: str, records: list[TrialRecord]):
-    """A matplotlib figure of validation loss vs log2(LR), one line per width."""
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only: never a window
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def transfer_figure(name: str, records: list[TrialRecord], *, axis: str = "width"):
+    """Validation loss against the base LR, one line per width (``axis`` names what the
+    ``width`` of the records stands for in a depth or steps study)."""
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     widths = sorted({r.width for r in records})
@@ -41,7 +51,7 @@ def transfer_figure(name: str, records: list[TrialRecord]):
             others = {r.hparams.model_dump_json(exclude={"lr"}) for r in complete}
             line = "-" if len(others) == 1 else "none"
             ax.plot(lrs, losses, marker="o", linestyle=line, alpha=0.8, color=color,
-                    label=f"width {width}")
+                    label=f"{axis} {width}")
             best = min(done, key=lambda p: p[1])
             ax.plot(*best, marker="*", markersize=14, color=color, markeredgecolor="black")
         diverged = [r.hparams.lr for r in records if r.width == width
@@ -52,7 +62,7 @@ def transfer_figure(name: str, records: list[TrialRecord]):
     ax.set_xscale("log", base=2)
     ax.set_xlabel("base learning rate α")
     ax.set_ylabel("validation loss")
-    ax.set_title(f"µTransfer: {name} (★ best per width, × diverged)")
+    ax.set_title(f"µTransfer: {name} (★ best per {axis}, × diverged)")
     ax.grid(True, alpha=0.3)
     if widths:
         ax.legend()
@@ -60,43 +70,67 @@ def transfer_figure(name: str, records: list[TrialRecord]):
     return fig
 
 
-def _png_bytes(fig) -> bytes:
-    import matplotlib.pyplot as plt
+def optimum_figure(name: str, prediction: Prediction,
+                   confirmation: Confirmation | None = None):
+    """The LR optimum of each proxy width (with its 95% interval) against width, the fit
+    line of :mod:`hptransfer.transfer.fit`, the prediction at the target width and, given a
+    :class:`~hptransfer.confirm.verdict.Confirmation`, its best run's LR."""
+    plt = _pyplot()
 
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    evidence = prediction.evidence.widths
+    widths = [e.width for e in evidence]
+    values = [e.optima["lr"].value for e in evidence]
+    lows = [v - e.optima["lr"].interval[0] for v, e in zip(values, evidence, strict=True)]
+    highs = [e.optima["lr"].interval[1] - v for v, e in zip(values, evidence, strict=True)]
+    ax.errorbar(widths, values, yerr=[lows, highs], marker="o", linestyle="none", capsize=4,
+                label="proxy optimum (95% interval)")
+    fit = prediction.evidence.fits["lr"]
+    slope = fit.slope if fit.model.value == "log-linear" else 0.0
+    target = prediction.target_width
+    xs = [min(widths), target]
+    ys = [2.0 ** (fit.target + slope * math.log2(x / target)) for x in xs]
+    ax.plot(xs, ys, linestyle="--", color="gray",
+            label=f"fit ({fit.model.value}, slope {fit.slope:+.2f} octave/doubling)")
+    low, high = prediction.intervals["lr"]
+    lr = prediction.hparams.lr
+    ax.errorbar([target], [lr], yerr=[[lr - low], [high - lr]], marker="*", markersize=14,
+                color="crimson", capsize=4, linestyle="none",
+                label=f"prediction at width {target}")
+    best = confirmation and next((r for r in confirmation.runs
+                                  if r.offset == confirmation.best_offset), None)
+    if best is not None:
+        ax.plot([target], [best.lr], marker="D", color="green", linestyle="none",
+                label=f"best confirmation run ({confirmation.verdict.value})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("width")
+    ax.set_ylabel("optimal base learning rate α")
+    ax.set_title(f"LR optimum vs width: {name}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
-def write_study_report(name: str, records: list[TrialRecord], summaries: list[WidthSummary],
-                       out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``<name>_transfer.png`` and a self-contained ``<name>_plot.html``.
-
-    Both are written to temporary names and renamed, so a crash leaves no half a file.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    png = _png_bytes(transfer_figure(name, records))
-    png_path, html_path = out / f"{name}_transfer.png", out / f"{name}_plot.html"
-    rows = "".join(
-        f"<tr><td>{s.width}</td><td>{s.finished}</td><td>{s.complete}</td>"
-        f"<td>{s.diverged}</td><td>{s.pruned}</td>"
-        f"<td>{'' if s.best_loss is None else f'{s.best_loss:.4f}'}</td>"
-        f"<td>{'' if s.best_hparams is None else f'{s.best_hparams.lr:.4g}'}</td>"
-        f"<td>{'' if s.best_hparams is None else f'{s.best_hparams.weight_decay:.3g}'}</td>"
-        f"<td>{'' if s.best_hparams is None else s.best_hparams.batch_size}</td>"
-        f"<td>{s.flops:.3g}</td><td>{s.wall_time_s:.0f}</td></tr>" for s in summaries)
-    page = (
-        f"<!doctype html><meta charset='utf-8'><title>{html.escape(name)}</title>"
-        f"<h1>Study {html.escape(name)}</h1>"
-        f"<img alt='validation loss vs learning rate per width' "
-        f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
-        "<table border=1 cellpadding=4><tr><th>width</th><th>finished</th><th>complete</th>"
-        "<th>diverged</th><th>pruned</th><th>best loss</th><th>lr</th><th>weight decay</th>"
-        f"<th>batch</th><th>FLOPs</th><th>seconds</th></tr>{rows}</table>")
-    for path, data in ((png_path, png), (html_path, page.encode())):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    return png_path, html_path
+def coord_check_figure(report: CoordCheckReport):
+    """Mean |activation| against width, one panel per step, one line per module type."""
+    plt = _pyplot()
+    modules = sorted({p.module for p in report.points})
+    fig, axes = plt.subplots(1, report.steps, figsize=(3.2 * report.steps, 3.2),
+                             sharey=True, squeeze=False)
+    for t, ax in enumerate(axes[0], start=1):
+        for name in modules:
+            pts = sorted((p.width, p.mean_abs) for p in report.points
+                         if p.module == name and p.step == t)
+            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"t = {t}")
+        ax.set_xlabel("width")
+    axes[0][0].set_ylabel("mean |activation|")
+    axes[0][-1].legend(fontsize=7)
+    verdict = "PASS" if report.passed else "FAIL"
+    fig.suptitle(f"coord check, {report.param.value}, lr {report.lr:g}: {verdict}")
+    fig.tight_layout()
+    return fig

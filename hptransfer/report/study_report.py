@@ -1,12 +1,10 @@
-"""The study report: what the proxies say, what was predicted, and whether it held.
+"""The study report, and the plot page: what the proxies say, what was predicted, whether it held.
 
 :func:`write_report` writes ``{study}_report.md`` and a self-contained ``{study}_report.html``
-(images inline as base64) with the µTransfer plot (:func:`hptransfer.report.plots.transfer_figure`),
-the LR optimum of each proxy width against width with its interval, the fit line and the
-prediction at the target width, the prediction's rules and warnings, and the confirmation
-runs with their verdict (:mod:`hptransfer.confirm.runs`). The Markdown file shows the same
-figures from PNG files written beside it. Every file is written to a temporary name and
-renamed, so a crash leaves no half a file.
+(images inline): the µTransfer plot, the LR optimum of each proxy width against width with
+the prediction, its rules and warnings, and the confirmation runs with their verdict.
+:func:`write_plot_page` writes what ``hptransfer plot`` shows: the µTransfer plot and a
+table of the widths. Every file goes through :func:`hptransfer.report.files.write_atomic`.
 """
 
 from __future__ import annotations
@@ -14,14 +12,16 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from hptransfer.report.files import figure_png, write_atomic
+from hptransfer.report.plots import optimum_figure, transfer_figure
+from hptransfer.report.tables import html_table, markdown_table
 from hptransfer.spec import FrozenConfig
+from hptransfer.study.ledger import TrialRecord, WidthSummary
 
-__all__ = ["Report", "optimum_figure", "write_report"]
+__all__ = ["Report", "write_plot_page", "write_report"]
 
 
 class Report(FrozenConfig):
@@ -32,69 +32,6 @@ class Report(FrozenConfig):
     images: tuple[Path, ...]
     target_width: int | None
     verdict: str | None
-
-
-def optimum_figure(name: str, prediction, confirmation=None):
-    """The LR optimum of each proxy width (with its 95% interval) against width, the fit
-    line of :mod:`hptransfer.transfer.fit`, the prediction at the target width and, given a
-    :class:`~hptransfer.confirm.runs.Confirmation`, its best run's LR."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    evidence = prediction.evidence.widths
-    widths = [e.width for e in evidence]
-    values = [e.optima["lr"].value for e in evidence]
-    lows = [v - e.optima["lr"].interval[0] for v, e in zip(values, evidence, strict=True)]
-    highs = [e.optima["lr"].interval[1] - v for v, e in zip(values, evidence, strict=True)]
-    ax.errorbar(widths, values, yerr=[lows, highs], marker="o", linestyle="none", capsize=4,
-                label="proxy optimum (95% interval)")
-    fit = prediction.evidence.fits["lr"]
-    slope = fit.slope if fit.model.value == "log-linear" else 0.0
-    target = prediction.target_width
-    xs = [min(widths), target]
-    ys = [2.0 ** (fit.target + slope * math.log2(x / target)) for x in xs]
-    ax.plot(xs, ys, linestyle="--", color="gray",
-            label=f"fit ({fit.model.value}, slope {fit.slope:+.2f} octave/doubling)")
-    low, high = prediction.intervals["lr"]
-    lr = prediction.hparams.lr
-    ax.errorbar([target], [lr], yerr=[[lr - low], [high - lr]], marker="*", markersize=14,
-                color="crimson", capsize=4, linestyle="none",
-                label=f"prediction at width {target}")
-    best = confirmation and next((r for r in confirmation.runs
-                                  if r.offset == confirmation.best_offset), None)
-    if best is not None:
-        ax.plot([target], [best.lr], marker="D", color="green", linestyle="none",
-                label=f"best confirmation run ({confirmation.verdict.value})")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log", base=2)
-    ax.set_xlabel("width")
-    ax.set_ylabel("optimal base learning rate α")
-    ax.set_title(f"LR optimum vs width: {name}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def _png(fig) -> bytes:
-    from hptransfer.report.plots import _png_bytes
-
-    return _png_bytes(fig)
-
-
-def _write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(row) + " |" for row in rows)]
 
 
 def _sections(name: str, prediction, problem: str | None, confirmation) -> list[tuple]:
@@ -144,7 +81,7 @@ def _markdown(name: str, blocks: list[tuple], images: dict[str, Path]) -> str:
         elif kind == "list":
             lines += [*(f"- {item}" for item in content), ""]
         elif kind == "table":
-            lines += [*_table(*content), ""]
+            lines += [markdown_table(*content), ""]
     return "\n".join(lines)
 
 
@@ -168,11 +105,7 @@ def _html(name: str, blocks: list[tuple], pngs: dict[str, bytes]) -> str:
         elif kind == "list":
             out.append("<ul>" + "".join(f"<li>{text(i)}</li>" for i in content) + "</ul>")
         elif kind == "table":
-            header, rows = content
-            out.append("<table border=1 cellpadding=4><tr>"
-                       + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row)
-                                 + "</tr>" for row in rows) + "</table>")
+            out.append(html_table(*content))
     return "\n".join(out) + "\n"
 
 
@@ -182,15 +115,15 @@ def write_report(study: str = "proxy", *, storage: Any = None,
 
     ``target_width`` defaults to the widest one with confirmation runs, if any; without a
     target width the report holds the µTransfer plot only. A study that cannot support a
-    prediction gets a report saying why. Raises :class:`hptransfer.study.ledger.StudyError` when
+    prediction gets a report saying why. Raises :class:`~hptransfer.errors.StudyError` when
     there is no such study.
     """
-    from hptransfer.confirm.runs import confirmation_widths, load_confirmation
-    from hptransfer.report.plots import transfer_figure
-    from hptransfer.study.ledger import _open, load_trials
-    from hptransfer.transfer import PredictionError, predict_hparams
+    from hptransfer.confirm.runs import load_confirmation
+    from hptransfer.errors import PredictionError
+    from hptransfer.study.ledger import confirmation_widths, load_trials, open_storage_arg
+    from hptransfer.transfer import predict_hparams
 
-    storage = _open(storage)
+    storage = open_storage_arg(storage)
     records = load_trials(study, storage)
     if target_width is None:
         confirmed = confirmation_widths(study, storage)
@@ -204,17 +137,42 @@ def write_report(study: str = "proxy", *, storage: Any = None,
         confirmation = load_confirmation(study, target_width, storage)
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    pngs = {"transfer": _png(transfer_figure(study, records))}
+    pngs = {"transfer": figure_png(transfer_figure(study, records))}
     if prediction is not None:
-        pngs["optimum"] = _png(optimum_figure(study, prediction, confirmation))
+        pngs["optimum"] = figure_png(optimum_figure(study, prediction, confirmation))
     images = {key: out / f"{study}_{key}.png" for key in pngs}
     blocks = _sections(study, prediction, problem, confirmation)
     markdown, page = out / f"{study}_report.md", out / f"{study}_report.html"
     for key, data in pngs.items():
-        _write(images[key], data)
-    _write(markdown, _markdown(study, blocks, images).encode())
-    _write(page, _html(study, blocks, pngs).encode())
+        write_atomic(images[key], data)
+    write_atomic(markdown, _markdown(study, blocks, images))
+    write_atomic(page, _html(study, blocks, pngs))
     return Report(markdown=markdown, html=page, images=tuple(images.values()),
                   target_width=target_width,
                   verdict=confirmation.verdict.value if confirmation else None)
+
+
+def write_plot_page(name: str, records: list[TrialRecord], summaries: list[WidthSummary],
+                    out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``<name>_transfer.png`` and a self-contained ``<name>_plot.html`` (the plot and
+    a table of the widths: trials by status, the best trial, the compute used)."""
+    out = Path(out_dir)
+    png = figure_png(transfer_figure(name, records))
+
+    def best(s: WidthSummary, text) -> str:
+        return "" if s.best_hparams is None else text(s.best_hparams)
+
+    rows = [[str(s.width), str(s.finished), str(s.complete), str(s.diverged), str(s.pruned),
+             "" if s.best_loss is None else f"{s.best_loss:.4f}",
+             best(s, lambda h: f"{h.lr:.4g}"), best(s, lambda h: f"{h.weight_decay:.3g}"),
+             best(s, lambda h: str(h.batch_size)), f"{s.flops:.3g}", f"{s.wall_time_s:.0f}"]
+            for s in summaries]
+    header = ["width", "finished", "complete", "diverged", "pruned", "best loss", "lr",
+              "weight decay", "batch", "FLOPs", "seconds"]
+    page = (f"<!doctype html><meta charset='utf-8'><title>{html.escape(name)}</title>"
+            f"<h1>Study {html.escape(name)}</h1>"
+            f"<img alt='validation loss vs learning rate per width' "
+            f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+            + html_table(header, rows))
+    return (write_atomic(out / f"{name}_transfer.png", png),
+            write_atomic(out / f"{name}_plot.html", page))

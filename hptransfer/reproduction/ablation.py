@@ -32,23 +32,20 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, ValidationError, model_validator
 
 from hptransfer.budget import Budget
+from hptransfer.errors import AblationError
 from hptransfer.hparams import HParams
 from hptransfer.space import SearchSpace
 from hptransfer.spec import FrozenConfig, ModelSpec
 
 if TYPE_CHECKING:
     from hptransfer.data.corpus import Corpus
-    from hptransfer.study.ledger import StudyConfig
+    from hptransfer.study.config import StudyConfig
 
 __all__ = ["Ablation", "AblationError", "Axis", "PaperVerdict", "Point", "Setting", "Study",
            "default_folder", "definition_files", "load_setting", "load_study"]
 
 SETTING_FILE = "setting.toml"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-
-
-class AblationError(ValueError):
-    """A study definition or setting that cannot be used, and what to fix."""
 
 
 class Axis(str, Enum):
@@ -133,7 +130,7 @@ class Point(FrozenConfig):
 
     def config(self, corpus: Corpus) -> StudyConfig:
         """The :class:`StudyConfig` tuned for this point on ``corpus``."""
-        from hptransfer.study.tune import study_config
+        from hptransfer.study.config import study_config
 
         return study_config(spec=self.spec, space=self.space, budget=self.budget,
                             seed=self.seed, corpus=corpus, data=self.data)
@@ -274,7 +271,7 @@ def default_folder() -> Path:
     here = Path.cwd() / "studies"
     if (here / SETTING_FILE).is_file():
         return here
-    return Path(__file__).resolve().parent.parent / "studies"
+    return Path(__file__).resolve().parents[2] / "studies"
 
 
 def definition_files(folder: str | Path) -> list[Path]:

@@ -1,18 +1,12 @@
-"""Running a reproduction study, its recorded result, and the paper-style table.
+"""Running a reproduction study, and its recorded result.
 
-:func:`run_study` tunes every point of a :class:`~hptransfer.reproduction.ablation.Study` with the
-grid
-sampler (each LR octave once, at every axis value) through :func:`hptransfer.study.tune.tune`,
-so the Optuna storage is the record, as for any tune, and a rerun only trains what is
-missing. After each point it rewrites the study's :class:`StudyResult` — a small JSON file
-(``studies/results/<name>.json``, committed) of every cell's loss and cost — atomically, so
-the table rebuilds without the database.
-
-:func:`tabulate` turns a result into a :class:`StudyTable`: loss per axis value × LR, the
-argmin per value, the paper's verdict rule ("Transfer: Yes" iff the argmin is the same at
-every value) and our fitted drift per doubling with its 95% interval, from the predictor's
-own machinery (the per-width quadratic of :mod:`hptransfer.transfer.optimum` and the
-across-width fit of :mod:`hptransfer.transfer.fit`): what the paper's yes/no hides.
+:func:`run_study` tunes every point of a :class:`~hptransfer.reproduction.ablation.Study`
+with the grid sampler (each LR octave once, at every axis value) through
+:func:`hptransfer.study.tune.tune`, so the Optuna storage is the record, as for any tune,
+and a rerun only trains what is missing. After each point it rewrites the study's
+:class:`StudyResult`, a small JSON file (``studies/results/<name>.json``, committed) of every
+cell's loss and cost, so the table (:mod:`hptransfer.reproduction.table`) rebuilds without
+the database.
 """
 
 from __future__ import annotations
@@ -23,22 +17,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from pydantic import Field
 
+from hptransfer.report.files import write_atomic
 from hptransfer.reproduction.ablation import Ablation, Axis, PaperVerdict, Setting, Study
 from hptransfer.spec import FrozenConfig
-from hptransfer.study.ledger import StudyConfig, TrialRecord, TrialStatus
-from hptransfer.study.storage import write_atomic
+from hptransfer.study.config import StudyConfig
+from hptransfer.study.ledger import TrialRecord, TrialStatus
 
 if TYPE_CHECKING:
     from hptransfer.data.corpus import Corpus
 
-__all__ = ["Cell", "Row", "StudyResult", "StudyTable", "empty_result", "load_result",
-           "result_from_storage", "run_study", "tabulate", "write_plot"]
-
-BOOTSTRAP = 1000  # resamples behind each interval, as in the predictor
-_FINISHED = (TrialStatus.COMPLETE, TrialStatus.DIVERGED, TrialStatus.PRUNED, TrialStatus.ERROR)
+__all__ = ["Cell", "StudyResult", "cell_records", "empty_result", "load_result",
+           "result_from_storage", "run_study"]
 
 
 class Cell(FrozenConfig):
@@ -112,7 +103,7 @@ def result_from_storage(study: Study, storage: Any) -> StudyResult:
         configs.append(config)
         latest: dict[int, TrialRecord] = {}
         for trial in load_trials(point.study, storage, [point.width]):
-            if trial.status in _FINISHED and trial.hparams is not None:
+            if trial.finished and trial.hparams is not None:
                 latest[round(math.log2(trial.hparams.lr))] = trial  # the last one wins
         tokens = config.tokens_per_trial()
         steps = tokens // (config.space.base.batch_size * config.spec.seq_len)
@@ -137,8 +128,10 @@ def run_study(study: Study, *, results: str | Path, storage: str | None = None,
     cells are never trained again, lost ones are retried (:func:`hptransfer.study.tune.tune`).
     """
     from hptransfer.data.corpus import load_corpus
+    from hptransfer.study.search import SamplerKind, WarmStart
     from hptransfer.study.storage import normalize, open_storage
-    from hptransfer.study.tune import SamplerKind, WarmStart, tune
+    from hptransfer.study.tune import tune
+    from hptransfer.study.worker import LocalRunner
 
     corpus = corpus if corpus is not None else load_corpus(study.setting.data)
     configs = [p.config(corpus) for p in study.points]  # every point valid before any runs
@@ -148,7 +141,7 @@ def run_study(study: Study, *, results: str | Path, storage: str | None = None,
     for point, config in zip(study.points, configs, strict=True):
         tune(config, study=point.study, widths=(point.width,), trials=len(study.lr_exponents),
              storage=url, sampler=SamplerKind.GRID, warm_start=WarmStart.NONE,
-             corpus=corpus, threads=threads, on_trial=on_trial)
+             corpus=corpus, runner=LocalRunner(threads=threads), on_trial=on_trial)
         result = result_from_storage(study, open_storage(url))
         write_atomic(path, result.model_dump_json(indent=1) + "\n")
     return result
@@ -158,127 +151,10 @@ def load_result(path: str | Path) -> StudyResult:
     return StudyResult.model_validate_json(Path(path).read_text())
 
 
-# ---- the table --------------------------------------------------------------------------------
-
-class Row(FrozenConfig):
-    """One axis value: its loss per LR exponent, the argmin and the fitted optimum."""
-
-    value: int
-    cells: dict[int, Cell]
-    argmin: int | None = Field(description="log2 α of the lowest completed loss")
-    coarse_argmin: int | None = Field(None, description="the argmin among every other LR of "
-                                                         "the grid from its lowest (the "
-                                                         "paper's 2-octave spacing)")
-    optimum: float | None = Field(None, description="log2 α at the fitted bowl's vertex")
-    optimum_interval: tuple[float, float] | None = None
-    flags: tuple[str, ...] = ()
-
-
-class StudyTable(FrozenConfig):
-    """What a study shows: the rows, the paper's verdict rule and our fitted drift."""
-
-    result: StudyResult
-    rows: tuple[Row, ...]
-    transfer: bool | None = Field(description="same argmin at every value; None until "
-                                              "every cell has run and every value has a "
-                                              "completed one")
-    coarse_transfer: bool | None = Field(None, description="the same rule on every other LR "
-                                                           "of the grid (the paper's grid "
-                                                           "was 2 octaves apart, ours 1)")
-    drift: float | None = Field(None, description="octaves the LR optimum moves per "
-                                                  "doubling of the axis")
-    drift_interval: tuple[float, float] | None = None
-
-    @property
-    def cells_done(self) -> int:
-        return sum(len(r.cells) for r in self.rows)
-
-    @property
-    def verdict(self) -> str:
-        """Ours: "Yes" / "No" once every cell has run, else "not yet run", "partial" or
-        "undecided" (every run of some value diverged)."""
-        if self.transfer is not None:
-            return "Yes" if self.transfer else "No"
-        if not self.cells_done:
-            return "not yet run"
-        if self.cells_done < self.result.planned:
-            return f"partial ({self.cells_done}/{self.result.planned} cells)"
-        return f"undecided: a {self.result.axis.value} has no completed run"
-
-
-def _records(result: StudyResult, value: int) -> list[TrialRecord]:
-    """A value's cells as the trial records the predictor's fits read."""
+def cell_records(result: StudyResult, value: int) -> list[TrialRecord]:
+    """A value's cells as the trial records the predictor's fits (and the plots) read."""
     base = result.config.space.base
     return [TrialRecord(study=result.name, number=i, width=value, status=c.status,
                         hparams=base.model_copy(update={"lr": c.lr}), final_val_loss=c.val_loss,
                         flops=c.flops, wall_time_s=c.wall_time_s)
             for i, c in enumerate(result.cells) if c.value(result.axis) == value]
-
-
-def _argmin(losses: dict[int, float]) -> int | None:
-    return min(losses, key=losses.get) if losses else None
-
-
-def _same(complete: bool, argmins: list[int | None]) -> bool | None:
-    """The paper's rule: one argmin at every value; None until every cell has run."""
-    return len(set(argmins)) == 1 if complete and None not in argmins else None
-
-
-def tabulate(result: StudyResult, *, seed: int = 0) -> StudyTable:
-    """The paper-style table of ``result``, with the fitted optima and drift."""
-    from hptransfer.transfer.fit import _transfer_fits
-    from hptransfer.transfer.optimum import BAND, WINDOW_OCTAVES, _fit_width
-    from hptransfer.transfer.predictor import MIN_COMPLETE
-
-    rng = np.random.default_rng(seed)
-    rows, fits = [], []
-    for value in result.values:
-        cells = {c.lr_exponent: c for c in result.cells if c.value(result.axis) == value}
-        done = {e: c.val_loss for e, c in cells.items() if c.status is TrialStatus.COMPLETE
-                and c.val_loss is not None and math.isfinite(c.val_loss)}
-        # the paper's grid points were 2 octaves apart: its yes/no rule on our 1-octave grid
-        # is stricter than the paper's own, so the rule is also applied at its spacing
-        coarse = {e: loss for e, loss in done.items() if (e - result.lr_exponents[0]) % 2 == 0}
-        row = Row(value=value, cells=cells, argmin=_argmin(done), coarse_argmin=_argmin(coarse))
-        if len(done) >= MIN_COMPLETE:
-            # the axis value stands in for the width: the fits only read it as x = log2 value
-            fit = _fit_width(value, _records(result, value), result.config, band=BAND,
-                             window=WINDOW_OCTAVES, bootstrap=BOOTSTRAP, rng=rng)
-            estimate = fit.evidence.optima["lr"]
-            row = row.model_copy(update={
-                "optimum": math.log2(estimate.value),
-                "optimum_interval": tuple(math.log2(v) for v in estimate.interval),
-                "flags": tuple(f for f in fit.evidence.flags if not f.startswith("note:"))})
-            fits.append(fit)
-        rows.append(row)
-    complete = sum(len(r.cells) for r in rows) == result.planned
-    transfer = _same(complete, [r.argmin for r in rows])
-    coarse_transfer = _same(complete, [r.coarse_argmin for r in rows])
-    drift = interval = None
-    if len(fits) >= 2:
-        lr_fit = _transfer_fits(fits, result.config, max(result.values))[0]["lr"]
-        drift, interval = lr_fit.slope, lr_fit.slope_interval
-    return StudyTable(result=result, rows=tuple(rows), transfer=transfer,
-                      coarse_transfer=coarse_transfer, drift=drift, drift_interval=interval)
-
-
-def write_plot(table: StudyTable, out: str | Path) -> Path:
-    """``<out>/<name>_transfer.png``: validation loss vs LR, one curve per axis value."""
-    import matplotlib.pyplot as plt
-
-    from hptransfer.report.plots import transfer_figure
-
-    result = table.result
-    records = [r for row in table.rows for r in _records(result, row.value)]
-    fig = transfer_figure(result.name, records)
-    legend = fig.axes[0].get_legend()
-    if legend is not None and result.axis is not Axis.WIDTH:  # the figure names widths
-        for text in legend.get_texts():
-            text.set_text(text.get_text().replace("width", result.axis.value))
-    path = Path(out) / f"{result.name}_transfer.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path

@@ -13,18 +13,16 @@ The Optuna storage is the single record of every trial. Accepted forms:
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from hptransfer.errors import StorageError
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["StorageError", "default_storage_url", "home", "open_storage", "storage_kind"]
-
-
-class StorageError(ValueError):
-    """A storage URL that cannot be used, with what to do instead."""
+__all__ = ["default_storage_url", "home", "local_path", "missing_local_file", "normalize",
+           "open_storage", "storage_kind"]
 
 
 def home() -> Path:
@@ -59,8 +57,19 @@ def storage_kind(url: str) -> str:
     return scheme.split("+", 1)[0]
 
 
-def _local_path(url: str) -> Path:
+def local_path(url: str) -> Path:
+    """The file of a ``sqlite:///`` or ``journal:///`` URL."""
     return Path(url.split(":///", 1)[1] if ":///" in url else url.split("://", 1)[1])
+
+
+def missing_local_file(url: str | None) -> Path | None:
+    """The path of a local SQLite or journal file that does not exist, else None: opening
+    it would create an empty one, which a command that only reads must not do."""
+    url = normalize(url)
+    if storage_kind(url) not in ("sqlite", "journal") or ":memory:" in url:
+        return None
+    path = local_path(url)
+    return None if path.exists() else path
 
 
 def _with_driver(url: str) -> str:
@@ -87,11 +96,11 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
     url = normalize(url)
     kind = storage_kind(url)
     if kind == "journal":
-        path = _local_path(url)
+        path = local_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if kind == "sqlite":
-        _local_path(url).parent.mkdir(parents=True, exist_ok=True)
+        local_path(url).parent.mkdir(parents=True, exist_ok=True)
         # several worker processes write one file: wait for the lock instead of failing
         return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
     try:
@@ -102,13 +111,3 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage:
                            f"pip install 'hptransfer[{extra}]' ({error})") from error
     except optuna.exceptions.StorageInternalError as error:
         raise StorageError(f"cannot open storage {url}: {error}") from error
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename:
-    never half a file, even when the process is killed mid-write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)

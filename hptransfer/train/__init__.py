@@ -1,1 +1,7 @@
-"""One training run: the loop, its optimizer and schedule, data-parallel ranks."""
+"""One training run: the loop (:mod:`~hptransfer.train.loop`), its optimizer and schedule,
+the device and threads it computes with, and data-parallel ranks. Nothing here imports
+Optuna or Ray."""
+
+from hptransfer.train.loop import EvalCallback, evaluate, train
+
+__all__ = ["EvalCallback", "evaluate", "train"]

@@ -1,34 +1,18 @@
 """One training run: spec + hparams + budget + corpus + seed → :class:`RunRecord`.
 
 :func:`train` is the one training loop of hptransfer. It knows nothing of Optuna or Ray:
-searches call it and read the record; pruners plug in through ``on_eval``.
-
-Threads: PyTorch's intra-op pool is set to ``threads`` (default: the ``HPTRANSFER_THREADS``
-environment variable, else every CPU this process may use). Several concurrent workers on
-one machine should each get cores / workers, or they oversubscribe and all slow down.
-
-Determinism: the init comes from a generator seeded with ``seed``; batches from a NumPy
-generator seeded with ``seed``; validation windows are fixed. On CPU with the same thread
-count the same call returns the same losses bit for bit (tested).
-
-Data parallel: when ``torch.distributed`` is initialized with N > 1 processes (Ray Train,
-``torchrun``, or a test's gloo group), every rank builds the same model from the same seed,
-draws the same global batch from the same rng and trains on its own contiguous 1/N of the
-rows, under DistributedDataParallel. DDP averages the N equal-sized slices' gradients, which
-is the gradient of the full batch: N ranks follow the single-process run up to float
-rounding (tested: the final validation loss agrees within 1e-4 relative). Every decision
-that ends the loop is taken on values all ranks share (the training loss averaged over the
-ranks, rank 0's validation loss and ``on_eval`` verdict), since a rank that leaves the loop
-alone leaves the others waiting in a collective forever. Each rank returns the same record.
+searches call it and read the record; pruners plug in through ``on_eval``. The same call on
+the CPU with the same thread count returns the same losses bit for bit (init and batches
+come from ``seed``, validation windows are fixed). Under ``torch.distributed`` it trains
+data parallel (:mod:`hptransfer.train.ranks`) and every rank returns the same record.
+docs/foundation.md has the threads, precision and throughput measurements.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -36,17 +20,19 @@ import torch.nn.functional as F
 
 from hptransfer.budget import Budget
 from hptransfer.data.corpus import Corpus, load_corpus
+from hptransfer.errors import ConfigError
 from hptransfer.hparams import HParams
 from hptransfer.models.transformer import Transformer
 from hptransfer.mup.rules import FORMULATION
-from hptransfer.provenance import available_cpus, collect
+from hptransfer.provenance import collect
 from hptransfer.record import CurvePoint, RunRecord, Status, Verdict
-from hptransfer.spec import ModelSpec, Precision
+from hptransfer.spec import ModelSpec
+from hptransfer.train.device import autocast, resolve_device, resolve_threads
 from hptransfer.train.optimizer import build_optimizer
+from hptransfer.train.ranks import Ranks, data_parallel, rows_per_worker
 from hptransfer.train.schedule import lr_factor
 
-__all__ = ["EvalCallback", "evaluate", "resolve_device", "resolve_threads", "rows_per_worker",
-           "train"]
+__all__ = ["EvalCallback", "evaluate", "token_loss", "train"]
 
 EvalCallback = Callable[[CurvePoint], "Verdict | None"]
 
@@ -57,37 +43,7 @@ _EVAL_ROWS = 32
 _TRAIN_CURVE_POINTS = 100
 
 
-def resolve_threads(threads: int | None = None) -> int:
-    """Threads to use: the argument, else ``HPTRANSFER_THREADS``, else all available CPUs."""
-    if threads is None:
-        env = os.environ.get("HPTRANSFER_THREADS", "").strip()
-        threads = int(env) if env else available_cpus()
-    if threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
-    return threads
-
-
-def _autocast(spec: ModelSpec, device_type: str = "cpu"):
-    # bf16 autocast keeps fp32 master weights and optimizer state; only matmul inputs and
-    # outputs are bf16. On AVX512-BF16 CPUs this runs matmuls ~4× faster than fp32.
-    return torch.autocast(device_type, dtype=torch.bfloat16,
-                          enabled=spec.precision is Precision.BF16)
-
-
-def resolve_device(device: str | None = None) -> torch.device:
-    """The device to train on: ``cpu`` (the default) or a CUDA device; a clear error when
-    CUDA is asked for and this torch build or machine has none."""
-    resolved = torch.device(device or "cpu")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch {torch.__version__} sees no "
-                         f"CUDA GPU here; install a CUDA build of torch on a GPU machine, or "
-                         f"train on the CPU")
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be cpu or cuda[:N], got {device!r}")
-    return resolved
-
-
-def _loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+def token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy of a (rows, T + 1) window batch, computed in fp32."""
     inputs, targets = batch[:, :-1], batch[:, 1:]
     logits = model(inputs)
@@ -100,72 +56,13 @@ def evaluate(model: Transformer, batches: list[torch.Tensor]) -> float:
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    with _autocast(model.spec, batches[0].device.type if batches else "cpu"):
+    with autocast(model.spec, batches[0].device.type if batches else "cpu"):
         for batch in batches:
             rows = batch.shape[0]
-            total += _loss(model, batch).item() * rows
+            total += token_loss(model, batch).item() * rows
             count += rows
     model.train(was_training)
     return total / count
-
-
-def rows_per_worker(batch_size: int, workers: int) -> int:
-    """Rows of each global batch one of ``workers`` data-parallel ranks trains on; a
-    ValueError when they cannot all get the same number (their gradients would then not
-    average to the full batch's)."""
-    if batch_size % workers:
-        raise ValueError(
-            f"batch_size {batch_size} cannot be split evenly over {workers} data-parallel "
-            f"workers (each trains batch_size / workers rows of every step); use a batch "
-            f"size divisible by {workers}, or another number of workers")
-    return batch_size // workers
-
-
-class _Ranks(NamedTuple):
-    """This process's place among data-parallel ranks: (0, 1) when training alone."""
-
-    rank: int
-    size: int
-
-    @classmethod
-    def current(cls) -> _Ranks:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            return cls(dist.get_rank(), dist.get_world_size())
-        return cls(0, 1)
-
-    @property
-    def parallel(self) -> bool:
-        return self.size > 1
-
-    def rows(self, batch: torch.Tensor) -> torch.Tensor:
-        """This rank's contiguous slice of a global batch: rows [r·B/N, (r+1)·B/N)."""
-        if not self.parallel:
-            return batch
-        share = rows_per_worker(batch.shape[0], self.size)
-        return batch[self.rank * share:(self.rank + 1) * share]
-
-    def mean(self, loss: torch.Tensor) -> float:
-        """The loss averaged over the ranks (each a mean over equally many tokens): the loss
-        of the global batch, the same float on every rank."""
-        if not self.parallel:
-            return loss.item()
-        import torch.distributed as dist
-
-        total = loss.detach().double()
-        dist.all_reduce(total)
-        return total.item() / self.size
-
-    def shared(self, value: float) -> float:
-        """Rank 0's ``value`` on every rank (the others' is ignored): one voice decides."""
-        if not self.parallel:
-            return value
-        import torch.distributed as dist
-
-        message = torch.tensor([value], dtype=torch.float64)
-        dist.broadcast(message, src=0)
-        return message.item()
 
 
 def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | None = None,
@@ -185,14 +82,14 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
     ``on_eval`` is called on rank 0 only, its verdict applying to every rank.
     """
     started = time.perf_counter()
-    ranks = _Ranks.current()
+    ranks = Ranks.current()
     rows_per_worker(hparams.batch_size, ranks.size)  # refuse an uneven split before any work
     threads = resolve_threads(threads)
     torch.set_num_threads(threads)
     on = resolve_device(device)
     corpus = corpus if corpus is not None else load_corpus()
     if corpus.vocab_size > spec.vocab:
-        raise ValueError(
+        raise ConfigError(
             f"the corpus {corpus.name} has vocabulary {corpus.vocab_size} but the model spec "
             f"has vocab={spec.vocab}; set vocab to at least {corpus.vocab_size}")
 
@@ -201,7 +98,7 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
     optimizer = build_optimizer(model, spec, hparams)
     # DDP all-reduces gradients during backward; the optimizer, clipping and evaluation keep
     # working on `model`, whose parameters the wrapper shares.
-    forward = _data_parallel(model) if ranks.parallel else model
+    forward = data_parallel(model) if ranks.parallel else model
     peak_lrs = [group["lr"] for group in optimizer.param_groups]
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     tokens_per_step = hparams.batch_size * spec.seq_len
@@ -223,8 +120,8 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
             group["lr"] = peak * factor
         batch = torch.from_numpy(corpus.train_batch(rng, hparams.batch_size, spec.seq_len))
         batch = batch.to(on, non_blocking=True)
-        with _autocast(spec, on.type):
-            loss = _loss(forward, ranks.rows(batch))
+        with autocast(spec, on.type):
+            loss = token_loss(forward, ranks.rows(batch))
         loss.backward()
         if hparams.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(parameters, hparams.grad_clip, foreach=True)
@@ -273,14 +170,6 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
         tokens_per_s=tokens / train_seconds if train_seconds > 0 else 0.0,
         spec=spec, hparams=hparams, budget=budget, seed=seed, corpus=corpus.describe(),
         parametrization=FORMULATION, provenance=collect(threads))
-
-
-def _data_parallel(model: Transformer) -> torch.nn.Module:
-    from torch.nn.parallel import DistributedDataParallel
-
-    # Every rank built the same init from the same seed; DDP still broadcasts rank 0's
-    # parameters on construction, which costs one message and guards against a seed mixup.
-    return DistributedDataParallel(model)
 
 
 def _downsample(losses: list[float], tokens_per_step: int) -> tuple[CurvePoint, ...]:

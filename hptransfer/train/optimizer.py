@@ -1,6 +1,6 @@
 """Optimizers over µP param groups: AdamW (PyTorch's fused kernel) and Lion.
 
-The groups come from :func:`hptransfer.mup.rules.param_groups`, which already holds
+The groups come from :func:`hptransfer.mup.tensors.param_groups`, which already holds
 each tensor's absolute LR, weight decay and ε; this module only picks the update rule.
 """
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hptransfer.hparams import HParams, Optimizer
-from hptransfer.mup.rules import param_groups
+from hptransfer.mup.tensors import param_groups
 from hptransfer.spec import ModelSpec
 
 __all__ = ["Lion", "build_optimizer"]

@@ -11,9 +11,9 @@ import math
 
 from hptransfer.spec import FrozenConfig, ModelSpec
 from hptransfer.study.ledger import TrialRecord, TrialStatus
-from hptransfer.transfer.optimum import _WidthFit
+from hptransfer.transfer.optimum import WidthFit
 
-__all__ = ["Baseline"]
+__all__ = ["Baseline", "baselines"]
 
 # Closed forms of SPEC §4 (SP fits: absolute per-step LR, batch in tokens).
 STEP_LAW = {"lr": (1.79, -0.713, 0.307), "batch_tokens": (0.58, 0.571)}
@@ -30,8 +30,8 @@ class Baseline(FrozenConfig):
     note: str
 
 
-def _baselines(records: list[TrialRecord], fits: list[_WidthFit], spec: ModelSpec,
-               tokens: int) -> dict[str, Baseline]:
+def baselines(records: list[TrialRecord], fits: list[WidthFit], spec: ModelSpec,
+              tokens: int) -> dict[str, Baseline]:
     largest = max(f.evidence.width for f in fits)
     done = [r for r in records if r.width == largest and r.status is TrialStatus.COMPLETE
             and r.final_val_loss is not None and math.isfinite(r.final_val_loss)]

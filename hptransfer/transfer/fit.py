@@ -16,12 +16,12 @@ from enum import Enum
 import numpy as np
 from pydantic import Field
 
-from hptransfer.hparams import WeightDecay
-from hptransfer.spec import FrozenConfig, Parametrization
-from hptransfer.study.ledger import StudyConfig
-from hptransfer.transfer.optimum import _percentiles, _WidthFit, _zero_code
+from hptransfer.mup.rules import coupled_decay_scale, weight_decay_depends_on_width
+from hptransfer.spec import FrozenConfig
+from hptransfer.study.config import StudyConfig
+from hptransfer.transfer.optimum import WidthFit, percentiles, zero_code
 
-__all__ = ["TransferFit", "TransferModel"]
+__all__ = ["TransferFit", "TransferModel", "coupled", "transfer_fits"]
 
 MIN_SPREAD = 0.05  # octaves: floor of a width's bootstrap spread in the WLS weights
 
@@ -79,7 +79,7 @@ def _fit_across(hparam: str, widths: list[int], points: np.ndarray, samples: np.
     weights = 1.0 / np.maximum(samples.std(axis=1), MIN_SPREAD) ** 2
     slope, mean, xm = _weighted_line(x, points, weights)
     slopes, means, _ = _weighted_line(x, samples.T, weights)
-    slope_interval = _percentiles(slopes)
+    slope_interval = percentiles(slopes)
     constant = slope_interval[0] <= 0.0 <= slope_interval[1]
     median = hparam != "lr"
 
@@ -98,7 +98,7 @@ def _fit_across(hparam: str, widths: list[int], points: np.ndarray, samples: np.
     if dof > 0 and not median:
         birge = math.sqrt(max(1.0, float((weights * residuals**2).sum()) / dof))
         targets = target + (targets - target) * birge
-    low, high = _percentiles(targets)
+    low, high = percentiles(targets)
     low, high = min(low, target), max(high, target)
     if constant and bounds is not None:
         target, low, high = (float(np.clip(v, *bounds)) for v in (target, low, high))
@@ -118,29 +118,29 @@ def _fit_across(hparam: str, widths: list[int], points: np.ndarray, samples: np.
                        target_interval=(low, high), leave_one_out=leave_one_out)
 
 
-def _transfer_fits(fits: list[_WidthFit], config: StudyConfig, target_width: int
-                   ) -> tuple[dict[str, TransferFit], float]:
+def transfer_fits(fits: list[WidthFit], config: StudyConfig, target_width: int
+                  ) -> tuple[dict[str, TransferFit], float]:
     """One :class:`TransferFit` per searched hparam, and λ = 0's code in the fits' units."""
     widths = [f.evidence.width for f in fits]
-    zero = _zero_code(config) if config.space.weight_decay is not None else 0.0
+    zero = zero_code(config) if config.space.weight_decay is not None else 0.0
     transfer: dict[str, TransferFit] = {}
     for hparam in (h for h in ("lr", "weight_decay", "batch_size") if h in
                    config.space.searched):
         points = np.array([f.codes[hparam][0] for f in fits])
         samples = np.stack([f.codes[hparam][1] for f in fits])
-        if hparam == "weight_decay" and _coupled_mup(config):
+        if hparam == "weight_decay" and coupled(config):
             # coupled λ under µP decays a hidden matrix by s·(α/m)·λ per step: compare widths
             # in base-width units λ·M₀/M (the target gets ×m back: the λ·m correction);
             # λ = 0 moves below every shifted code so it stays recognisable
-            shifts = np.log2([w / config.spec.base_width for w in widths])
+            shifts = np.log2([coupled_decay_scale(config.spec_at(w)) for w in widths])
             original_zero, zero = zero, zero - max(0.0, float(shifts.max()))
             points = np.where(points < original_zero + 0.5, zero, points - shifts)
             samples = np.where(samples < original_zero + 0.5, zero, samples - shifts[:, None])
         bounds = None
         if hparam == "weight_decay":
-            bounds = (zero, math.log2(config.space.weight_decay[1]) - (
-                math.log2(target_width / config.spec.base_width) if _coupled_mup(config)
-                else 0.0))
+            target_shift = (math.log2(coupled_decay_scale(config.spec_at(target_width)))
+                            if coupled(config) else 0.0)
+            bounds = (zero, math.log2(config.space.weight_decay[1]) - target_shift)
         elif hparam == "batch_size":
             bounds = (math.log2(min(config.space.batch_sizes)),
                       math.log2(max(config.space.batch_sizes)))
@@ -149,6 +149,7 @@ def _transfer_fits(fits: list[_WidthFit], config: StudyConfig, target_width: int
     return transfer, zero
 
 
-def _coupled_mup(config: StudyConfig) -> bool:
-    return (config.space.base.weight_decay_rule is WeightDecay.COUPLED
-            and config.spec.param is not Parametrization.SP)
+def coupled(config: StudyConfig) -> bool:
+    """Whether the study's λ decays hidden matrices less at larger widths (coupled λ under
+    µP), so that optima must be compared in base-width units."""
+    return weight_decay_depends_on_width(config.spec, config.space.base.weight_decay_rule)

@@ -23,9 +23,10 @@ import numpy as np
 from pydantic import Field
 
 from hptransfer.spec import FrozenConfig
-from hptransfer.study.ledger import StudyConfig, TrialRecord, TrialStatus
+from hptransfer.study.config import StudyConfig
+from hptransfer.study.ledger import TrialRecord, TrialStatus
 
-__all__ = ["Estimate", "WidthEvidence"]
+__all__ = ["Estimate", "WidthEvidence", "WidthFit", "fit_width", "percentiles", "zero_code"]
 
 # ---- the choices, each with its reason ------------------------------------------------------
 
@@ -67,7 +68,7 @@ class WidthEvidence(FrozenConfig):
                                                    "and notes on which trials were used")
 
 
-def _percentiles(samples: np.ndarray) -> tuple[float, float]:
+def percentiles(samples: np.ndarray) -> tuple[float, float]:
     tail = 50.0 * (1.0 - CONFIDENCE)
     low, high = np.percentile(samples, [tail, 100.0 - tail])
     return float(low), float(high)
@@ -130,7 +131,7 @@ def _lr_optimum(x: np.ndarray, y: np.ndarray, diverged: float | None, *, window:
             vertex = float(np.clip(vertex, xw.min(), xw.max()))
             samples = np.clip(_bootstrap_vertices(xw, yw, _resample_counts(
                 xw.size, bootstrap, rng)), xw.min(), xw.max())
-            low, high = _percentiles(samples)
+            low, high = percentiles(samples)
             estimate = Estimate(value=vertex, interval=(min(low, vertex), max(high, vertex)),
                                 method="quadratic", trials=int(xw.size))
             loss = float(np.polyval(np.polyfit(xw, yw, 2), vertex))
@@ -198,24 +199,24 @@ def _band_median(codes: np.ndarray, losses: np.ndarray, *, band: float, bootstra
 
     value = float(median(weights[None, :])[0])
     samples = median(_resample_counts(values.size, bootstrap, rng) * weights)
-    low, high = _percentiles(samples)
+    low, high = percentiles(samples)
     return value, (min(low, value), max(high, value)), samples, int(values.size)
 
 
-class _WidthFit:
+class WidthFit:
     """One width's evidence plus the bootstrap samples (log2 codes) the transfer fit uses."""
 
     def __init__(self, evidence: WidthEvidence, codes: dict[str, tuple[float, np.ndarray]]):
         self.evidence, self.codes = evidence, codes
 
 
-def _zero_code(config: StudyConfig) -> float:
+def zero_code(config: StudyConfig) -> float:
     """λ = 0 in log2 units: one octave below the searched range (log2 0 is −∞)."""
     return math.log2(config.space.weight_decay[0]) - 1.0
 
 
-def _fit_width(width: int, rows: list[TrialRecord], config: StudyConfig, *, band: float,
-               window: float, bootstrap: int, rng: np.random.Generator) -> _WidthFit:
+def fit_width(width: int, rows: list[TrialRecord], config: StudyConfig, *, band: float,
+              window: float, bootstrap: int, rng: np.random.Generator) -> WidthFit:
     complete = [r for r in rows if r.status is TrialStatus.COMPLETE and r.hparams is not None
                 and r.final_val_loss is not None and math.isfinite(r.final_val_loss)]
     diverged_rows = [r for r in rows if r.status is TrialStatus.DIVERGED and r.hparams]
@@ -238,7 +239,7 @@ def _fit_width(width: int, rows: list[TrialRecord], config: StudyConfig, *, band
         codes["batch_size"] = (value, samples)
     wds = np.zeros(len(complete))
     if "weight_decay" in searched:
-        zero = _zero_code(config)
+        zero = zero_code(config)
         wds = np.array([math.log2(r.hparams.weight_decay) if r.hparams.weight_decay > 0
                         else zero for r in complete])
         value, interval, samples, used = _band_median(wds, losses, band=band,
@@ -284,7 +285,7 @@ def _fit_width(width: int, rows: list[TrialRecord], config: StudyConfig, *, band
         ignored=len(rows) - len(complete) - len(diverged_rows),
         best_loss=float(losses.min()), loss_at_optimum=loss, diverged_lr=diverged_lr,
         optima=optima, flags=tuple(flags))
-    return _WidthFit(evidence, codes)
+    return WidthFit(evidence, codes)
 
 
 def _brackets(x: np.ndarray, y: np.ndarray) -> bool:

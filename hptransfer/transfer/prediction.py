@@ -15,7 +15,8 @@ from typing import Any
 from pydantic import Field
 
 from hptransfer.hparams import HParams, Optimizer, Schedule, WeightDecay
-from hptransfer.spec import FrozenConfig, ModelSpec, Parametrization
+from hptransfer.mup.rules import describe_hidden_lr
+from hptransfer.spec import FrozenConfig, ModelSpec
 from hptransfer.transfer.baselines import Baseline
 from hptransfer.transfer.fit import TransferFit
 from hptransfer.transfer.optimum import WidthEvidence
@@ -63,19 +64,12 @@ class Prediction(FrozenConfig):
     baselines: dict[str, Baseline] = Field(default_factory=dict)
 
     def hidden_lr(self) -> str:
-        """The per-step LR of the hidden matrices at the target, in words (display only:
-        the arithmetic itself is :func:`hptransfer.mup.rules.lr_multiplier`)."""
-        alpha, spec = self.hparams.lr, self.spec
-        if spec.param is Parametrization.SP:
-            return f"α = {alpha:.4g} (SP: one LR)"
-        if spec.param is Parametrization.MUP:
-            m = spec.width_multiplier
-            return f"α/m = {alpha / m:.4g} (m = {m:g})"
-        return f"α/fan_in = {alpha / spec.width:.4g} for M→· matrices"
+        """The per-step LR of the hidden matrices at the target, in words."""
+        return describe_hidden_lr(self.spec, self.hparams.lr)
 
     def to_torch_param_groups_snippet(self) -> str:
         """Python code building hptransfer's Transformer at the target width with µP
-        per-tensor LRs (:func:`hptransfer.mup.rules.param_groups`) and the schedule."""
+        per-tensor LRs (:func:`hptransfer.mup.tensors.param_groups`) and the schedule."""
         h = self.hparams
         steps = math.ceil(self.target_tokens / (h.batch_size * self.spec.seq_len))
         if h.optimizer is Optimizer.LION:
@@ -93,10 +87,10 @@ class Prediction(FrozenConfig):
             "import torch\n\n"
             "from hptransfer.hparams import HParams\n"
             "from hptransfer.models.transformer import Transformer\n"
+            "from hptransfer.mup.tensors import param_groups\n"
+            "from hptransfer.spec import ModelSpec\n"
             f"{extra}"
-            "from hptransfer.mup.rules import param_groups\n"
-            "from hptransfer.train.schedule import lr_factor\n"
-            "from hptransfer.spec import ModelSpec\n\n"
+            "from hptransfer.train.schedule import lr_factor\n\n"
             f"spec = ModelSpec.model_validate_json({self.spec.model_dump_json()!r})\n"
             f"hparams = HParams.model_validate_json({h.model_dump_json()!r})\n"
             "model = Transformer(spec)\n"

@@ -10,38 +10,31 @@ baselines (:mod:`hptransfer.transfer.baselines`) to compare against.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hptransfer.errors import PredictionError, StudyError
 from hptransfer.hparams import HParams
 from hptransfer.spec import DepthRule, ModelSpec
-from hptransfer.study.ledger import StudyConfig, StudyError, TrialRecord, TrialStatus
-from hptransfer.transfer.baselines import _baselines
-from hptransfer.transfer.fit import _transfer_fits
-from hptransfer.transfer.optimum import BAND, WINDOW_OCTAVES, _fit_width
+from hptransfer.study.config import StudyConfig
+from hptransfer.study.ledger import TrialRecord, TrialStatus
+from hptransfer.transfer.baselines import baselines
+from hptransfer.transfer.fit import transfer_fits
+from hptransfer.transfer.optimum import BAND, WINDOW_OCTAVES, fit_width
 from hptransfer.transfer.prediction import Evidence, Prediction
 from hptransfer.transfer.rules import (
     HORIZON_EXPONENT,
     HORIZON_EXPONENT_RANGE,
-    _judge_width_fits,
-    _lr_at_target,
-    _Notes,
-    _weight_decay_at_target,
+    Notes,
+    judge_width_fits,
+    lr_at_target,
+    weight_decay_at_target,
 )
 
 __all__ = ["PredictionError", "predict_from_trials", "predict_hparams"]
 
 MIN_COMPLETE = 3  # completed trials a width needs (a parabola needs three LRs)
-
-
-class PredictionError(ValueError):
-    """A study that cannot support a prediction, with what to do about it."""
-
-
-# tracebacks name the error where users import it from, as before the package split
-PredictionError.__module__ = "hptransfer.transfer"
 
 
 def _usable_widths(records: list[TrialRecord], study: str) -> tuple[dict[int, list], list[str]]:
@@ -104,14 +97,14 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
 
     usable, left_out = _usable_widths(records, study)
     rng = np.random.default_rng(seed)
-    fits = [_fit_width(w, rows, config, band=band, window=window, bootstrap=bootstrap,
+    fits = [fit_width(w, rows, config, band=band, window=window, bootstrap=bootstrap,
                        rng=rng) for w, rows in sorted(usable.items())]
-    notes = _Notes()
+    notes = Notes()
     notes.warnings += left_out + [f"width {fit.evidence.width}: {flag}" for fit in fits
                                   for flag in fit.evidence.flags
                                   if not flag.startswith("note:")]
-    transfer, zero = _transfer_fits(fits, config, target_width)
-    _judge_width_fits(transfer, config, target_width, max(usable), notes)
+    transfer, zero = transfer_fits(fits, config, target_width)
+    judge_width_fits(transfer, config, target_width, max(usable), notes)
 
     proxy_batch, batch_interval = config.space.base.batch_size, None
     if "batch_size" in transfer:
@@ -122,11 +115,11 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
         batch_interval = None  # chosen by the user, not estimated
     proxy_tokens = config.tokens_per_trial()
     bounds = [f.evidence.diverged_lr for f in fits if f.evidence.diverged_lr is not None]
-    lr, lr_low, lr_high = _lr_at_target(
+    lr, lr_low, lr_high = lr_at_target(
         transfer["lr"], bounds, proxy_batch=proxy_batch, target_batch=target_batch,
         proxy_tokens=proxy_tokens, target_tokens=target_tokens,
         horizon_exponent=horizon_exponent, notes=notes)
-    wd, wd_interval = _weight_decay_at_target(transfer.get("weight_decay"), zero, config,
+    wd, wd_interval = weight_decay_at_target(transfer.get("weight_decay"), zero, config,
                                               target_width, notes)
     if wd > 0 and (target_tokens is not None or target_batch is not None):
         notes.warnings.append("λ is not rescaled for a different horizon or batch (keeping "
@@ -163,19 +156,7 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
                       target_tokens=tokens, spec=spec, hparams=hparams, intervals=intervals,
                       rules=tuple(notes.rules), warnings=tuple(notes.warnings),
                       evidence=evidence,
-                      baselines=_baselines(records, fits, spec, tokens))
-
-
-def _missing_local_storage(url: str) -> str | None:
-    """The path of a local SQLite or journal file that does not exist, else None (opening
-    it would create an empty one)."""
-    from hptransfer.study.storage import normalize, storage_kind
-
-    url = normalize(url)
-    if storage_kind(url) not in ("sqlite", "journal") or ":memory:" in url:
-        return None
-    path = Path(url.split(":///", 1)[1] if ":///" in url else url.split("://", 1)[1])
-    return None if path.exists() else str(path)
+                      baselines=baselines(records, fits, spec, tokens))
 
 
 def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = None,
@@ -194,13 +175,13 @@ def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = N
     >>> predict_hparams(1024, study="gone", storage="sqlite:///:memory:")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    hptransfer.transfer.PredictionError: no study named 'gone' in this storage ...
+    hptransfer.errors.PredictionError: no study named 'gone' in this storage ...
     """
     from hptransfer.study.ledger import load_config, load_trials
-    from hptransfer.study.storage import open_storage
+    from hptransfer.study.storage import missing_local_file, open_storage
 
     if storage is None or isinstance(storage, str):
-        missing = _missing_local_storage(storage)
+        missing = missing_local_file(storage)
         if missing is not None:
             raise PredictionError(f"no study {study!r}: there is no storage file at "
                                   f"{missing}; create the study with hptransfer tune "

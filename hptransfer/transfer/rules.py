@@ -18,11 +18,12 @@ from __future__ import annotations
 import math
 
 from hptransfer.hparams import HParams, WeightDecay
+from hptransfer.mup.rules import coupled_decay_scale
 from hptransfer.spec import AttentionScale, FrozenConfig, ModelSpec, NormGain, Parametrization
-from hptransfer.study.ledger import StudyConfig
-from hptransfer.transfer.fit import TransferFit, TransferModel, _coupled_mup
+from hptransfer.study.config import StudyConfig
+from hptransfer.transfer.fit import TransferFit, TransferModel, coupled
 
-__all__ = ["Rule"]
+__all__ = ["Notes", "Rule", "judge_width_fits", "lr_at_target", "weight_decay_at_target"]
 
 # ---- the choices, each with its reason ------------------------------------------------------
 
@@ -55,7 +56,7 @@ class Rule(FrozenConfig):
     detail: str
 
 
-class _Notes:
+class Notes:
     """Rules applied and warnings, gathered while the prediction is assembled."""
 
     def __init__(self) -> None:
@@ -69,8 +70,8 @@ class _Notes:
 _NAMES = {"lr": "LR", "weight_decay": "weight decay", "batch_size": "batch size"}
 
 
-def _judge_width_fits(transfer: dict[str, TransferFit], config: StudyConfig,
-                      target_width: int, largest: int, notes: _Notes) -> None:
+def judge_width_fits(transfer: dict[str, TransferFit], config: StudyConfig,
+                     target_width: int, largest: int, notes: Notes) -> None:
     """Name the width rule of every hparam; warn on drift, loose slopes and LOO misses."""
     doublings = math.log2(target_width / largest)
     for hparam, fit in transfer.items():
@@ -129,9 +130,9 @@ def _drift_causes(spec: ModelSpec, hparams: HParams) -> str:
     return ("; suspects in this study's spec: " + ", ".join(causes)) if causes else ""
 
 
-def _lr_at_target(fit: TransferFit, bounds: list[float], *, proxy_batch: int,
-                  target_batch: int | None, proxy_tokens: int, target_tokens: int | None,
-                  horizon_exponent: float | None, notes: _Notes) -> tuple[float, float, float]:
+def lr_at_target(fit: TransferFit, bounds: list[float], *, proxy_batch: int,
+                 target_batch: int | None, proxy_tokens: int, target_tokens: int | None,
+                 horizon_exponent: float | None, notes: Notes) -> tuple[float, float, float]:
     """log2 of the target LR and its interval: the width fit, then the stability bound,
     batch and horizon rules (each multiplies the LR, so it shifts the whole interval)."""
     code, (low, high) = fit.target, fit.target_interval
@@ -167,15 +168,15 @@ def _lr_at_target(fit: TransferFit, bounds: list[float], *, proxy_batch: int,
     return code + shift, low + shift, high + shift
 
 
-def _weight_decay_at_target(fit: TransferFit | None, zero: float, config: StudyConfig,
-                            target_width: int, notes: _Notes
-                            ) -> tuple[float, tuple[float, float] | None]:
+def weight_decay_at_target(fit: TransferFit | None, zero: float, config: StudyConfig,
+                           target_width: int, notes: Notes
+                           ) -> tuple[float, tuple[float, float] | None]:
     """λ at the target by the study's convention (SPEC §3), and its interval."""
     base = config.space.base
     if fit is None and base.weight_decay == 0:
         return 0.0, None
-    m = target_width / config.spec.base_width
-    if _coupled_mup(config):
+    m = coupled_decay_scale(config.spec_at(target_width))
+    if coupled(config):
         notes.rule("weight-decay-coupled-xm",
                    f"coupled λ: per-step decay s(t)·(α/m)·λ shrinks with width under µP; "
                    f"proxy optima were compared as λ·M₀/M and multiplied by m = {m:g} at the "
@@ -193,7 +194,7 @@ def _weight_decay_at_target(fit: TransferFit | None, zero: float, config: StudyC
                    f"{rule.value} λ: {how} does not depend on width, so λ transfers unchanged")
     if fit is None:  # not searched: the fixed λ, which the coupled warning covers
         return base.weight_decay, None
-    shift = math.log2(m) if _coupled_mup(config) else 0.0
+    shift = math.log2(m) if coupled(config) else 0.0
 
     def decode(code: float) -> float:
         return 0.0 if code < zero + 0.5 else 2.0 ** (code + shift)

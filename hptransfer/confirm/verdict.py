@@ -1,0 +1,116 @@
+"""The verdict on a prediction, from its confirmation runs (pure: no storage, no training).
+
+With ``regret = (loss at the prediction − best loss) / best loss`` over the completed runs:
+
+- ``CONFIRMED``: the prediction's regret is at most ``tolerance`` (:data:`TOLERANCE`, 0.5%:
+  the regret target of docs/spec.md §5, and several times the loss difference half an
+  octave of LR makes near the optimum of a short proxy bowl, so a prediction inside the
+  flat bottom passes);
+- ``OPTIMUM HIGHER`` / ``OPTIMUM LOWER``: the best run sits at a positive / negative offset
+  and beats the prediction by more than the tolerance. When it is the largest / smallest
+  offset tried the direction is still established (the runs are paired), but the optimum
+  may lie further out: a note says so, and the regret is then a lower bound;
+- ``INCONCLUSIVE``: the predicted point itself did not complete (diverged, failed or still
+  running), or fewer than two runs completed.
+
+>>> runs = [ConfirmationRun(offset=o, lr=2.0**(o - 6), status=TrialStatus.COMPLETE, loss=l)
+...         for o, l in [(-1, 3.10), (0, 3.00), (1, 3.05)]]
+>>> judge(runs).verdict.value, judge(runs).regret
+('CONFIRMED', 0.0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from enum import Enum
+from typing import NamedTuple
+
+from hptransfer.hparams import HParams
+from hptransfer.spec import FrozenConfig
+from hptransfer.study.ledger import TrialStatus
+
+__all__ = ["DEFAULT_OFFSETS", "OFFSET_MATCH", "TOLERANCE", "Confirmation", "ConfirmationRun",
+           "ConfirmationVerdict", "Judgement", "judge", "summarize"]
+
+DEFAULT_OFFSETS = (-1.0, -0.5, 0.0, 0.5, 1.0)  # octaves of LR around the prediction
+TOLERANCE = 0.005  # relative loss: see the module docstring
+OFFSET_MATCH = 1e-6  # octaves: an lr is at an offset when log2(lr / α) is this close
+
+
+class ConfirmationVerdict(str, Enum):
+    CONFIRMED = "CONFIRMED"
+    OPTIMUM_HIGHER = "OPTIMUM HIGHER"
+    OPTIMUM_LOWER = "OPTIMUM LOWER"
+    INCONCLUSIVE = "INCONCLUSIVE"
+
+
+class ConfirmationRun(FrozenConfig):
+    """One confirmation run: its LR offset (octaves from the prediction) and its result."""
+
+    offset: float
+    lr: float
+    status: TrialStatus
+    loss: float | None = None
+    number: int | None = None
+    reason: str | None = None
+
+
+class Confirmation(FrozenConfig):
+    """The confirmation of a prediction at ``target_width``; JSON via ``model_dump_json()``."""
+
+    study: str
+    target_width: int
+    predicted_lr: float
+    runs: tuple[ConfirmationRun, ...]
+    verdict: ConfirmationVerdict
+    regret: float | None = None
+    best_offset: float | None = None
+    tolerance: float = TOLERANCE
+    notes: tuple[str, ...] = ()
+
+
+class Judgement(NamedTuple):
+    verdict: ConfirmationVerdict
+    regret: float | None
+    best_offset: float | None
+    notes: tuple[str, ...]
+
+
+def judge(runs: Sequence[ConfirmationRun], tolerance: float = TOLERANCE) -> Judgement:
+    """The verdict, regret, best offset and notes of a list of runs (module docstring)."""
+    done = [r for r in runs if r.status is TrialStatus.COMPLETE and r.loss is not None
+            and math.isfinite(r.loss)]
+    notes = [f"offset {r.offset:+g} {r.status.value}" + (f": {r.reason}" if r.reason else "")
+             for r in runs if r not in done]
+    at_prediction = next((r for r in done if abs(r.offset) < OFFSET_MATCH), None)
+    if at_prediction is None:
+        stated = next((r.status.value for r in runs if abs(r.offset) < OFFSET_MATCH),
+                      "not run")
+        notes.append(f"the predicted point did not complete ({stated}): no regret to judge")
+        return Judgement(ConfirmationVerdict.INCONCLUSIVE, None, None, tuple(notes))
+    if len(done) < 2:
+        notes.append("only the predicted point completed: nothing to compare it with")
+        return Judgement(ConfirmationVerdict.INCONCLUSIVE, None, None, tuple(notes))
+    best = min(done, key=lambda r: (r.loss, abs(r.offset)))
+    regret = max(0.0, (at_prediction.loss - best.loss) / best.loss)
+    if regret <= tolerance:
+        return Judgement(ConfirmationVerdict.CONFIRMED, regret, best.offset, tuple(notes))
+    verdict = (ConfirmationVerdict.OPTIMUM_HIGHER if best.offset > 0
+               else ConfirmationVerdict.OPTIMUM_LOWER)
+    offsets = [r.offset for r in runs]
+    if best.offset in (max(offsets), min(offsets)):
+        notes.append(f"the best run is at the edge of the offsets ({best.offset:+g} octave): "
+                     f"the optimum may lie further out, so the regret is a lower bound; "
+                     f"extend --offsets to bracket it")
+    return Judgement(verdict, regret, best.offset, tuple(notes))
+
+
+def summarize(study: str, width: int, predicted: HParams, runs: list[ConfirmationRun],
+              tolerance: float, extra_notes: Sequence[str] = ()) -> Confirmation:
+    """The :class:`Confirmation` of ``predicted`` at ``width`` from its runs."""
+    judgement = judge(runs, tolerance)
+    return Confirmation(study=study, target_width=width, predicted_lr=predicted.lr,
+                        runs=tuple(runs), verdict=judgement.verdict, regret=judgement.regret,
+                        best_offset=judgement.best_offset, tolerance=tolerance,
+                        notes=(*extra_notes, *judgement.notes))

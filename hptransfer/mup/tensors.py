@@ -1,0 +1,121 @@
+"""The µP table applied to a model's tensors: declaring them, their init, their param groups.
+
+Every hptransfer module that owns parameters subclasses :class:`Declared`; the functions
+below walk a model's declared parameters in creation order and take every number from
+:mod:`hptransfer.mup.rules`. Nothing is attached to the tensors themselves: tensor attributes
+are lost by FSDP and torch.compile (a known microsoft/mup problem).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from hptransfer.hparams import HParams
+from hptransfer.mup.roles import Declaration, Role
+from hptransfer.mup.rules import eps, init_kind, init_std, lr_multiplier, weight_decay
+from hptransfer.spec import ModelSpec
+
+__all__ = ["Declared", "TensorRule", "declared_parameters", "initialize", "param_groups",
+           "tensor_rules"]
+
+
+class Declared(nn.Module):
+    """Base for every hptransfer module that owns parameters: each is created through
+    :meth:`declare`, which records its role in ``self.declarations``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.declarations: dict[str, Declaration] = {}
+
+    def declare(self, name: str, shape: tuple[int, ...], declaration: Declaration
+                ) -> nn.Parameter:
+        # Values are placeholders; initialize() sets them from the table.
+        parameter = nn.Parameter(torch.empty(shape))
+        self.register_parameter(name, parameter)
+        self.declarations[name] = declaration
+        return parameter
+
+
+def declared_parameters(model: nn.Module
+                        ) -> Iterator[tuple[str, nn.Parameter, Declaration]]:
+    """(qualified name, parameter, declaration) in creation order; refuses a parameter
+    without a declared role."""
+    for module_name, module in model.named_modules():
+        declarations = getattr(module, "declarations", {})
+        for name, parameter in module.named_parameters(recurse=False):
+            qualified = f"{module_name}.{name}" if module_name else name
+            if name not in declarations:
+                raise TypeError(
+                    f"parameter {qualified!r} of {type(module).__name__} has no µP role; "
+                    f"create it with Declared.declare(name, shape, Declaration(role=...)) so "
+                    f"hptransfer knows how to initialise and scale it")
+            yield qualified, parameter, declarations[name]
+
+
+@dataclass(frozen=True)
+class TensorRule:
+    """The numbers the table gives one parameter tensor (what ``hptransfer describe`` shows)."""
+
+    name: str
+    role: Role
+    shape: tuple[int, ...]
+    fan_in: int
+    init: str  # "normal", "zeros" or "ones"
+    init_std: float  # of the normal init; 0 for zeros and ones
+    lr_multiplier: float
+    weight_decay: float  # the λ handed to the optimizer for this tensor
+    eps: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "role": self.role.value, "shape": list(self.shape),
+                "fan_in": self.fan_in, "init": self.init, "init_std": self.init_std,
+                "lr_multiplier": self.lr_multiplier, "weight_decay": self.weight_decay,
+                "eps": self.eps}
+
+
+def tensor_rules(model: nn.Module, spec: ModelSpec, hparams: HParams | None = None
+                 ) -> list[TensorRule]:
+    """The table's numbers for every parameter of ``model``, in creation order."""
+    hparams = hparams or HParams()
+    return [
+        TensorRule(name=name, role=decl.role, shape=tuple(p.shape), fan_in=decl.fan_in,
+                   init=init_kind(decl, spec), init_std=init_std(decl, spec),
+                   lr_multiplier=lr_multiplier(decl, spec),
+                   weight_decay=weight_decay(decl, spec, hparams),
+                   eps=eps(decl, spec, hparams))
+        for name, p, decl in declared_parameters(model)
+    ]
+
+
+@torch.no_grad()
+def initialize(model: nn.Module, spec: ModelSpec, generator: torch.Generator) -> None:
+    """Initialise every parameter from the table, in creation order, from ``generator``."""
+    for _, parameter, decl in declared_parameters(model):
+        if decl.role is Role.GAIN:
+            parameter.fill_(1.0)
+            continue
+        std = init_std(decl, spec)
+        if std == 0.0:
+            parameter.zero_()
+        else:
+            parameter.normal_(0.0, std, generator=generator)
+
+
+def param_groups(model: nn.Module, spec: ModelSpec, hparams: HParams) -> list[dict[str, Any]]:
+    """Optimizer param groups: one per distinct (LR, λ, ε), with absolute ``lr`` values.
+
+    Under SP (or µP at base width with no weight decay) this is a single group, which is
+    what makes the base-width identity exact.
+    """
+    groups: dict[tuple[float, float, float], list[nn.Parameter]] = {}
+    for _, parameter, decl in declared_parameters(model):
+        key = (hparams.lr * lr_multiplier(decl, spec), weight_decay(decl, spec, hparams),
+               eps(decl, spec, hparams))
+        groups.setdefault(key, []).append(parameter)
+    return [{"params": params, "lr": lr, "weight_decay": wd, "eps": e}
+            for (lr, wd, e), params in groups.items()]

@@ -1,0 +1,193 @@
+"""What every trial of a study shares (:class:`StudyConfig`), and where it comes from.
+
+A study config is merged from three sources, later ones winning (:func:`from_sources`): the
+built-in CPU proxy setting (``PROXY_*`` below; docs/tuning.md), a config file's sections
+(:class:`ConfigFile`: ``[spec]``, ``[hparams]``, ``[space]``, ``[budget]``, and ``[tune]``
+for the command's own options), and explicit overrides such as command-line flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, ValidationError
+
+from hptransfer.budget import Budget
+from hptransfer.errors import ConfigError, StudyError
+from hptransfer.hparams import HParams
+from hptransfer.space import SearchSpace
+from hptransfer.spec import FrozenConfig, ModelSpec
+
+if TYPE_CHECKING:
+    from hptransfer.data.corpus import Corpus
+
+__all__ = ["DEFAULT_TRIALS", "OFF", "PROXY_BUDGET", "PROXY_HPARAMS", "PROXY_SPACE",
+           "PROXY_SPEC", "ConfigFile", "StudyConfig", "StudyTemplate", "from_sources",
+           "refuse_different", "study_config"]
+
+# The built-in CPU proxy setting (docs/tuning.md): 8 trials of width 128 take about 7 minutes
+# on 2 cores; the LR range spans the bowl of every width from 32 to 256.
+PROXY_SPEC = {"depth": 4, "head_dim": 16, "seq_len": 128, "base_width": 128}
+PROXY_HPARAMS = {"batch_size": 16}
+PROXY_BUDGET = {"steps": 150, "eval_every": 50}
+PROXY_SPACE = {"lr": (2.0**-12, 2.0**-2), "weight_decay": (1e-5, 1e-1),
+               "batch_sizes": (8, 16, 32)}
+DEFAULT_TRIALS = 8
+OFF = "off"  # a [space] range (or flag) set to this is not searched (TOML has no null)
+
+
+class StudyConfig(FrozenConfig):
+    """What every trial of a study shares. Widths may grow; the rest must not change."""
+
+    spec: ModelSpec = Field(description="spec template; each width study overrides width")
+    budget: Budget
+    space: SearchSpace
+    seed: int = 0
+    corpus_hash: str
+    data: str | None = Field(None, description="--data path, None for the built-in corpus")
+
+    def tokens_per_trial(self) -> int:
+        """Training tokens of one trial at the base batch size (the proxies' horizon)."""
+        tokens_per_step = self.space.base.batch_size * self.spec.seq_len
+        return self.budget.resolve_steps(tokens_per_step=tokens_per_step) * tokens_per_step
+
+    def spec_at(self, width: int) -> ModelSpec:
+        return ModelSpec(**{**self.spec.model_dump(), "width": width})
+
+
+def refuse_different(name: str, old: StudyConfig, new: StudyConfig) -> None:
+    """Refuse to resume study ``name`` (made with ``old``) with a different config."""
+    diff = [k for k in StudyConfig.model_fields if getattr(old, k) != getattr(new, k)]
+    if diff:
+        raise StudyError(
+            f"study {name!r} already exists with a different {', '.join(diff)}; resume it "
+            f"with the same settings, or start a new one with --study OTHER_NAME")
+
+
+def study_config(*, spec: ModelSpec | None = None, space: SearchSpace | None = None,
+                 budget: Budget | None = None, seed: int = 0, corpus: Corpus | None = None,
+                 data: str | None = None) -> StudyConfig:
+    """A :class:`StudyConfig`, with the built-in proxy setting for whatever is not given.
+
+    When the batch size is searched and the budget is in steps, the budget becomes the same
+    number of *tokens* at the base batch size: batch sizes are compared at equal data.
+    """
+    from hptransfer.data.corpus import load_corpus
+
+    corpus = corpus if corpus is not None else load_corpus(data)
+    spec = spec or ModelSpec(**PROXY_SPEC)
+    # The template's width means nothing (each width study sets its own); store it at the
+    # base width so that the same study run with other --widths has the same config.
+    spec = ModelSpec(**{**spec.model_dump(), "width": spec.base_width,
+                        "vocab": max(spec.vocab, corpus.vocab_size)})
+    space = space or SearchSpace(**PROXY_SPACE, base=HParams(**PROXY_HPARAMS))
+    budget = budget or Budget(**PROXY_BUDGET)
+    if space.batch_sizes is not None and budget.steps is not None:
+        budget = Budget(**{**budget.model_dump(), "steps": None,
+                           "tokens": budget.steps * space.base.batch_size * spec.seq_len})
+    return StudyConfig(spec=spec, budget=budget, space=space, seed=seed,
+                       corpus_hash=corpus.content_hash, data=data)
+
+
+# ---- config files ----------------------------------------------------------------------------
+
+_SECTION_FIELDS = {"spec": tuple(ModelSpec.model_fields),
+                   "hparams": tuple(HParams.model_fields),
+                   "space": ("lr", "weight_decay", "batch_sizes"),
+                   "budget": tuple(Budget.model_fields)}
+
+
+class ConfigFile(FrozenConfig):
+    """A ``--config`` file (TOML or YAML): the command's ``[tune]`` options and the
+    sections of the study config. Each section is validated by its own model when used."""
+
+    tune: dict[str, Any] = Field(default_factory=dict)
+    spec: dict[str, Any] = Field(default_factory=dict)
+    hparams: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Any] = Field(default_factory=dict)
+    budget: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: str | Path) -> ConfigFile:
+        """Parse ``path``; a :class:`ConfigError` says what is wrong with it and where."""
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"--config: {path} is not a file")
+        if file.suffix not in (".toml", ".yaml", ".yml"):
+            raise ConfigError(f"--config: {path} must end in .toml, .yaml or .yml")
+        text = file.read_text()
+        try:
+            if file.suffix == ".toml":
+                try:
+                    import tomllib
+                except ModuleNotFoundError:  # Python 3.10
+                    import tomli as tomllib
+                data = tomllib.loads(text)
+            else:
+                try:
+                    import yaml
+                except ModuleNotFoundError:
+                    raise ConfigError("--config: YAML files need PyYAML: pip install pyyaml "
+                                      "(or use TOML)") from None
+                data = yaml.safe_load(text) or {}
+        except ConfigError:
+            raise
+        except Exception as error:  # a parse error: say where
+            raise ConfigError(f"--config: cannot parse {path}: {error}") from None
+        try:
+            parsed = cls(**data)
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                 for e in error.errors())
+            raise ConfigError(f"--config {path}: {problems} (sections: tune, spec, hparams, "
+                              f"space, budget)") from None
+        # a model keeps only its own fields, so a misspelt key would be silently ignored
+        for section, fields in _SECTION_FIELDS.items():
+            unknown = sorted(set(getattr(parsed, section)) - set(fields))
+            if unknown:
+                raise ConfigError(f"--config {path} [{section}]: unknown key(s) {unknown} "
+                                  f"(known: {', '.join(fields)})")
+        return parsed
+
+
+def _given(values: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (values or {}).items() if v is not None}
+
+
+class StudyTemplate(FrozenConfig):
+    """A study config before its corpus is read: what :func:`from_sources` validates."""
+
+    spec: ModelSpec
+    space: SearchSpace
+    budget: Budget
+
+    def config(self, corpus: Corpus, *, seed: int = 0, data: str | None = None
+               ) -> StudyConfig:
+        return study_config(spec=self.spec, space=self.space, budget=self.budget, seed=seed,
+                            corpus=corpus, data=data)
+
+
+def from_sources(file: ConfigFile | None = None, *, widths: tuple[int, ...],
+                 spec: dict[str, Any] | None = None, space: dict[str, Any] | None = None,
+                 steps: int | None = None) -> StudyTemplate:
+    """A tune's study template: the built-in proxy setting, overridden by ``file``'s
+    sections, overridden by ``spec`` / ``space`` field values and ``steps`` (None values are
+    not given; a ``space`` range of :data:`OFF` is not searched).
+
+    Every width of ``widths`` must build, so a bad width is refused before anything runs.
+    Raises pydantic's ``ValidationError`` naming the field (the command line turns it into
+    the option's name).
+    """
+    file = file or ConfigFile()
+    template = ModelSpec(**{**PROXY_SPEC, **file.spec, "width": widths[0], **_given(spec)})
+    for width in widths:
+        ModelSpec(**{**template.model_dump(), "width": width})
+    base = HParams(**{**PROXY_HPARAMS, **file.hparams})
+    ranges = {**PROXY_SPACE, **file.space, **_given(space)}
+    searched = SearchSpace(**{k: None if v == OFF else v for k, v in ranges.items()},
+                           base=base)
+    budget = {**PROXY_BUDGET, **file.budget}
+    if steps is not None:
+        budget = {**budget, "steps": steps, "tokens": None}
+    return StudyTemplate(spec=template, space=searched, budget=Budget(**budget))

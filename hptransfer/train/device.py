@@ -1,0 +1,43 @@
+"""Where and how a run computes: device, torch threads, bf16 autocast."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from hptransfer.errors import ConfigError
+from hptransfer.provenance import available_cpus
+from hptransfer.spec import ModelSpec, Precision
+
+__all__ = ["autocast", "resolve_device", "resolve_threads"]
+
+
+def resolve_threads(threads: int | None = None) -> int:
+    """Threads to use: the argument, else ``HPTRANSFER_THREADS``, else all available CPUs."""
+    if threads is None:
+        env = os.environ.get("HPTRANSFER_THREADS", "").strip()
+        threads = int(env) if env else available_cpus()
+    if threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}")
+    return threads
+
+
+def autocast(spec: ModelSpec, device_type: str = "cpu"):
+    """bf16 autocast when ``spec.precision`` asks for it: fp32 master weights and optimizer
+    state, only matmul inputs and outputs in bf16 (on AVX512-BF16 CPUs ~4× faster)."""
+    return torch.autocast(device_type, dtype=torch.bfloat16,
+                          enabled=spec.precision is Precision.BF16)
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """The device to train on: ``cpu`` (the default) or a CUDA device; a clear error when
+    CUDA is asked for and this torch build or machine has none."""
+    resolved = torch.device(device or "cpu")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch {torch.__version__} sees no "
+                         f"CUDA GPU here; install a CUDA build of torch on a GPU machine, or "
+                         f"train on the CPU")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu or cuda[:N], got {device!r}")
+    return resolved
