@@ -1,9 +1,9 @@
 """Optimization hyperparameters: what hptransfer tunes on proxies and transfers to targets.
 
-``lr`` is the *base* learning rate α of SPEC §2: the per-tensor rates are α times the
-multipliers of :mod:`hptransfer.mup.rules`. ``weight_decay`` is λ, applied by the
-chosen :class:`WeightDecay` convention (SPEC §3) — the convention decides whether λ
-transfers across width, so it is part of every record.
+``lr`` is the *base* learning rate α of docs/spec.md §2: the per-tensor rates are α times
+the multipliers of :mod:`hptransfer.mup.rules`. ``weight_decay`` is λ, applied by the
+chosen :class:`WeightDecay` convention (docs/spec.md §3) — the convention decides whether
+λ transfers across width, so it is part of every record.
 
 >>> HParams(lr=2**-6).schedule.value
 'linear'
@@ -62,7 +62,7 @@ class HParams(FrozenConfig):
     lr: float = Field(2.0**-6, gt=0, description="base learning rate α")
     weight_decay: float = Field(0.0, ge=0, description="weight decay λ (0 disables it)")
     weight_decay_rule: WeightDecay = Field(WeightDecay.INDEPENDENT,
-                                           description="weight decay convention (SPEC §3)")
+                                           description="weight decay convention (docs/spec.md §3)")
     batch_size: int = Field(32, gt=0, description="sequences per optimizer step")
     warmup_fraction: float = Field(0.1, ge=0, lt=1,
                                    description="fraction of steps spent in linear warmup")

@@ -47,7 +47,7 @@ class FrozenConfig(BaseModel):
 
 
 class Parametrization(str, Enum):
-    """How init scales and per-tensor learning rates follow width (SPEC §2)."""
+    """How init scales and per-tensor learning rates follow width (docs/spec.md §2)."""
 
     SP = "sp"  # standard: fan-in inits, one global LR
     MUP = "mup"  # µP, Lingle's relative rule: matrices get α / m, m = width / base_width
@@ -111,7 +111,7 @@ class KeyValueHeads(str, Enum):
 
 
 class DepthRule(str, Enum):
-    """How residual branches scale with depth L (SPEC §4); L₀ is ``base_depth``.
+    """How residual branches scale with depth L (docs/spec.md §4); L₀ is ``base_depth``.
 
     NONE adds every branch as it is: the LR optimum moves with depth. COMPLETEP (Dey et al.
     2025, "Don't be lazy: CompleteP enables compute-efficient deep transformers", α = 1)
@@ -130,8 +130,8 @@ class Precision(str, Enum):
     BF16 = "bf16"
 
 
-# Parametrization-dependent defaults, the one place they are decided (SPEC §2: SP is
-# fan-in inits, readout var 1/M, attention 1/√D; µP uses 1/D and readout var 1/M²).
+# Parametrization-dependent defaults, the one place they are decided (docs/spec.md §2: SP
+# is fan-in inits, readout var 1/M, attention 1/√D; µP uses 1/D and readout var 1/M²).
 _DEFAULTS: dict[Parametrization, dict[str, Enum]] = {
     Parametrization.SP: {
         "attention_scale": AttentionScale.INV_SQRT_D,
@@ -178,8 +178,8 @@ class ModelSpec(FrozenConfig):
     kv_heads: KeyValueHeads = Field(KeyValueHeads.MULTI_HEAD,
                                     description="multi-head or multi-query attention")
     precision: Precision = Field(Precision.FP32, description="matmul precision")
-    depth_rule: DepthRule = Field(DepthRule.NONE,
-                                  description="residual branch scaling with depth (SPEC §4)")
+    depth_rule: DepthRule = Field(
+        DepthRule.NONE, description="residual branch scaling with depth (docs/spec.md §4)")
     base_depth: int = Field(4, gt=0, description="depth L₀ at which the depth rule is a no-op")
 
     @model_validator(mode="before")

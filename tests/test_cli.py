@@ -2,7 +2,7 @@
 
 Most tests drive the click group in-process with ``CliRunner``; one runs the installed
 console script to prove the entry point in ``pyproject.toml`` works. The µP numbers that
-``describe`` prints are checked against SPEC §2 (relative rule, m = 256 / 128 = 2).
+``describe`` prints are checked against docs/spec.md §2 (relative rule, m = 256 / 128 = 2).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def test_power_of_two_learning_rate(runner: CliRunner, written: str) -> None:
     assert "lr α = 0.015625" in result.output.splitlines()[0]
 
 
-# ---- describe: SPEC §2 numbers --------------------------------------------------------------
+# ---- describe: docs/spec.md §2 numbers -------------------------------------------------------
 
 
 def _describe(runner: CliRunner, *args: str) -> dict[str, dict]:

@@ -1,4 +1,4 @@
-"""Coordinate check (SPEC §6): µP passes, SP fails, from the API and the CLI."""
+"""Coordinate check (docs/spec.md §6): µP passes, SP fails, from the API and the CLI."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The depth rule: CompleteP's residual branch multiplier L₀/L (SPEC §4, Dey et al. 2025).
+"""The depth rule: CompleteP's residual branch multiplier L₀/L (docs/spec.md §4, Dey et al. 2025).
 
 The physics: at L = L₀ the rule changes nothing, bit for bit; at other depths every branch
 is scaled by L₀/L, which keeps the residual stream and its updates flat in depth where the

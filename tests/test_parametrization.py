@@ -1,4 +1,4 @@
-"""The µP table (SPEC §2) and the base-width identity: µP at m = 1 is SP with µP's inits."""
+"""The µP table (docs/spec.md §2) and the base-width identity: µP at m = 1 is SP with µP's inits."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def test_initial_weights_have_the_declared_std():
 
 
 def test_weight_decay_conventions_give_the_stated_per_step_decay():
-    """Per-step decay of a hidden matrix = lr_tensor · λ_tensor (SPEC §3 table)."""
+    """Per-step decay of a hidden matrix = lr_tensor · λ_tensor (docs/spec.md §3 table)."""
     spec = ModelSpec(width=512, base_width=128, depth=1)  # m = 4
     lr, lam = 2.0**-6, 0.1
     expected = {WeightDecay.COUPLED: lr / 4 * lam, WeightDecay.COUPLED_SCALED: lr * lam,
@@ -116,9 +116,9 @@ def test_declared_roles_survive_renaming():
 
 @pytest.mark.parametrize("weight_decay_rule", list(WeightDecay))
 def test_mup_at_base_width_trains_bit_for_bit_like_sp(tiny_corpus, weight_decay_rule):
-    """microsoft/mup's backward-compatibility property (SPEC §2): at m = 1, µP is the same
-    model and inits with one global LR. SP differs only in attention scale and readout init,
-    so SP with those two set to µP's values must match exactly."""
+    """microsoft/mup's backward-compatibility property (docs/spec.md §2): at m = 1, µP is the
+    same model and inits with one global LR. SP differs only in attention scale and readout
+    init, so SP with those two set to µP's values must match exactly."""
     mup = ModelSpec(width=32, base_width=32, depth=2, seq_len=32)
     sp = ModelSpec(width=32, base_width=32, depth=2, seq_len=32, param="sp",
                    attention_scale=AttentionScale.INV_D, readout_init=ReadoutInit.MUP)

@@ -2,9 +2,9 @@
 
 The ``studies/`` folder holds ``setting.toml``, the one CPU-scale setting every study shares
 (widths, model, batch, training steps, LR octave grid, seed), and one ``<name>.toml`` per
-ablation of SPEC §1 naming only what it changes (docs/reproduction.md lists them beside the
-paper's verdicts). Both are typed data validated here: a misspelt key or a bad value is an
-error naming the file and the key.
+ablation of docs/spec.md §1 naming only what it changes (docs/reproduction.md lists them
+beside the paper's verdicts). Both are typed data validated here: a misspelt key or a bad
+value is an error naming the file and the key.
 
 A study sweeps one :class:`Axis` (width, as the paper did; or depth; or training steps)
 against the LR octave grid. Each value of the axis is a :class:`Point`, tuned in an
@@ -57,7 +57,7 @@ class Axis(str, Enum):
 
 
 class PaperVerdict(str, Enum):
-    """What Lingle (2024) reports for an ablation (SPEC §1)."""
+    """What Lingle (2024) reports for an ablation (docs/spec.md §1)."""
 
     YES = "yes"  # the LR optimum transferred
     NO = "no"  # it did not
@@ -140,7 +140,7 @@ class Ablation(FrozenConfig):
     """One ``studies/<name>.toml``: what a study changes from the setting."""
 
     title: str = Field(min_length=1, description="the ablation, as the paper names it")
-    paper: PaperVerdict = Field(description="the paper's verdict (SPEC §1)")
+    paper: PaperVerdict = Field(description="the paper's verdict (docs/spec.md §1)")
     paper_note: str = Field("", description="what else the paper says about it")
     spec: dict[str, Any] = Field(default_factory=dict, description="ModelSpec changes")
     hparams: dict[str, Any] = Field(default_factory=dict, description="HParams changes")

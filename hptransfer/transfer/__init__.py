@@ -1,11 +1,11 @@
-"""The transfer predictor: the optimum hparams at a width too large to tune (SPEC §3–5).
+"""The transfer predictor: the optimum hparams at a width too large to tune (docs/spec.md §3–5).
 
 Three steps, each with a recorded result (docs/transfer.md explains the choices):
 
 1. **Optimum per width** (:mod:`hptransfer.transfer.optimum`). The LR optimum of one width
    is the vertex of a quadratic in log2(lr) fitted to the completed trials within
    ``window`` octaves of the best one (the loss is roughly a parabola in log2 lr near its
-   minimum, SPEC §5), with a bootstrap interval (trials resampled, quadratic refitted).
+   minimum, docs/spec.md §5), with a bootstrap interval (trials resampled, quadratic refitted).
    Diverged trials are not losses: the smallest diverged LR bounds the optimum from above.
    Weight decay and batch size, whose loss surfaces are flat, come from the near-optimal
    *band* (DeepSeek, Step Law): the loss-weighted median over the trials within ``band`` of
@@ -18,8 +18,8 @@ Three steps, each with a recorded result (docs/transfer.md explains the choices)
    beyond ``DRIFT_THRESHOLD`` is announced loudly. A leave-one-width-out check predicts each
    width from the others.
 3. **Beyond width** (:mod:`hptransfer.transfer.rules`). Named rules for weight decay (by the
-   study's convention, SPEC §3), a different target batch (√k), a longer horizon
-   (η* ∝ D^−β) and depth (CompleteP studies only; a warning otherwise).
+   study's convention, docs/spec.md §3), a different target batch (√k), a longer
+   horizon (η* ∝ D^−β) and depth (CompleteP studies only; a warning otherwise).
 
 :mod:`hptransfer.transfer.predictor` runs the three steps on a study's trials
 (:func:`predict_hparams`, :func:`predict_from_trials`) and returns a :class:`Prediction`

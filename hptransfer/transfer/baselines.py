@@ -1,8 +1,8 @@
 """The closed-form baselines a prediction is compared against (``--baseline``).
 
 Zero-shot µTransfer copies the best trial of the largest proxy width as is; Step Law (2025)
-and DeepSeek LLM (2024) are the SP fits of SPEC §4, which give an absolute per-step LR and a
-batch in tokens from model size and training tokens (or compute).
+and DeepSeek LLM (2024) are the SP fits of docs/spec.md §4, which give an absolute per-step
+LR and a batch in tokens from model size and training tokens (or compute).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hptransfer.transfer.optimum import WidthFit
 
 __all__ = ["Baseline", "baselines"]
 
-# Closed forms of SPEC §4 (SP fits: absolute per-step LR, batch in tokens).
+# Closed forms of docs/spec.md §4 (SP fits: absolute per-step LR, batch in tokens).
 STEP_LAW = {"lr": (1.79, -0.713, 0.307), "batch_tokens": (0.58, 0.571)}
 DEEPSEEK = {"lr": (0.3118, -0.125), "batch_tokens": (0.292, 0.327)}
 

@@ -2,7 +2,7 @@
 
 The LR optimum of one width is the vertex of a quadratic in log2(lr) fitted to the completed
 trials within ``window`` octaves of the best one (the loss is roughly a parabola in log2 lr
-near its minimum, SPEC §5), with a bootstrap interval (trials resampled, quadratic
+near its minimum, docs/spec.md §5), with a bootstrap interval (trials resampled, quadratic
 refitted). Diverged trials are not losses: the smallest diverged LR bounds the optimum from
 above. Weight decay and batch size, whose loss surfaces are flat, come from the near-optimal
 *band* (DeepSeek, Step Law): the loss-weighted median over the trials within ``band`` of the
@@ -36,9 +36,9 @@ __all__ = ["Estimate", "WidthEvidence", "WidthFit", "fit_width", "percentiles", 
 # farther out it turns asymmetric (a slow climb at low LR, a wall near divergence).
 WINDOW_OCTAVES = 2.0
 # Near-optimal band for weight decay and batch size: trials within 1% of the best loss. The
-# SPEC's 0.25% (DeepSeek) is calibrated on large runs whose seed noise is ~0.1%; on short
-# CPU proxies it keeps one or two trials, while 1% is about what half an octave of LR costs
-# on their bowls, so the band holds the near-optimal plateau.
+# 0.25% of docs/spec.md §5 (DeepSeek) is calibrated on large runs whose seed noise is ~0.1%;
+# on short CPU proxies it keeps one or two trials, while 1% is about what half an octave of
+# LR costs on their bowls, so the band holds the near-optimal plateau.
 BAND = 0.01
 MIN_BAND_TRIALS = 3  # the band is widened to the 3 best trials when it holds fewer
 CONFIDENCE = 0.95
@@ -251,8 +251,8 @@ def fit_width(width: int, rows: list[TrialRecord], config: StudyConfig, *, band:
         codes["weight_decay"] = (value, samples)
 
     # The LR bowl is read at the optimum of the other hparams: their losses would blur it.
-    # Batch moves the LR optimum (√k, SPEC §4): trials at the optimum batch when they span
-    # three LRs, else every trial with its LR moved to the optimum batch by the √k rule.
+    # Batch moves the LR optimum (√k, docs/spec.md §4): trials at the optimum batch when they
+    # span three LRs, else every trial with its LR moved to the optimum batch by the √k rule.
     # Weight decay adds loss: trials within `window` octaves of its optimum when they still
     # bracket the best LR.
     x, y = lrs, losses

@@ -137,8 +137,8 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
             notes.warnings.append(
                 f"depth transfer is not supported by this parametrization: the proxies have "
                 f"depth {config.spec.depth}, the target {target_depth}, and the study has no "
-                f"depth rule (--depth-rule completep, SPEC §4); the hparams are those for "
-                f"depth {config.spec.depth}")
+                f"depth rule (--depth-rule completep, docs/spec.md §4); the hparams are those "
+                f"for depth {config.spec.depth}")
 
     hparams = HParams(**{**config.space.base.model_dump(), "lr": 2.0**lr, "weight_decay": wd,
                          "batch_size": target_batch or proxy_batch})

@@ -7,10 +7,10 @@ Every rule applied is recorded with its reason and every doubt becomes a warning
   large gets a loud "not established" warning), with loose slopes and leave-one-width-out
   misses;
 - the stability bound: the LR stays below the smallest LR that diverged at any width;
-- beyond width: weight decay by the study's convention (SPEC §3), a different target batch
-  (√k) and a longer horizon (η* ∝ D^−β). Depth: a study whose spec uses the CompleteP
-  depth rule transfers across depth unchanged (rule ``depth-completep``); any other study
-  gets a warning from the predictor (:mod:`hptransfer.transfer.predictor`).
+- beyond width: weight decay by the study's convention (docs/spec.md §3), a different
+  target batch (√k) and a longer horizon (η* ∝ D^−β). Depth: a study whose spec uses the
+  CompleteP depth rule transfers across depth unchanged (rule ``depth-completep``); any
+  other study gets a warning from the predictor (:mod:`hptransfer.transfer.predictor`).
 """
 
 from __future__ import annotations
@@ -149,8 +149,8 @@ def lr_at_target(fit: TransferFit, bounds: list[float], *, proxy_batch: int,
         shift += 0.5 * math.log2(k)
         notes.rule("batch-sqrt",
                    f"target batch {target_batch} is {k:g}× the proxies' optimum {proxy_batch}: "
-                   f"LR × √{k:g} = ×{math.sqrt(k):.3g} (Adam below the critical batch, SPEC "
-                   f"§4; the paper's 4× batch ablations moved the grid this way)")
+                   f"LR × √{k:g} = ×{math.sqrt(k):.3g} (Adam below the critical batch, "
+                   f"docs/spec.md §4; the paper's 4× batch ablations moved the grid this way)")
     if target_tokens is not None and target_tokens != proxy_tokens:
         ratio = target_tokens / proxy_tokens
         beta = HORIZON_EXPONENT if horizon_exponent is None else horizon_exponent
@@ -171,7 +171,7 @@ def lr_at_target(fit: TransferFit, bounds: list[float], *, proxy_batch: int,
 def weight_decay_at_target(fit: TransferFit | None, zero: float, config: StudyConfig,
                            target_width: int, notes: Notes
                            ) -> tuple[float, tuple[float, float] | None]:
-    """λ at the target by the study's convention (SPEC §3), and its interval."""
+    """λ at the target by the study's convention (docs/spec.md §3), and its interval."""
     base = config.space.base
     if fit is None and base.weight_decay == 0:
         return 0.0, None
@@ -184,7 +184,7 @@ def weight_decay_at_target(fit: TransferFit | None, zero: float, config: StudyCo
         notes.warnings.append(
             f"weight decay convention is coupled: under µP its effective decay shrinks like "
             f"1/m with width, so λ does not transfer as is; the prediction applies λ·m "
-            f"(m = {m:g}). Prefer --weight-decay-rule independent (SPEC §3)")
+            f"(m = {m:g}). Prefer --weight-decay-rule independent (docs/spec.md §3)")
     else:
         rule = base.weight_decay_rule
         how = {WeightDecay.INDEPENDENT: "per-step decay s(t)·λ",
