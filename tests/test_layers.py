@@ -88,7 +88,7 @@ def test_each_layer_imports_only_layers_below_it():
         layer = _layer(module)
         if layer is None:
             continue
-        for target, names, _, line in _imports(path):
+        for target, _names, _, line in _imports(path):
             # `from hptransfer import __version__` is the package's own metadata
             other = _layer(target) if target != "hptransfer" else None
             if other is not None and LEVEL[other] > LEVEL[layer]:
