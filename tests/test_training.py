@@ -1,14 +1,24 @@
-"""The training loop: determinism, early stops, callbacks, accounting, precision."""
+"""The training loop: determinism, early stops, callbacks, accounting, precision, and every
+architecture and optimizer option taking effect."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
+import torch
+import torch.nn.functional as F
 
 from hptransfer.budget import Budget
-from hptransfer.hparams import HParams
+from hptransfer.hparams import EpsRule, HParams, Optimizer, Schedule
+from hptransfer.models.transformer import Transformer
+from hptransfer.mup.roles import Role
+from hptransfer.mup.tensors import declared_parameters, param_groups
 from hptransfer.record import RunRecord, Status, Verdict
-from hptransfer.spec import ModelSpec
-from hptransfer.train.loop import train
+from hptransfer.spec import Activation, ModelSpec, NormGain, ReadoutInit
+from hptransfer.train.loop import token_loss, train
+from hptransfer.train.optimizer import Lion, build_optimizer
+from hptransfer.train.schedule import lr_factor
 
 BUDGET = Budget(steps=12, eval_every=4, eval_tokens=1024)
 
@@ -89,29 +99,250 @@ def test_bf16_autocast_matches_fp32(tiny_corpus):
     assert bf16.final_val_loss == pytest.approx(fp32.final_val_loss, rel=0.02)
 
 
-@pytest.mark.parametrize("options", [
-    {"activation": "swiglu"}, {"activation": "squared-relu"}, {"activation": "gelu"},
-    {"kv_heads": "multi-query"}, {"norm_gain": "vector"}, {"norm_gain": "scalar"},
-    {"bias": "projections"}, {"embedding_norm": "rms"}, {"query_init": "zero"},
-    {"readout_init": "zero"}, {"param": "mup-abs"}, {"param": "sp"},
+# ---- every option takes effect: compared with the default run on the same seed and budget ---
+
+SHORT = Budget(steps=6, eval_every=6, eval_tokens=512)
+ARCH_HPARAMS = HParams(batch_size=4, lr=2.0**-6)
+# every option moves some loss of its 6-step run by about 1e-2 or more; 1e-3 is far above noise
+# (same seed, same thread: an option without effect reproduces the default bit for bit)
+MOVED = 1e-3
+
+
+@pytest.fixture(scope="module")
+def short_run(tiny_corpus):
+    """Train (spec, hparams) for the SHORT budget, once per module: the reference runs the
+    option tests compare with are trained once and shared."""
+    runs: dict[tuple[ModelSpec, HParams], RunRecord] = {}
+
+    def run(spec: ModelSpec, hparams: HParams) -> RunRecord:
+        if (spec, hparams) not in runs:
+            runs[spec, hparams] = train(spec, hparams, SHORT, tiny_corpus)
+        return runs[spec, hparams]
+
+    return run
+
+
+def losses(record: RunRecord) -> list[float]:
+    return [point.loss for point in record.train_curve + record.val_curve]
+
+
+def shift(a: RunRecord, b: RunRecord) -> float:
+    """The largest difference between two runs' training and validation losses."""
+    return max(abs(x - y) for x, y in zip(losses(a), losses(b), strict=True))
+
+
+def arch_spec(**options) -> ModelSpec:
+    return ModelSpec(width=32, depth=1, seq_len=32, **options)  # m = 32 / 128 = 1/4
+
+
+def group_lrs(model, spec: ModelSpec) -> list[float]:
+    return sorted(group["lr"] for group in param_groups(model, spec, ARCH_HPARAMS))
+
+
+def gradients(model) -> dict[str, torch.Tensor | None]:
+    """Each parameter's gradient of the loss on a few random windows (None: unused)."""
+    batch = torch.randint(0, model.spec.vocab, (2, 9), generator=torch.Generator().manual_seed(0))
+    token_loss(model, batch).backward()
+    return {name: p.grad for name, p in model.named_parameters()}
+
+
+def trained(model, names) -> bool:
+    """Whether every parameter in ``names`` gets a non-zero gradient: it is computed with."""
+    grads = gradients(model)
+    return all(grads[n] is not None and bool(grads[n].ne(0).any()) for n in names)
+
+
+def check_mlp_activation(model, record, default) -> None:
+    """The MLP computes the activation it was asked for (SwiGLU: silu(gate) · value)."""
+    expected = {
+        Activation.GELU: F.gelu,
+        Activation.SQUARED_RELU: lambda h: F.relu(h).square(),
+        Activation.SWIGLU: lambda h: F.silu(h.chunk(2, dim=-1)[0]) * h.chunk(2, dim=-1)[1],
+    }[model.spec.activation]
+    mlp = model.blocks[0].mlp
+    x = torch.randn(2, 3, model.spec.width, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = F.linear(expected(F.linear(x, mlp.w_in)), mlp.w_out)
+        assert torch.allclose(mlp(x), reference, atol=1e-6)
+        if model.spec.activation is not Activation.SWIGLU:
+            assert not torch.allclose(mlp(x), F.linear(F.relu(F.linear(x, mlp.w_in)),
+                                                       mlp.w_out), atol=1e-4)
+
+
+def check_swiglu(model, record, default) -> None:
+    spec = model.spec
+    assert all(b.mlp.w_in.shape == (2 * spec.mlp_width, spec.width) for b in model.blocks)
+    check_mlp_activation(model, record, default)
+
+
+def check_multi_query(model, record, default) -> None:
+    spec = model.spec
+    assert spec.kv_head_count == 1 < spec.heads
+    assert all(b.attn.wkv.shape == (2 * spec.head_dim, spec.width) for b in model.blocks)
+
+
+def check_gains(model, record, default) -> None:
+    """Gains on every norm (two per block and the final one), initialised to one and used:
+    the model computes at init exactly what the gainless default does."""
+    spec = model.spec
+    shape = (spec.width,) if spec.norm_gain is NormGain.VECTOR else (1,)
+    gains = {n: p for n, p in model.named_parameters() if n.endswith(".gain")}
+    assert len(gains) == 2 * spec.depth + 1, sorted(gains)
+    assert all(p.shape == shape and bool(p.eq(1).all()) for p in gains.values())
+    assert trained(model, gains)
+    assert record.train_curve[0].loss == pytest.approx(default.train_curve[0].loss, rel=1e-6)
+
+
+def check_biases(model, record, default) -> None:
+    """Biases on q, k/v, attention out and both MLP projections, initialised to zero and
+    used: the model computes at init exactly what the unbiased default does."""
+    expected = {f"blocks.{i}.{name}" for i in range(model.spec.depth)
+                for name in ("attn.bq", "attn.bkv", "attn.bo", "mlp.b_in", "mlp.b_out")}
+    biases = {n: p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1][0] == "b"}
+    assert set(biases) == expected
+    assert all(bool(p.eq(0).all()) for p in biases.values())
+    assert trained(model, expected)
+    assert record.train_curve[0].loss == pytest.approx(default.train_curve[0].loss, rel=1e-6)
+
+
+def check_embedding_norm(model, record, default) -> None:
+    tokens = torch.arange(model.spec.vocab)
+    with torch.no_grad():
+        rms = model.embed_norm(model.embed(tokens)).square().mean(-1).sqrt()
+    assert torch.allclose(rms, torch.ones_like(rms), atol=1e-5)
+
+
+def check_zero_query(model, record, default) -> None:
+    for block in model.blocks:
+        assert bool(block.attn.wq.eq(0).all())
+        assert not bool(block.attn.wkv.eq(0).any())
+
+
+def check_zero_readout(model, record, default) -> None:
+    """A zero readout gives uniform logits: the first loss is ln V exactly."""
+    assert bool(model.readout.weight.eq(0).all())
+    assert record.train_curve[0].loss == pytest.approx(math.log(model.spec.vocab), rel=1e-6)
+
+
+def check_mup_abs(model, record, default) -> None:
+    """α / fan_in per matrix: M = 32 for the M → · matrices and the readout, F = 128 for
+    the MLP out; the embedding keeps α (the default relative rule: α and α / m = 4α)."""
+    alpha = ARCH_HPARAMS.lr
+    assert group_lrs(model, model.spec) == [alpha / 128, alpha / 32, alpha]
+    default_model = Transformer(arch_spec())
+    assert group_lrs(default_model, default_model.spec) == [alpha, 4 * alpha]
+
+
+def check_sp(model, record, default) -> None:
+    """One global LR, attention 1/√D, readout std 1/√M."""
+    spec = model.spec
+    assert group_lrs(model, spec) == [ARCH_HPARAMS.lr]
+    assert model.blocks[0].attn.scale == 1 / math.sqrt(spec.head_dim)
+    assert spec.readout_init is ReadoutInit.SP
+    std = model.readout.weight.std().item()  # 8192 draws: within a few % of the init std
+    assert std == pytest.approx(1 / math.sqrt(spec.width), rel=0.05)
+
+
+def option(options: dict[str, str], parameters: int, check):
+    ((key, value),) = options.items()
+    return pytest.param(options, parameters, check, id=f"{key}={value}")
+
+
+@pytest.mark.parametrize("options, parameters, check", [
+    # parameters: how many more trainable parameters than the default (M = 32, F = 128,
+    # one block, D = 16, two heads)
+    option({"activation": "swiglu"}, 128 * 32, check_swiglu),  # MLP in-projection is 2F wide
+    option({"activation": "squared-relu"}, 0, check_mlp_activation),
+    option({"activation": "gelu"}, 0, check_mlp_activation),
+    option({"kv_heads": "multi-query"}, -(2 * 16) * 32, check_multi_query),  # 1 k/v head, not 2
+    option({"norm_gain": "vector"}, 3 * 32, check_gains),
+    option({"norm_gain": "scalar"}, 3, check_gains),
+    option({"bias": "projections"}, 32 + 64 + 32 + 128 + 32, check_biases),  # q kv o in out
+    option({"embedding_norm": "rms"}, 0, check_embedding_norm),
+    option({"query_init": "zero"}, 0, check_zero_query),
+    option({"readout_init": "zero"}, 0, check_zero_readout),
+    option({"param": "mup-abs"}, 0, check_mup_abs),
+    option({"param": "sp"}, 0, check_sp),
 ])
-def test_every_architecture_option_trains(tiny_corpus, options):
-    spec = ModelSpec(width=32, depth=1, seq_len=32, **options)
-    record = train(spec, HParams(batch_size=4, lr=2.0**-6),
-                   Budget(steps=6, eval_every=6, eval_tokens=512), tiny_corpus)
+def test_every_architecture_option_takes_effect(short_run, options, parameters, check):
+    """Each option builds the model it promises, counts its parameters right, trains, and
+    trains differently from the default spec on the same seed and budget."""
+    spec, default_spec = arch_spec(**options), arch_spec()
+    model, default_model = Transformer(spec), Transformer(default_spec)
+    count = sum(p.numel() for p in model.parameters())
+    default_count = sum(p.numel() for p in default_model.parameters())
+    assert count == spec.parameter_count(embedding=True)
+    assert default_count == default_spec.parameter_count(embedding=True) == 28672
+    assert count - default_count == parameters
+
+    record, default = short_run(spec, ARCH_HPARAMS), short_run(default_spec, ARCH_HPARAMS)
     assert record.status is Status.COMPLETE
     assert record.final_val_loss < 5.6
+    assert shift(record, default) > MOVED, (losses(record), losses(default))
+    check(model, record, default)
 
 
-@pytest.mark.parametrize("hparams", [
-    HParams(batch_size=4, optimizer="lion", lr=2.0**-10),
-    HParams(batch_size=4, schedule="cosine"),
-    HParams(batch_size=4, eps_rule="scaled", weight_decay=1e-4),
-])
-def test_optimizer_options_train(tiny_spec, tiny_corpus, hparams):
-    record = train(tiny_spec, hparams, Budget(steps=6, eval_every=6, eval_tokens=512),
-                   tiny_corpus)
+def test_lion_takes_effect(tiny_spec, short_run):
+    """Lion is the optimizer built, and it trains differently from AdamW at the same LR."""
+    hparams = HParams(batch_size=4, optimizer="lion", lr=2.0**-10)
+    optimizer = build_optimizer(Transformer(tiny_spec), tiny_spec, hparams)
+    assert isinstance(optimizer, Lion)
+    assert all("eps" not in group for group in optimizer.param_groups)
+    adamw = hparams.model_copy(update={"optimizer": Optimizer.ADAMW})
+    assert not isinstance(build_optimizer(Transformer(tiny_spec), tiny_spec, adamw), Lion)
+
+    record = short_run(tiny_spec, hparams)
     assert record.status is Status.COMPLETE
+    assert shift(record, short_run(tiny_spec, adamw)) > MOVED
+
+
+def test_cosine_schedule_takes_effect(tiny_spec, short_run):
+    """Cosine decay is above linear in the first half of the decay, below it in the second,
+    equal at the peak, the middle and the end; the run trains differently."""
+    cosine, linear = HParams(batch_size=4, schedule="cosine"), HParams(batch_size=4)
+    steps = SHORT.steps  # warmup 1 step, then decay over steps 1..5 (middle: step 3)
+    factors = {h.schedule: [lr_factor(t, total_steps=steps, hparams=h) for t in range(steps)]
+               for h in (cosine, linear)}
+    cos, lin = factors[Schedule.COSINE], factors[Schedule.LINEAR]
+    assert cos[2] > lin[2] + 0.1 and cos[4] < lin[4] - 0.1
+    for t in (0, 1, 3, 5):
+        assert cos[t] == pytest.approx(lin[t])
+
+    record = short_run(tiny_spec, cosine)
+    assert record.status is Status.COMPLETE
+    assert shift(record, short_run(tiny_spec, linear)) > MOVED
+
+
+def test_scaled_eps_and_weight_decay_take_effect(tiny_spec, short_run):
+    """Scaled ε follows the LR multiplier: at m = 2 the hidden and readout groups get ε / 2,
+    the embedding ε (a constant ε gives every group ε); at m = 1 the two rules agree. The
+    weight decay reaches every matrix (independent λ: λ / lr of the tensor)."""
+    scaled = HParams(batch_size=4, eps_rule="scaled", weight_decay=1e-4)
+    constant = scaled.model_copy(update={"eps_rule": EpsRule.CONSTANT})
+    wide = tiny_spec.model_copy(update={"width": 64})
+    assert wide.width_multiplier == 2.0
+    model = Transformer(wide)
+    group_of = {id(p): group for group in param_groups(model, wide, scaled)
+                for p in group["params"]}
+    constant_groups = param_groups(model, wide, constant)
+    assert {group["eps"] for group in constant_groups} == {constant.eps}
+    for _, parameter, declaration in declared_parameters(model):
+        group = group_of[id(parameter)]
+        assert declaration.role.is_matrix and group["weight_decay"] > 0
+        if declaration.role is Role.EMBEDDING:
+            assert group["eps"] == scaled.eps
+            assert group["weight_decay"] == pytest.approx(1e-4 / scaled.lr)
+        else:
+            assert group["eps"] == scaled.eps / 2 and group["eps"] != constant.eps
+            assert group["weight_decay"] == pytest.approx(1e-4 / (scaled.lr / 2))
+    base = Transformer(tiny_spec)
+    assert ([group["eps"] for group in param_groups(base, tiny_spec, scaled)]
+            == [group["eps"] for group in param_groups(base, tiny_spec, constant)])
+
+    record = short_run(tiny_spec, scaled)
+    assert record.status is Status.COMPLETE
+    # λ = 1e-4 decays the weights by ~5e-4 over the run: the losses move by ~1.6e-4
+    assert shift(record, short_run(tiny_spec, HParams(batch_size=4))) > 2e-5
 
 
 def test_device_is_checked_before_any_work(tiny_spec, tiny_corpus):
