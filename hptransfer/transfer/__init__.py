@@ -1,31 +1,13 @@
-"""The transfer predictor: the optimum hparams at a width too large to tune (docs/spec.md §3–5).
+"""The transfer predictor: the optimum hparams at a width too large to tune.
 
-Three steps, each with a recorded result (docs/transfer.md explains the choices):
-
-1. **Optimum per width** (:mod:`hptransfer.transfer.optimum`). The LR optimum of one width
-   is the vertex of a quadratic in log2(lr) fitted to the completed trials within
-   ``window`` octaves of the best one (the loss is roughly a parabola in log2 lr near its
-   minimum, docs/spec.md §5), with a bootstrap interval (trials resampled, quadratic refitted).
-   Diverged trials are not losses: the smallest diverged LR bounds the optimum from above.
-   Weight decay and batch size, whose loss surfaces are flat, come from the near-optimal
-   *band* (DeepSeek, Step Law): the loss-weighted median over the trials within ``band`` of
-   the best loss.
-2. **Transfer across widths** (:mod:`hptransfer.transfer.fit`). Per hparam, log2(optimum)
-   against log2(width) by weighted least squares (weights from each width's bootstrap
-   spread); the slope is the drift in octaves per doubling of width, with a bootstrap
-   interval. A slope interval containing 0 means µP transfer holds: the prediction is the
-   weighted mean (constant model). Otherwise it is extrapolated log-linearly, and a slope
-   beyond ``DRIFT_THRESHOLD`` is announced loudly. A leave-one-width-out check predicts each
-   width from the others.
-3. **Beyond width** (:mod:`hptransfer.transfer.rules`). Named rules for weight decay (by the
-   study's convention, docs/spec.md §3), a different target batch (√k), a longer
-   horizon (η* ∝ D^−β) and depth (CompleteP studies only; a warning otherwise).
-
-:mod:`hptransfer.transfer.predictor` runs the three steps on a study's trials
-(:func:`predict_hparams`, :func:`predict_from_trials`) and returns a :class:`Prediction`
-record (:mod:`hptransfer.transfer.prediction`: intervals, rules, warnings, evidence, and
-its torch and Hugging Face exports), with the closed-form baselines of
-:mod:`hptransfer.transfer.baselines` to compare against.
+Three steps, each a module with a recorded result (docs/transfer.md explains every choice):
+the optimum of each proxy width (:mod:`~hptransfer.transfer.optimum`: a parabola in
+log2(lr) with a bootstrap interval; the near-optimal band for weight decay and batch), the
+fit of each optimum against width (:mod:`~hptransfer.transfer.fit`: the drift per doubling
+and whether transfer holds), and the named rules to the target
+(:mod:`~hptransfer.transfer.rules`: width, stability, weight decay, batch, horizon, depth).
+:mod:`~hptransfer.transfer.predictor` runs them on a study's trials and returns a
+:class:`Prediction`, compared with the closed-form :mod:`~hptransfer.transfer.baselines`.
 """
 
 from hptransfer.transfer.baselines import DEEPSEEK as DEEPSEEK
