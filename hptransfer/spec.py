@@ -36,6 +36,7 @@ __all__ = [
     "Bias",
     "DepthRule",
     "FrozenConfig",
+    "RoleSource",
 ]
 
 
@@ -104,9 +105,11 @@ class Activation(str, Enum):
 
 
 class KeyValueHeads(str, Enum):
-    """Multi-head (one k/v head per query head) or multi-query (one shared k/v head)."""
+    """Multi-head (one k/v head per query head), grouped-query (one k/v head per
+    ``kv_group`` query heads, so k/v grow with width) or multi-query (one shared k/v head)."""
 
     MULTI_HEAD = "multi-head"
+    GROUPED = "grouped"
     MULTI_QUERY = "multi-query"
 
 
@@ -121,6 +124,16 @@ class DepthRule(str, Enum):
 
     NONE = "none"
     COMPLETEP = "completep"
+
+
+class RoleSource(str, Enum):
+    """Where a model's µP roles come from (docs/models.md; :mod:`hptransfer.mup.sources`)."""
+
+    AUTO = "auto"  # declared if every parameter is, else the family's pattern table, else
+    # inferred from shapes
+    DECLARED = "declared"  # each module declares its parameters (hptransfer's own modules)
+    PATTERNS = "patterns"  # a table of name patterns → role, every parameter matched once
+    INFERRED = "inferred"  # the model built at two widths: the dimensions that grow
 
 
 class Precision(str, Enum):
@@ -157,6 +170,13 @@ class ModelSpec(FrozenConfig):
     L = L₀ it changes nothing.
     """
 
+    model: str = Field(
+        "builtin", min_length=1,
+        description="model family: builtin, hf-llama, hf-gpt2, a factory "
+                    "path/to/file.py:make_model or package.module:make_model, or the name of "
+                    "an hptransfer.models entry point (docs/models.md)")
+    roles: RoleSource = Field(RoleSource.AUTO, description="where the µP role of each "
+                                                            "parameter comes from")
     width: int = Field(128, gt=0, description="d_model, M")
     depth: int = Field(4, gt=0, description="number of transformer blocks, L")
     head_dim: int = Field(16, gt=0, description="per-head dimension D, fixed across widths")
@@ -176,7 +196,10 @@ class ModelSpec(FrozenConfig):
     query_init: QueryInit = Field(QueryInit.NORMAL, description="query projection init")
     activation: Activation = Field(Activation.RELU, description="MLP activation")
     kv_heads: KeyValueHeads = Field(KeyValueHeads.MULTI_HEAD,
-                                    description="multi-head or multi-query attention")
+                                    description="multi-head, grouped-query or multi-query "
+                                                "attention")
+    kv_group: int = Field(2, gt=0, description="query heads per k/v head under --kv-heads "
+                                               "grouped")
     precision: Precision = Field(Precision.FP32, description="matmul precision")
     depth_rule: DepthRule = Field(
         DepthRule.NONE, description="residual branch scaling with depth (docs/spec.md §4)")
@@ -212,6 +235,16 @@ class ModelSpec(FrozenConfig):
                 f"choose a base width that is a multiple of {self.head_dim}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        if self.kv_heads is KeyValueHeads.GROUPED and self.heads % self.kv_group:
+            raise ValueError(
+                f"width={self.width} has {self.heads} heads, not a multiple of "
+                f"kv_group={self.kv_group} (grouped-query attention shares one k/v head per "
+                f"kv_group query heads): pick a width that is a multiple of "
+                f"{self.head_dim * self.kv_group} or another kv_group")
+        if self.kv_heads is KeyValueHeads.GROUPED and (self.base_width // self.head_dim) % \
+                self.kv_group:
+            raise ValueError(f"base_width={self.base_width} has {self.base_width // self.head_dim}"
+                             f" heads, not a multiple of kv_group={self.kv_group}")
         return self
 
     # ---- derived quantities: computed here, never passed around -------------------------
@@ -222,6 +255,8 @@ class ModelSpec(FrozenConfig):
 
     @property
     def kv_head_count(self) -> int:
+        if self.kv_heads is KeyValueHeads.GROUPED:
+            return self.heads // self.kv_group
         return 1 if self.kv_heads is KeyValueHeads.MULTI_QUERY else self.heads
 
     @property

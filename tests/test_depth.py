@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from hptransfer.budget import Budget
 from hptransfer.hparams import EpsRule, HParams
+from hptransfer.models.registry import role_table
 from hptransfer.models.transformer import Block, Transformer
 from hptransfer.mup.roles import Role
 from hptransfer.mup.rules import residual_multiplier
@@ -42,7 +43,7 @@ def test_completep_at_base_depth_trains_bit_for_bit_like_no_rule(tiny_corpus):
             for rule in (DepthRule.NONE, DepthRule.COMPLETEP)]
     assert runs[0].final_val_loss == runs[1].final_val_loss
     assert [p.loss for p in runs[0].train_curve] == [p.loss for p in runs[1].train_curve]
-    rules = [tensor_rules(Transformer(s), s, hparams) for s in
+    rules = [tensor_rules(role_table(s), s, hparams) for s in
              (spec_at(2, DepthRule.NONE), spec_at(2))]
     assert rules[0] == rules[1]
 
@@ -63,8 +64,8 @@ def test_block_scales_each_residual_branch():
 def test_scaled_eps_takes_the_branch_factor_on_hidden_matrices_only():
     hparams = HParams(eps=1e-8, eps_rule=EpsRule.SCALED)
     deep, base = spec_at(8), spec_at(8, DepthRule.NONE)
-    for ours, plain in zip(tensor_rules(Transformer(deep), deep, hparams),
-                           tensor_rules(Transformer(base), base, hparams), strict=True):
+    for ours, plain in zip(tensor_rules(role_table(deep), deep, hparams),
+                           tensor_rules(role_table(base), base, hparams), strict=True):
         factor = 0.25 if ours.role is Role.HIDDEN else 1.0
         assert ours.eps == pytest.approx(plain.eps * factor), ours.name
         assert ours.lr_multiplier == plain.lr_multiplier  # α = 1: no LR changes with depth
@@ -77,7 +78,7 @@ def _residual_update(depth: int, rule: DepthRule, steps: int = 4) -> float:
     torch.manual_seed(0)
     spec = spec_at(depth, rule)
     model = Transformer(spec, seed=0)
-    optimizer = build_optimizer(model, spec, HParams(lr=2.0**-6))
+    optimizer = build_optimizer(model, role_table(spec), spec, HParams(lr=2.0**-6))
     data = torch.randint(0, 256, (8, 17), generator=torch.Generator().manual_seed(0))
     seen: list[torch.Tensor] = []
     model.final_norm.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))

@@ -10,8 +10,11 @@ from torch import nn
 
 from hptransfer.budget import Budget
 from hptransfer.hparams import HParams, WeightDecay
+from hptransfer.models.registry import role_table
 from hptransfer.models.transformer import Transformer
 from hptransfer.mup.roles import Declaration, Role
+from hptransfer.mup.sources import declared
+from hptransfer.mup.sources import role_table as assemble
 from hptransfer.mup.tensors import Declared, param_groups, tensor_rules
 from hptransfer.spec import AttentionScale, ModelSpec, ReadoutInit
 from hptransfer.train.loop import train
@@ -19,7 +22,7 @@ from hptransfer.train.optimizer import build_optimizer
 
 
 def _rules(spec: ModelSpec, hparams: HParams | None = None):
-    return {r.name: r for r in tensor_rules(Transformer(spec), spec, hparams)}
+    return {r.name: r for r in tensor_rules(role_table(spec), spec, hparams)}
 
 
 def test_every_multiplier_is_one_at_base_width():
@@ -58,7 +61,7 @@ def test_sp_has_one_lr_and_fan_in_readout():
     rules = _rules(spec)
     assert {r.lr_multiplier for r in rules.values()} == {1.0}
     assert rules["readout.weight"].init_std == pytest.approx(1 / 16)
-    assert len(param_groups(Transformer(spec), spec, HParams())) == 1
+    assert len(param_groups(Transformer(spec), role_table(spec), spec, HParams())) == 1
 
 
 def test_initial_weights_have_the_declared_std():
@@ -99,7 +102,7 @@ def test_undeclared_parameter_is_refused():
             self.extra = nn.Parameter(torch.zeros(3))  # not declared
 
     with pytest.raises(TypeError, match="has no µP role"):
-        tensor_rules(Sneaky(), ModelSpec(width=32), HParams())
+        declared(Sneaky())
 
 
 def test_declared_roles_survive_renaming():
@@ -110,7 +113,9 @@ def test_declared_roles_survive_renaming():
             super().__init__()
             self.declare("readout_looking_name", (4, 8), Declaration(Role.HIDDEN, 8))
 
-    (rule,) = tensor_rules(Renamed(), ModelSpec(width=256, base_width=128), HParams())
+    model = Renamed()
+    table = assemble(model, model, None, declared)
+    (rule,) = tensor_rules(table, ModelSpec(width=256, base_width=128), HParams())
     assert rule.role is Role.HIDDEN and rule.init_std == pytest.approx(1 / math.sqrt(8))
 
 
@@ -143,5 +148,5 @@ def test_sp_default_differs_from_mup_at_base_width(tiny_corpus):
 
 def test_optimizer_groups_carry_the_table_lrs():
     spec = ModelSpec(width=256, base_width=128, depth=1)
-    optimizer = build_optimizer(Transformer(spec), spec, HParams(lr=0.01))
+    optimizer = build_optimizer(Transformer(spec), role_table(spec), spec, HParams(lr=0.01))
     assert sorted({g["lr"] for g in optimizer.param_groups}) == [0.005, 0.01]

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from hptransfer.budget import Budget
 from hptransfer.hparams import EpsRule, HParams, Optimizer, Schedule
+from hptransfer.models.registry import role_table
 from hptransfer.models.transformer import Transformer
 from hptransfer.mup.roles import Role
 from hptransfer.mup.tensors import declared_parameters, param_groups
@@ -136,7 +137,8 @@ def arch_spec(**options) -> ModelSpec:
 
 
 def group_lrs(model, spec: ModelSpec) -> list[float]:
-    return sorted(group["lr"] for group in param_groups(model, spec, ARCH_HPARAMS))
+    groups = param_groups(model, role_table(spec), spec, ARCH_HPARAMS)
+    return sorted(group["lr"] for group in groups)
 
 
 def gradients(model) -> dict[str, torch.Tensor | None]:
@@ -285,11 +287,12 @@ def test_every_architecture_option_takes_effect(short_run, options, parameters, 
 def test_lion_takes_effect(tiny_spec, short_run):
     """Lion is the optimizer built, and it trains differently from AdamW at the same LR."""
     hparams = HParams(batch_size=4, optimizer="lion", lr=2.0**-10)
-    optimizer = build_optimizer(Transformer(tiny_spec), tiny_spec, hparams)
+    optimizer = build_optimizer(Transformer(tiny_spec), role_table(tiny_spec), tiny_spec, hparams)
     assert isinstance(optimizer, Lion)
     assert all("eps" not in group for group in optimizer.param_groups)
     adamw = hparams.model_copy(update={"optimizer": Optimizer.ADAMW})
-    assert not isinstance(build_optimizer(Transformer(tiny_spec), tiny_spec, adamw), Lion)
+    assert not isinstance(build_optimizer(Transformer(tiny_spec), role_table(tiny_spec), tiny_spec,
+                                          adamw), Lion)
 
     record = short_run(tiny_spec, hparams)
     assert record.status is Status.COMPLETE
@@ -322,9 +325,9 @@ def test_scaled_eps_and_weight_decay_take_effect(tiny_spec, short_run):
     wide = tiny_spec.model_copy(update={"width": 64})
     assert wide.width_multiplier == 2.0
     model = Transformer(wide)
-    group_of = {id(p): group for group in param_groups(model, wide, scaled)
+    group_of = {id(p): group for group in param_groups(model, role_table(wide), wide, scaled)
                 for p in group["params"]}
-    constant_groups = param_groups(model, wide, constant)
+    constant_groups = param_groups(model, role_table(wide), wide, constant)
     assert {group["eps"] for group in constant_groups} == {constant.eps}
     for _, parameter, declaration in declared_parameters(model):
         group = group_of[id(parameter)]
@@ -336,8 +339,9 @@ def test_scaled_eps_and_weight_decay_take_effect(tiny_spec, short_run):
             assert group["eps"] == scaled.eps / 2 and group["eps"] != constant.eps
             assert group["weight_decay"] == pytest.approx(1e-4 / (scaled.lr / 2))
     base = Transformer(tiny_spec)
-    assert ([group["eps"] for group in param_groups(base, tiny_spec, scaled)]
-            == [group["eps"] for group in param_groups(base, tiny_spec, constant)])
+    roles = role_table(tiny_spec)
+    assert ([group["eps"] for group in param_groups(base, roles, tiny_spec, scaled)]
+            == [group["eps"] for group in param_groups(base, roles, tiny_spec, constant)])
 
     record = short_run(tiny_spec, scaled)
     assert record.status is Status.COMPLETE

@@ -89,6 +89,7 @@ def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
 
     from hptransfer.data.corpus import check_hash, load_corpus
     from hptransfer.record import CurvePoint, Verdict
+    from hptransfer.study.config import check_roles
     from hptransfer.study.leases import record_worker
     from hptransfer.study.ledger import write_inputs, write_outcome
     from hptransfer.study.storage import open_storage
@@ -114,6 +115,7 @@ def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
                      corpus_hash=corpus.content_hash, threads=job["threads"],
                      attrs=((Attr.BACKEND, Backend.RAY.value),))
         check_hash(corpus, config.corpus_hash)
+        check_roles(job["name"], config)
         outcome = train(spec, hparams, config.budget, corpus, seed=config.seed,
                         on_eval=on_eval, threads=job["threads"], device=job["device"])
     except Exception as error:
@@ -247,7 +249,7 @@ class RayTune:
         searcher = _searcher(job, make_sampler(job.sampler, config, config.seed + job.width))
         # Ray gives a trial with a GPU share its own CUDA_VISIBLE_DEVICES: "cuda" is that card
         worker_job = {"config": config.model_dump_json(), "storage": job.storage_url,
-                      "width": job.width, "threads": options.cpus_per_trial,
+                      "name": job.name, "width": job.width, "threads": options.cpus_per_trial,
                       "device": "cuda" if options.gpus_per_trial > 0 else None}
         trainable = ray_tune.with_resources(
             ray_tune.with_parameters(_train_trial, job=worker_job),

@@ -21,19 +21,11 @@ from collections import defaultdict
 import numpy as np
 import torch
 from pydantic import Field
-from torch import nn
 
 from hptransfer.data.corpus import Corpus, load_corpus
 from hptransfer.errors import ConfigError
 from hptransfer.hparams import HParams
-from hptransfer.models.transformer import (
-    MLP,
-    Attention,
-    Block,
-    Readout,
-    TokenEmbedding,
-    Transformer,
-)
+from hptransfer.models.registry import build_model, family_of, role_table
 from hptransfer.mup.rules import alpha_for_base_lr, logits_shrink_at_init
 from hptransfer.spec import FrozenConfig, ModelSpec, Parametrization
 from hptransfer.train.device import autocast, resolve_threads
@@ -41,15 +33,6 @@ from hptransfer.train.loop import token_loss
 from hptransfer.train.optimizer import build_optimizer
 
 __all__ = ["DEFAULT_LR", "CoordCheckReport", "CoordPoint", "Growth", "coord_check"]
-
-# module type whose outputs are recorded -> name in the report
-_MODULE_NAMES: dict[type[nn.Module], str] = {
-    TokenEmbedding: "embedding",
-    Attention: "attention",
-    MLP: "mlp",
-    Block: "block",
-    Readout: "logits",
-}
 
 DEFAULT_TOLERANCE = 1.25
 # The hidden matrices' LR at the base width; each parametrization's α follows from it
@@ -90,17 +73,21 @@ class CoordCheckReport(FrozenConfig):
 
 def _record_width(spec: ModelSpec, hparams: HParams, batches: list[torch.Tensor], seed: int
                   ) -> dict[tuple[str, int], float]:
-    model = Transformer(spec, seed=seed)
-    optimizer = build_optimizer(model, spec, hparams)
+    model = build_model(spec, seed=seed)
+    roles = role_table(spec)
+    optimizer = build_optimizer(model, roles, spec, hparams)
     sums: dict[str, list[float]] = defaultdict(list)
 
     def hook(name: str):
         def record(_module, _inputs, output):
-            sums[name].append(output.detach().abs().mean().item())
+            # Hugging Face modules return tuples (output, attention weights, …)
+            first = output[0] if isinstance(output, tuple) else output
+            sums[name].append(first.detach().abs().mean().item())
         return record
 
-    handles = [module.register_forward_hook(hook(_MODULE_NAMES[type(module)]))
-               for module in model.modules() if type(module) in _MODULE_NAMES]
+    handles = [module.register_forward_hook(hook(name))
+               for name, modules in family_of(spec).probes(model, roles).items()
+               for module in modules]
     means: dict[tuple[str, int], float] = {}
     for t, batch in enumerate(batches, start=1):
         sums.clear()

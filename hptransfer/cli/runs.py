@@ -69,12 +69,12 @@ def train(seed: int, data: str | None, threads: int | None, out: str | None, as_
 @click.option("--json", "as_json", is_flag=True, help="print a JSON list, one object a tensor")
 def describe(as_json: bool, **values: Any) -> None:
     """Show every parameter tensor's µP role, shape, init std and LR multiplier."""
-    from hptransfer.models.transformer import Transformer
+    from hptransfer.models.registry import role_table
     from hptransfer.mup.rules import residual_multiplier
     from hptransfer.mup.tensors import tensor_rules
 
     spec, hparams = build(ModelSpec, values), build(HParams, values)
-    rules = tensor_rules(Transformer(spec), spec, hparams)
+    rules = tensor_rules(role_table(spec), spec, hparams)
     if as_json:
         click.echo(json.dumps([rule.as_dict() for rule in rules], indent=2))
         return

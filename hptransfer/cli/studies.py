@@ -276,6 +276,7 @@ def worker(study_name, storage, width, trials, sampler, pruner, threads, quiet) 
     The study's spec, budget, search space and corpus come from the storage itself.
     """
     from hptransfer.data.corpus import check_hash, load_corpus
+    from hptransfer.study.config import check_roles
     from hptransfer.study.ledger import load_config, widths_of
     from hptransfer.study.storage import open_storage
     from hptransfer.study.worker import run_worker
@@ -286,6 +287,7 @@ def worker(study_name, storage, width, trials, sampler, pruner, threads, quiet) 
     widths = [width] if width is not None else widths_of(study_name, optuna_storage)
     corpus = load_corpus(config.data)
     check_hash(corpus, config.corpus_hash)
+    check_roles(study_name, config)
     progress = TrialProgress(len(widths) * trials, quiet=quiet)
     try:
         for w in widths:

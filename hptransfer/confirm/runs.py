@@ -189,6 +189,7 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     from optuna.trial import TrialState
 
     from hptransfer.data.corpus import check_hash, load_corpus
+    from hptransfer.study.config import check_roles
     from hptransfer.study.leases import reclaim_lost
     from hptransfer.study.search import quiet_optuna
     from hptransfer.transfer import predict_hparams
@@ -210,6 +211,7 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
         raise PredictionError(str(error)) from None
     corpus = load_corpus(config.data)
     check_hash(corpus, config.corpus_hash)
+    check_roles(study, config)
     predicted = prediction.hparams
     if placement.ray is not None:
         from hptransfer.backends.cluster import check_shared_storage, connect

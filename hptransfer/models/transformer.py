@@ -19,6 +19,7 @@ from torch import nn
 
 from hptransfer.mup.roles import Declaration, Role
 from hptransfer.mup.rules import attention_scale, residual_multiplier
+from hptransfer.mup.sources import declared
 from hptransfer.mup.tensors import Declared, initialize
 from hptransfer.spec import Activation, Bias, EmbeddingNorm, ModelSpec, NormGain, QueryInit
 
@@ -179,7 +180,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.depth))
         self.final_norm = RMSNorm(spec.width, spec.norm_gain)
         self.readout = Readout(spec)
-        initialize(self, spec, torch.Generator().manual_seed(seed))
+        initialize(self, declared(self), spec, torch.Generator().manual_seed(seed))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) → logits (B, T, V)."""

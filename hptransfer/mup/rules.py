@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 
 from hptransfer.hparams import EpsRule, HParams, WeightDecay
-from hptransfer.mup.roles import Declaration, Role
+from hptransfer.mup.roles import Declaration, Role, TensorRole
 from hptransfer.spec import AttentionScale, DepthRule, ModelSpec, Parametrization, ReadoutInit
 
 __all__ = [
@@ -74,7 +74,7 @@ def residual_multiplier(spec: ModelSpec) -> float:
 
 # ---- per tensor ------------------------------------------------------------------------------
 
-def init_std(declaration: Declaration, spec: ModelSpec) -> float:
+def init_std(declaration: Declaration | TensorRole, spec: ModelSpec) -> float:
     """Standard deviation of the normal init (gains are ones, biases zeros: std 0)."""
     role = declaration.role
     if declaration.zero_init or role in (Role.GAIN, Role.BIAS):
@@ -92,27 +92,29 @@ def init_std(declaration: Declaration, spec: ModelSpec) -> float:
     return 1.0 / math.sqrt(declaration.fan_in)
 
 
-def lr_multiplier(declaration: Declaration, spec: ModelSpec) -> float:
-    """Per-tensor LR as a multiple of the base LR α."""
-    if spec.param is Parametrization.SP or declaration.role not in (Role.HIDDEN,
-                                                                     Role.READOUT):
+def lr_multiplier(row: TensorRole, spec: ModelSpec) -> float:
+    """Per-tensor LR as a multiple of the base LR α, from the tensor's own fan-in and its
+    fan-in at the base width (m = fan_in / base_fan_in; for the built-in model that is
+    M / M₀ for every matrix, and a matrix whose fan-in does not grow keeps α)."""
+    if spec.param is Parametrization.SP or row.role not in (Role.HIDDEN, Role.READOUT):
         return 1.0
     if spec.param is Parametrization.MUP:
-        # m is exactly 1.0 at base width, so this division is exact there.
-        return 1.0 / spec.width_multiplier
-    return 1.0 / declaration.fan_in  # MUP_ABS
+        # integer fan-ins: the quotient is M / M₀ to the last bit, and exactly 1.0 at the
+        # base width, where µP must equal SP
+        return 1.0 / (row.fan_in / row.base_fan_in)
+    return 1.0 / row.fan_in  # MUP_ABS
 
 
-def weight_decay(declaration: Declaration, spec: ModelSpec, hparams: HParams) -> float:
+def weight_decay(row: TensorRole, spec: ModelSpec, hparams: HParams) -> float:
     """The λ to hand the optimizer so the per-step decay follows ``hparams.weight_decay_rule``.
 
     PyTorch's AdamW (and our Lion) decay a tensor by lr_tensor(t)·λ_tensor per step, with
     lr_tensor(t) = s(t)·α·multiplier. Solving for λ_tensor gives the three conventions of
     docs/spec.md §3. Gains and biases are never decayed.
     """
-    if not declaration.role.is_matrix or hparams.weight_decay == 0:
+    if not row.role.is_matrix or hparams.weight_decay == 0:
         return 0.0
-    multiplier = lr_multiplier(declaration, spec)
+    multiplier = lr_multiplier(row, spec)
     rule = hparams.weight_decay_rule
     if rule is WeightDecay.COUPLED:
         return hparams.weight_decay
@@ -121,16 +123,16 @@ def weight_decay(declaration: Declaration, spec: ModelSpec, hparams: HParams) ->
     return hparams.weight_decay / (hparams.lr * multiplier)  # INDEPENDENT
 
 
-def eps(declaration: Declaration, spec: ModelSpec, hparams: HParams) -> float:
+def eps(row: TensorRole, spec: ModelSpec, hparams: HParams) -> float:
     """Adam ε: one constant, or scaled like the LR multiplier (and, for hidden matrices,
     which all sit inside residual branches, by the depth rule's L₀/L too)."""
     if hparams.eps_rule is EpsRule.CONSTANT:
         return hparams.eps
-    depth = residual_multiplier(spec) if declaration.role is Role.HIDDEN else 1.0
-    return hparams.eps * lr_multiplier(declaration, spec) * depth
+    depth = residual_multiplier(spec) if row.role is Role.HIDDEN else 1.0
+    return hparams.eps * lr_multiplier(row, spec) * depth
 
 
-def init_kind(declaration: Declaration, spec: ModelSpec) -> str:
+def init_kind(declaration: Declaration | TensorRole, spec: ModelSpec) -> str:
     if declaration.role is Role.GAIN:
         return "ones"
     return "normal" if init_std(declaration, spec) > 0 else "zeros"
@@ -138,8 +140,9 @@ def init_kind(declaration: Declaration, spec: ModelSpec) -> str:
 
 # ---- how the rules scale, for the code that reasons about them ------------------------------
 
-def _hidden(fan_in: int) -> Declaration:
-    return Declaration(Role.HIDDEN, fan_in)
+def _hidden(fan_in: int, base_fan_in: int) -> TensorRole:
+    return TensorRole(name="", role=Role.HIDDEN, shape=(), fan_in=fan_in,
+                      base_fan_in=base_fan_in)
 
 
 def describe_hidden_lr(spec: ModelSpec, alpha: float) -> str:
@@ -148,11 +151,12 @@ def describe_hidden_lr(spec: ModelSpec, alpha: float) -> str:
         return f"α = {alpha:.4g} (SP: one LR)"
     if spec.param is Parametrization.MUP:
         m = spec.width_multiplier
-        return f"α/m = {alpha * lr_multiplier(_hidden(spec.width), spec):.4g} (m = {m:g})"
+        hidden = _hidden(spec.width, spec.base_width)
+        return f"α/m = {alpha * lr_multiplier(hidden, spec):.4g} (m = {m:g})"
     width, mlp = spec.width, spec.mlp_width  # the absolute rule: each matrix's own fan-in
-    return (f"α/fan_in = {alpha * lr_multiplier(_hidden(width), spec):.4g} for the "
-            f"M = {width} → · matrices, {alpha * lr_multiplier(_hidden(mlp), spec):.4g} for "
-            f"the MLP out (F = {mlp})")
+    return (f"α/fan_in = {alpha * lr_multiplier(_hidden(width, width), spec):.4g} for the "
+            f"M = {width} → · matrices, {alpha * lr_multiplier(_hidden(mlp, mlp), spec):.4g} "
+            f"for the MLP out (F = {mlp})")
 
 
 def alpha_for_base_lr(spec: ModelSpec, hidden_lr: float) -> float:

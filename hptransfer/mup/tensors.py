@@ -8,15 +8,16 @@ are lost by FSDP and torch.compile (a known microsoft/mup problem).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from hptransfer.errors import ConfigError
 from hptransfer.hparams import HParams
-from hptransfer.mup.roles import Declaration, Role
+from hptransfer.mup.roles import Declaration, Role, RoleTable, TensorRole
 from hptransfer.mup.rules import eps, init_kind, init_std, lr_multiplier, weight_decay
 from hptransfer.spec import ModelSpec
 
@@ -78,44 +79,67 @@ class TensorRule:
                 "eps": self.eps}
 
 
-def tensor_rules(model: nn.Module, spec: ModelSpec, hparams: HParams | None = None
+def _rows(model: nn.Module, roles: RoleTable) -> list[tuple[TensorRole, nn.Parameter]]:
+    """Each parameter of ``model`` with its row, in the model's order; a model that is not
+    the one the table describes is refused."""
+    parameters = dict(model.named_parameters())
+    if list(parameters) != [row.name for row in roles]:
+        extra = sorted(set(parameters) - {row.name for row in roles})
+        missing = sorted({row.name for row in roles} - set(parameters))
+        raise ConfigError(
+            f"the model's parameters are not the role table's (not in the table: "
+            f"{extra[:5] or 'none'}; missing from the model: {missing[:5] or 'none'}): build "
+            f"the model the table was made for (same family and spec)")
+    wrong = [f"{row.name} {list(parameters[row.name].shape)} vs {list(row.shape)}"
+             for row in roles if tuple(parameters[row.name].shape) != row.shape]
+    if wrong:
+        raise ConfigError(f"the model's shapes are not the role table's ({', '.join(wrong[:5])}"
+                          f"): it was built at another width or depth")
+    return [(row, parameters[row.name]) for row in roles]
+
+
+def tensor_rules(roles: RoleTable, spec: ModelSpec, hparams: HParams | None = None
                  ) -> list[TensorRule]:
-    """The table's numbers for every parameter of ``model``, in creation order."""
+    """The table's numbers for every row of ``roles``, in the model's order."""
     hparams = hparams or HParams()
     return [
-        TensorRule(name=name, role=decl.role, shape=tuple(p.shape), fan_in=decl.fan_in,
-                   init=init_kind(decl, spec), init_std=init_std(decl, spec),
-                   lr_multiplier=lr_multiplier(decl, spec),
-                   weight_decay=weight_decay(decl, spec, hparams),
-                   eps=eps(decl, spec, hparams))
-        for name, p, decl in declared_parameters(model)
+        TensorRule(name=row.name, role=row.role, shape=row.shape, fan_in=row.fan_in,
+                   init=init_kind(row, spec), init_std=init_std(row, spec),
+                   lr_multiplier=lr_multiplier(row, spec),
+                   weight_decay=weight_decay(row, spec, hparams), eps=eps(row, spec, hparams))
+        for row in roles
     ]
 
 
 @torch.no_grad()
-def initialize(model: nn.Module, spec: ModelSpec, generator: torch.Generator) -> None:
-    """Initialise every parameter from the table, in creation order, from ``generator``."""
-    for _, parameter, decl in declared_parameters(model):
-        if decl.role is Role.GAIN:
+def initialize(model: nn.Module, roles: Mapping[str, Declaration | TensorRole] | RoleTable,
+               spec: ModelSpec, generator: torch.Generator) -> None:
+    """Initialise every parameter of ``model`` from its role, in the model's parameter
+    order, from ``generator`` (gains to one, zero-std roles to zero, the rest normal)."""
+    for name, parameter in model.named_parameters():
+        row = roles[name]
+        if row.role is Role.GAIN:
             parameter.fill_(1.0)
             continue
-        std = init_std(decl, spec)
+        std = init_std(row, spec)
         if std == 0.0:
             parameter.zero_()
         else:
             parameter.normal_(0.0, std, generator=generator)
 
 
-def param_groups(model: nn.Module, spec: ModelSpec, hparams: HParams) -> list[dict[str, Any]]:
-    """Optimizer param groups: one per distinct (LR, λ, ε), with absolute ``lr`` values.
+def param_groups(model: nn.Module, roles: RoleTable, spec: ModelSpec, hparams: HParams
+                 ) -> list[dict[str, Any]]:
+    """Optimizer param groups of ``model``: one per distinct (LR, λ, ε) of its role table,
+    with absolute ``lr`` values, ready for ``torch.optim.AdamW(groups)``.
 
     Under SP (or µP at base width with no weight decay) this is a single group, which is
     what makes the base-width identity exact.
     """
     groups: dict[tuple[float, float, float], list[nn.Parameter]] = {}
-    for _, parameter, decl in declared_parameters(model):
-        key = (hparams.lr * lr_multiplier(decl, spec), weight_decay(decl, spec, hparams),
-               eps(decl, spec, hparams))
+    for row, parameter in _rows(model, roles):
+        key = (hparams.lr * lr_multiplier(row, spec), weight_decay(row, spec, hparams),
+               eps(row, spec, hparams))
         groups.setdefault(key, []).append(parameter)
     return [{"params": params, "lr": lr, "weight_decay": wd, "eps": e}
             for (lr, wd, e), params in groups.items()]

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from hptransfer.data.corpus import Corpus
 
 __all__ = ["DEFAULT_TRIALS", "OFF", "PROXY_BUDGET", "PROXY_HPARAMS", "PROXY_SPACE",
-           "PROXY_SPEC", "ConfigFile", "StudyConfig", "StudyTemplate", "from_sources",
-           "refuse_different", "study_config"]
+           "PROXY_SPEC", "ConfigFile", "StudyConfig", "StudyTemplate", "check_roles",
+           "from_sources", "refuse_different", "roles_digest", "study_config"]
 
 # The built-in CPU proxy setting (docs/tuning.md): 8 trials of width 128 take about 7 minutes
 # on 2 cores; the LR range spans the bowl of every width from 32 to 256.
@@ -46,6 +46,9 @@ class StudyConfig(FrozenConfig):
     seed: int = 0
     corpus_hash: str
     data: str | None = Field(None, description="--data path, None for the built-in corpus")
+    roles_digest: str | None = Field(
+        None, description="digest of the model's role table at the base width (None in "
+                          "studies made before role tables were recorded)")
 
     def tokens_per_trial(self) -> int:
         """Training tokens of one trial at the base batch size (the proxies' horizon)."""
@@ -56,13 +59,34 @@ class StudyConfig(FrozenConfig):
         return ModelSpec(**{**self.spec.model_dump(), "width": width})
 
 
+def roles_digest(spec: ModelSpec) -> str:
+    """The digest of ``spec``'s role table at the base width (builds on the meta device)."""
+    from hptransfer.models.registry import role_table
+
+    return role_table(ModelSpec(**{**spec.model_dump(), "width": spec.base_width})).digest()
+
+
+def check_roles(name: str, config: StudyConfig) -> None:
+    """Refuse to work on study ``name`` when this machine's model has another role table
+    than the one the study was tuned with (its code, or a role, changed)."""
+    if config.roles_digest is not None and roles_digest(config.spec) != config.roles_digest:
+        raise StudyError(
+            f"study {name!r} was tuned on a model whose role table differs from this "
+            f"machine's {config.spec.model} model (its parameters or their µP roles changed): "
+            f"use the model code the study was tuned with, or start a new study with --study "
+            f"OTHER_NAME")
+
+
 def refuse_different(name: str, old: StudyConfig, new: StudyConfig) -> None:
     """Refuse to resume study ``name`` (made with ``old``) with a different config."""
-    diff = [k for k in StudyConfig.model_fields if getattr(old, k) != getattr(new, k)]
+    diff = [k for k in StudyConfig.model_fields if getattr(old, k) != getattr(new, k)
+            and not (k == "roles_digest" and old.roles_digest is None)]
     if diff:
+        what = ", ".join("role table (the model's parameters or their µP roles)"
+                         if k == "roles_digest" else k for k in diff)
         raise StudyError(
-            f"study {name!r} already exists with a different {', '.join(diff)}; resume it "
-            f"with the same settings, or start a new one with --study OTHER_NAME")
+            f"study {name!r} already exists with a different {what}; resume it with the same "
+            f"settings, or start a new one with --study OTHER_NAME")
 
 
 def study_config(*, spec: ModelSpec | None = None, space: SearchSpace | None = None,
@@ -87,7 +111,7 @@ def study_config(*, spec: ModelSpec | None = None, space: SearchSpace | None = N
         budget = Budget(**{**budget.model_dump(), "steps": None,
                            "tokens": budget.steps * space.base.batch_size * spec.seq_len})
     return StudyConfig(spec=spec, budget=budget, space=space, seed=seed,
-                       corpus_hash=corpus.content_hash, data=data)
+                       corpus_hash=corpus.content_hash, data=data, roles_digest=roles_digest(spec))
 
 
 # ---- config files ----------------------------------------------------------------------------

@@ -22,7 +22,8 @@ from hptransfer.budget import Budget
 from hptransfer.data.corpus import Corpus, load_corpus
 from hptransfer.errors import ConfigError
 from hptransfer.hparams import HParams
-from hptransfer.models.transformer import Transformer
+from hptransfer.models.family import logits_of
+from hptransfer.models.registry import family_of, role_table
 from hptransfer.mup.rules import FORMULATION
 from hptransfer.provenance import collect
 from hptransfer.record import CurvePoint, RunRecord, Status, Verdict
@@ -43,20 +44,38 @@ _EVAL_ROWS = 32
 _TRAIN_CURVE_POINTS = 100
 
 
-def token_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of a (rows, T + 1) window batch, computed in fp32."""
+def token_loss(model: torch.nn.Module, batch: torch.Tensor, *, check: bool = False
+               ) -> torch.Tensor:
+    """Mean next-token cross-entropy of a (rows, T + 1) window batch, computed in fp32.
+
+    ``check`` verifies the model's side of the contract first (logits (B, T, V) with V
+    above every target id): a clear error instead of an index error deep in the loss.
+    """
     inputs, targets = batch[:, :-1], batch[:, 1:]
-    logits = model(inputs)
+    logits = logits_of(model(inputs))
+    if check:
+        _check_logits(logits, inputs, targets)
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
+def _check_logits(logits: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+    if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(inputs.shape):
+        raise ConfigError(f"the model maps token ids {tuple(inputs.shape)} to "
+                          f"{tuple(logits.shape)}; its forward must return logits (B, T, V)")
+    top = int(targets.max())
+    if logits.shape[-1] <= top:
+        raise ConfigError(f"the model's logits have V = {logits.shape[-1]} entries but the "
+                          f"corpus has token id {top}: build it with a vocabulary of at least "
+                          f"{top + 1} (the factory gets vocab= when it takes that keyword)")
+
+
 @torch.no_grad()
-def evaluate(model: Transformer, batches: list[torch.Tensor]) -> float:
+def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], spec: ModelSpec) -> float:
     """Token-weighted mean validation loss over fixed window batches."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    with autocast(model.spec, batches[0].device.type if batches else "cpu"):
+    with autocast(spec, batches[0].device.type if batches else "cpu"):
         for batch in batches:
             rows = batch.shape[0]
             total += token_loss(model, batch).item() * rows
@@ -93,9 +112,12 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
             f"the corpus {corpus.name} has vocabulary {corpus.vocab_size} but the model spec "
             f"has vocab={spec.vocab}; set vocab to at least {corpus.vocab_size}")
 
+    family = family_of(spec)
+    family.check(spec)
+    roles = role_table(spec)
     torch.manual_seed(seed)
-    model = Transformer(spec, seed=seed).to(on)
-    optimizer = build_optimizer(model, spec, hparams)
+    model = family.build(spec, seed=seed).to(on)
+    optimizer = build_optimizer(model, roles, spec, hparams)
     # DDP all-reduces gradients during backward; the optimizer, clipping and evaluation keep
     # working on `model`, whose parameters the wrapper shares.
     forward = data_parallel(model) if ranks.parallel else model
@@ -121,7 +143,7 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
         batch = torch.from_numpy(corpus.train_batch(rng, hparams.batch_size, spec.seq_len))
         batch = batch.to(on, non_blocking=True)
         with autocast(spec, on.type):
-            loss = token_loss(forward, ranks.rows(batch))
+            loss = token_loss(forward, ranks.rows(batch), check=step == 0)
         loss.backward()
         if hparams.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(parameters, hparams.grad_clip, foreach=True)
@@ -144,7 +166,7 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
         if step % budget.eval_every == 0 or step == planned:
             # rank 0 evaluates for all: the ranks hold the same weights, and then hold the
             # same curve too
-            loss_here = evaluate(model, validation) if ranks.rank == 0 else math.nan
+            loss_here = evaluate(model, validation, spec) if ranks.rank == 0 else math.nan
             point = CurvePoint(step=step, tokens=step * tokens_per_step,
                                loss=ranks.shared(loss_here))
             if not math.isfinite(point.loss):
@@ -165,7 +187,7 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
         val_curve=tuple(val_curve),
         train_curve=_downsample(train_losses, tokens_per_step),
         steps=step, planned_steps=planned, tokens_seen=tokens,
-        flops=spec.flops_per_token() * tokens,
+        flops=family.flops_per_token(spec) * tokens,
         wall_time_s=time.perf_counter() - started,
         tokens_per_s=tokens / train_seconds if train_seconds > 0 else 0.0,
         spec=spec, hparams=hparams, budget=budget, seed=seed, corpus=corpus.describe(),

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from hptransfer.hparams import HParams, Optimizer
+from hptransfer.mup.roles import RoleTable
 from hptransfer.mup.tensors import param_groups
 from hptransfer.spec import ModelSpec
 
@@ -62,10 +63,10 @@ class Lion(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(model: nn.Module, spec: ModelSpec, hparams: HParams
+def build_optimizer(model: nn.Module, roles: RoleTable, spec: ModelSpec, hparams: HParams
                     ) -> torch.optim.Optimizer:
-    """The optimizer for ``model`` with the µP per-tensor LR, λ and ε of the spec."""
-    groups = param_groups(model, spec, hparams)
+    """The optimizer for ``model`` with the µP per-tensor LR, λ and ε of its role table."""
+    groups = param_groups(model, roles, spec, hparams)
     betas = (hparams.beta1, hparams.beta2)
     if hparams.optimizer is Optimizer.LION:
         for group in groups:
