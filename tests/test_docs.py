@@ -39,8 +39,11 @@ def test_docs_have_commands():
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     """One folder (and HPTRANSFER_HOME) for all documented commands, run in document order,
-    so a `status` or `plot` finds the study an earlier `tune` made."""
-    return tmp_path_factory.mktemp("docs")
+    so a `status` or `plot` finds the study an earlier `tune` made. Documented commands
+    run from the repository root, so its example models are linked in."""
+    folder = tmp_path_factory.mktemp("docs")
+    (folder / "integrations").symlink_to(ROOT / "integrations")  # read-only examples
+    return folder
 
 
 @pytest.mark.slow

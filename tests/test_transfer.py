@@ -350,16 +350,31 @@ def test_json_has_the_required_keys():
     assert Prediction.model_validate_json(prediction.model_dump_json()) == prediction
 
 
-def test_snippets():
-    prediction = predict_from_trials(bowl([32, 64]), make_config(), 4096)
-    code = prediction.to_torch_param_groups_snippet()
+def test_snippets_build_the_target_with_its_mup_optimizer():
+    """The torch snippet runs: it builds the study's family at the target width with the
+    µP init and an optimizer whose groups carry the table's LRs (hidden α/m, embedding α)."""
+    prediction = predict_from_trials(bowl([32, 64]), make_config(), 256)
+    code = prediction.torch_snippet()
+    assert "optimizer_for(model, spec, hparams)" in code and '"width":256' in code
+    scope: dict = {}
+    exec(compile(code, "snippet", "exec"), scope)
+    alpha, m = prediction.hparams.lr, 256 / 128
+    groups = scope["optimizer"].param_groups
+    peaks = sorted({group["initial_lr"] for group in groups})  # the schedule's peak per group
+    assert peaks == pytest.approx(sorted({alpha / m, alpha}))
+    assert tuple(scope["model"].readout.weight.shape) == (256, 256)
+    assert max(group["lr"] for group in groups) < max(peaks)  # warmup starts below the peak
+
+
+def test_hf_snippet_is_for_hf_models():
+    config = make_config()
+    llama = config.model_copy(update={"spec": config.spec.model_copy(
+        update={"model": "hf-llama"})})
+    prediction = predict_from_trials(bowl([32, 64]), llama, 256)
+    code = prediction.hf_snippet()
     compile(code, "snippet", "exec")
-    assert "param_groups(model, spec, hparams)" in code and '"width":4096' in code
-    with pytest.warns(UserWarning, match="ONE global learning rate"):
-        fields = prediction.to_hf_training_arguments()
-    assert fields["learning_rate"] == prediction.hparams.lr
-    assert {"weight_decay", "per_device_train_batch_size", "lr_scheduler_type", "warmup_ratio",
-            "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm"} <= set(fields)
+    assert "Trainer(model=model, args=args, optimizers=optimizers" in code
+    assert "ONE global" not in code  # the µP groups go in the Trainer's optimizer
 
 
 # ---- a real study: end to end, the CLI, and a stored study --------------------------------
@@ -413,8 +428,8 @@ def test_cli_predict(runner, tiny_study, tmp_path):
     result = runner.invoke(main, [*args, "--snippet", "torch"])
     assert result.exit_code == 0, result.output
     compile(result.output, "snippet", "exec")
-    result = runner.invoke(main, [*args, "--snippet", "hf"])
-    assert result.exit_code == 0 and "# WARNING: Hugging Face" in result.output
+    result = runner.invoke(main, [*args, "--snippet", "hf"])  # the built-in model
+    assert result.exit_code == 2 and "--snippet hf builds a Hugging Face" in result.output
 
 
 @pytest.mark.parametrize("extra, message", [

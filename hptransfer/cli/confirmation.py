@@ -7,7 +7,13 @@ import click
 
 from hptransfer.backends import Backend
 from hptransfer.cli.app import main
-from hptransfer.cli.options import address_option, fail, storage_option, threads_option
+from hptransfer.cli.options import (
+    address_option,
+    fail,
+    model_option,
+    storage_option,
+    threads_option,
+)
 
 
 def _offsets(ctx, param, text: str) -> tuple[float, ...]:
@@ -52,8 +58,9 @@ def _existing_storage_or_fail(storage: str | None, study: str) -> None:
                    "must be divisible by it")
 @click.option("--cpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
               help="--backend ray: CPUs (= training threads) per worker")
+@model_option
 def confirm(target_width, study_name, storage, offsets, as_json, threads, backend, address,
-            workers, cpus_per_worker) -> None:
+            workers, cpus_per_worker, model) -> None:
     """Train the predicted point and its LR neighbours at --target-width and judge it.
 
     The runs are recorded in the study's storage (as the Optuna study
@@ -75,7 +82,8 @@ def confirm(target_width, study_name, storage, offsets, as_json, threads, backen
 
     result = run_confirm(target_width, study=study_name, storage=storage, offsets=offsets,
                          threads=threads, on_run=progress, backend=Backend(backend),
-                         workers=workers, address=address, cpus_per_worker=cpus_per_worker)
+                         workers=workers, address=address, cpus_per_worker=cpus_per_worker,
+                         model=model)
     if as_json:
         click.echo(result.model_dump_json(indent=2))
         return
@@ -108,20 +116,18 @@ def print_confirmation(result) -> None:
                    "else none]")
 @click.option("--out", type=click.Path(file_okay=False), default="reports", show_default=True,
               help="folder for the Markdown and HTML report")
-def report(study_name, storage, target_width, out) -> None:
+@model_option
+def report(study_name, storage, target_width, out, model) -> None:
     """Write NAME_report.md and a self-contained NAME_report.html: the µTransfer plot, the
     LR optimum vs width with the prediction, its rules and warnings, and the confirmation
     runs with their verdict."""
     from hptransfer.report.study_report import write_report
-    from hptransfer.study.ledger import StudyError
-    from hptransfer.study.storage import StorageError
+    from hptransfer.study.ledger import load_config
+    from hptransfer.transfer.predictor import check_model
 
     _existing_storage_or_fail(storage, study_name)
-    try:
-        written = write_report(study_name, storage=storage, target_width=target_width,
-                               out_dir=out)
-    except (StudyError, StorageError) as error:
-        fail(str(error))
+    check_model(study_name, load_config(study_name, storage), model)
+    written = write_report(study_name, storage=storage, target_width=target_width, out_dir=out)
     click.echo(f"markdown: {written.markdown}\nhtml:     {written.html}")
     if written.verdict is not None:
         click.echo(f"verdict at width {written.target_width}: {written.verdict}")

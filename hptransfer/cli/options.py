@@ -175,6 +175,10 @@ def storage_option(*, required: bool = False, help: str = "the study's Optuna st
                              f"journal){default}")
 
 
+model_option = click.option(
+    "--model", default=None,
+    help="the model family the study was tuned on (a check: refused if it is another) "
+         "[default: the study's]")
 data_option = click.option(
     "--data", type=click.Path(), default=None,
     help="corpus: a text file, a .bin token file, or a folder with train.bin and val.bin "

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import click
 
 from hptransfer.cli.app import main
-from hptransfer.cli.options import NUMBER, fail, storage_option
+from hptransfer.cli.options import NUMBER, fail, model_option, storage_option
 
 
 def _power(value: float) -> str:
@@ -101,10 +100,11 @@ def print_prediction(prediction, *, baselines: bool = False) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="also write the prediction as JSON to this file")
 @click.option("--snippet", type=click.Choice(["torch", "hf"]), default=None,
-              help="print ready code instead: torch param groups with µP per-tensor LRs for "
-                   "hptransfer's model, or Hugging Face TrainingArguments fields")
+              help="print ready code instead: the target model with its µP optimizer and "
+                   "schedule for a PyTorch loop, or for a Hugging Face Trainer")
+@model_option
 def predict(target_width, study_name, storage, target_depth, target_tokens, target_batch,
-            horizon_exponent, baseline, bootstrap, seed, as_json, out, snippet) -> None:
+            horizon_exponent, baseline, bootstrap, seed, as_json, out, snippet, model) -> None:
     """Predict lr, weight decay and batch size at --target-width from a tuned study.
 
     Fits each proxy width's optimum (quadratic in log2 lr, bootstrap intervals), fits the
@@ -126,34 +126,23 @@ def predict(target_width, study_name, storage, target_depth, target_tokens, targ
     prediction = predict_hparams(target_width, study=study_name, storage=storage,
                                  target_depth=target_depth, target_tokens=tokens,
                                  target_batch=target_batch, horizon_exponent=horizon_exponent,
-                                 bootstrap=bootstrap, seed=seed)
+                                 bootstrap=bootstrap, seed=seed, model=model)
+    if snippet == "hf" and not prediction.spec.model.startswith("hf-"):
+        fail(f"--snippet hf builds a Hugging Face Trainer, and study {study_name!r} tuned the "
+             f"{prediction.spec.model} model: use --snippet torch, or tune --model hf-llama")
     text = prediction.model_dump_json(indent=2)
     if out is not None:
         write_atomic(Path(out), text + "\n")
     if as_json:
         click.echo(text)
     elif snippet == "torch":
-        click.echo(prediction.to_torch_param_groups_snippet())
+        click.echo(prediction.torch_snippet())
     elif snippet == "hf":
-        fields = json.dumps(_hf_fields(prediction), indent=4)
-        warning = "\n".join(f"# {line}" for line in _wrap(prediction.hf_warning()))
-        click.echo(f"{warning}\nfrom transformers import TrainingArguments\n\n"
-                   f"args = TrainingArguments(output_dir=\"out\", **{fields})")
+        click.echo(prediction.hf_snippet())
     else:
         print_prediction(prediction, baselines=baseline)
         if out is not None:
             click.echo(f"\nprediction written to {out}")
 
 
-def _hf_fields(prediction) -> dict:
-    import warnings
 
-    with warnings.catch_warnings():  # the same warning is printed above the code
-        warnings.simplefilter("ignore")
-        return prediction.to_hf_training_arguments()
-
-
-def _wrap(text: str, width: int = 96) -> list[str]:
-    import textwrap
-
-    return textwrap.wrap("WARNING: " + text, width)

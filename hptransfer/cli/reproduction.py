@@ -33,8 +33,11 @@ def study() -> None:
 @click.option("--results", type=click.Path(file_okay=False), default=None,
               help="folder of the recorded <name>.json [default: results/ beside the "
                    "definition]")
+@click.option("--model", default=None,
+              help="run the study on this model family (docs/models.md); its result is "
+                   "recorded as NAME-MODEL [default: the setting's, the built-in model]")
 @threads_option
-def run(definition, storage, widths, setting_path, results, threads) -> None:
+def run(definition, storage, widths, setting_path, results, model, threads) -> None:
     """Train a study's missing cells and record them.
 
     Every LR octave at every width (or depth, or budget) of DEFINITION, a path
@@ -48,7 +51,7 @@ def run(definition, storage, widths, setting_path, results, threads) -> None:
     from hptransfer.reproduction.ablation import default_folder, load_study
     from hptransfer.reproduction.study import run_study
 
-    resolved = load_study(definition, setting=setting_path, widths=widths)
+    resolved = load_study(definition, setting=setting_path, widths=widths, model=model)
     folder = Path(definition).parent if definition.endswith(".toml") else None
     results = Path(results) if results else (folder or default_folder()) / "results"
     corpus = load_corpus(resolved.setting.data)
@@ -84,7 +87,9 @@ def run(definition, storage, widths, setting_path, results, threads) -> None:
               help="print Markdown (what docs/reproduction.md shows)")
 @click.option("--out", type=click.Path(file_okay=False), default="reports", show_default=True,
               help="folder for each study's µTransfer plot")
-def table(names, from_results, storage, folder, results, as_markdown, out) -> None:
+@click.option("--model", default=None,
+              help="the studies as run with study run --model (NAME-MODEL results)")
+def table(names, from_results, storage, folder, results, as_markdown, out, model) -> None:
     """Print the paper-style table of studies (default: all).
 
     Per study: loss per width × LR, the argmin per width, "Transfer: Yes" iff the argmin is
@@ -105,7 +110,7 @@ def table(names, from_results, storage, folder, results, as_markdown, out) -> No
         fail("give --from-results or --storage, not both")
     folder = Path(folder) if folder else default_folder()
     results = Path(results) if results else folder / "results"
-    studies = [load_study(name, folder=folder) for name in
+    studies = [load_study(name, folder=folder, model=model) for name in
                (names or [p.stem for p in definition_files(folder)])]
     if not studies:
         fail(f"no study definitions in {folder} (give --studies FOLDER)")

@@ -23,7 +23,7 @@ from hptransfer.cli.options import (
     widths_option,
 )
 from hptransfer.hparams import HParams
-from hptransfer.spec import DepthRule, ModelSpec, Parametrization
+from hptransfer.spec import DepthRule, ModelSpec, Parametrization, RoleSource
 
 
 @main.command()
@@ -81,17 +81,17 @@ def describe(as_json: bool, **values: Any) -> None:
     depth_rule = ("" if spec.depth_rule is DepthRule.NONE else
                   f", depth rule {spec.depth_rule.value} (residual branches × L₀/L = "
                   f"{residual_multiplier(spec):g})")
+    model = "" if spec.model == "builtin" else f", model {spec.model}"
     click.echo(f"{spec.param.value}: width {spec.width} (m = {spec.width_multiplier:g}), "
-               f"depth {spec.depth}, heads {spec.heads} × {spec.head_dim}, "
-               f"attention scale {spec.attention_scale.value}, lr α = {hparams.lr:g}"
-               f"{depth_rule}")
-    header = f"{'name':<28} {'role':<10} {'shape':<12} {'init':>10} {'lr mult':>9} " \
-             f"{'wd (λ)':>9}"
-    click.echo(header)
+               f"depth {spec.depth}, heads {spec.heads} × {spec.head_dim}, attention scale "
+               f"{spec.attention_scale.value}, lr α = {hparams.lr:g}{depth_rule}{model}")
+    name = max(28, *(len(rule.name) for rule in rules))
+    click.echo(f"{'name':<{name}} {'role':<10} {'shape':<12} {'init':>10} {'lr mult':>9} "
+               f"{'wd (λ)':>9}")
     for rule in rules:
         shape = "×".join(str(s) for s in rule.shape)
         init = f"{rule.init_std:.4g}" if rule.init == "normal" else rule.init
-        click.echo(f"{rule.name:<28} {rule.role.value:<10} {shape:<12} {init:>10} "
+        click.echo(f"{rule.name:<{name}} {rule.role.value:<10} {shape:<12} {init:>10} "
                    f"{rule.lr_multiplier:>9.4g} {rule.weight_decay:>9.3g}")
 
 
@@ -105,19 +105,26 @@ def describe(as_json: bool, **values: Any) -> None:
 @click.option("--lr", type=NUMBER, default=None,
               help="constant learning rate [default: 2^-5; for mup-abs 2^-5 × base width, the "
                    "same hidden-matrix LR at base width]")
-@click.option("--depth", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--head-dim", type=click.IntRange(min=2), default=16, show_default=True)
+@click.option("--depth", type=click.IntRange(min=1), default=2, show_default=True,
+              help="transformer blocks")
+@click.option("--head-dim", type=click.IntRange(min=2), default=16, show_default=True,
+              help="per-head dimension D, fixed across widths")
+@click.option("--model", default="builtin", show_default=True,
+              help=ModelSpec.model_fields["model"].description)
+@click.option("--roles", type=click.Choice([r.value for r in RoleSource]), default="auto",
+              show_default=True, help=ModelSpec.model_fields["roles"].description)
 @click.option("--tolerance", type=click.FloatRange(min=1.0, min_open=True), default=1.25,
               show_default=True, help="allowed growth factor per doubling of width")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="init and data seed")
 @click.option("--out", type=click.Path(file_okay=False), default="coord_check",
               show_default=True, help="folder for the JSON report and PNG plot")
 @data_option
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def coord_check_command(widths: tuple[int, ...], param: str, steps: int, lr: float | None,
-                        depth: int, head_dim: int, tolerance: float, seed: int, out: str,
-                        data: str | None, threads: int | None, as_json: bool) -> None:
+                        depth: int, head_dim: int, model: str, roles: str, tolerance: float,
+                        seed: int, out: str, data: str | None, threads: int | None,
+                        as_json: bool) -> None:
     """Check that activations stay flat in width (exit 0) or not (exit 1)."""
     from hptransfer.checks.coord_check import coord_check
     from hptransfer.data.corpus import load_corpus
@@ -125,7 +132,7 @@ def coord_check_command(widths: tuple[int, ...], param: str, steps: int, lr: flo
 
     try:
         for width in widths:
-            ModelSpec(width=width, head_dim=head_dim, param=param)
+            ModelSpec(width=width, head_dim=head_dim, param=param, model=model, roles=roles)
     except ValidationError as error:
         fail(explain(error))
     if lr is not None and lr <= 0:
@@ -133,12 +140,13 @@ def coord_check_command(widths: tuple[int, ...], param: str, steps: int, lr: flo
     corpus = load_corpus(data)
     report = coord_check(widths=widths, param=param, steps=steps, lr=lr, depth=depth,
                          head_dim=head_dim, tolerance=tolerance, seed=seed, corpus=corpus,
-                         threads=threads, vocab=max(corpus.vocab_size, 2))
+                         threads=threads, vocab=max(corpus.vocab_size, 2), model=model,
+                         roles=roles)
     json_path, png_path = write_coord_check(report, out)
     if as_json:
         click.echo(report.model_dump_json(indent=2))
     else:
-        click.echo(f"coord check {param}, widths {','.join(map(str, widths))}, lr "
+        click.echo(f"coord check {model} {param}, widths {','.join(map(str, widths))}, lr "
                    f"{report.lr:g}: {'PASS' if report.passed else 'FAIL'}")
         for growth in report.failures:
             click.echo(f"  {growth.module} at t={growth.step}: ×{growth.per_doubling:.2f} per "

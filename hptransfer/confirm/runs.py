@@ -167,7 +167,7 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
             tolerance: float = TOLERANCE,
             on_run: Callable[[ConfirmationRun], None] | None = None,
             backend: Backend = Backend.LOCAL, workers: int = 1, address: str | None = None,
-            cpus_per_worker: int = 1) -> Confirmation:
+            cpus_per_worker: int = 1, model: str | None = None) -> Confirmation:
     """Train the prediction for ``target_width`` and its LR neighbours α·2^offset, record
     them in ``storage`` and judge the prediction (module docstring).
 
@@ -202,7 +202,7 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     placement = _placement(backend, threads=threads, workers=workers, address=address,
                            cpus_per_worker=cpus_per_worker)
     quiet_optuna()
-    prediction = predict_hparams(target_width, study=study, storage=storage)
+    prediction = predict_hparams(target_width, study=study, storage=storage, model=model)
     url = _storage_url(storage) if placement.ray is not None else None
     storage = open_storage_arg(storage)
     try:

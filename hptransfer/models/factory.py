@@ -16,8 +16,10 @@ entry-point group (a package's ``[project.entry-points."hptransfer.models"]``,
 Roles (``--roles``, default ``auto``): declared when every module is a
 :class:`~hptransfer.mup.tensors.Declared`, else the pattern table ``ROLES`` (a dict
 ``{name pattern: role}``) beside the factory in its module (or as ``make_model.roles``), else
-inferred from shapes. Training FLOPs per token are counted on the ``meta`` device with
-``torch.utils.flop_counter`` (forward and backward of one window).
+inferred from shapes. The output contract and the training FLOPs per token are checked
+and counted on the ``meta`` device with ``torch.utils.flop_counter`` (forward and backward
+of one window, no memory); a forward that cannot run on meta tensors is checked on the
+first training step and its FLOPs are estimated from its matrices.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import functools
 import importlib
 import importlib.util
 import inspect
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -109,6 +112,7 @@ class FactoryFamily(ModelFamily):
             raise ConfigError(f"--depth-rule {spec.depth_rule.value} scales residual branches "
                               f"inside the model, which hptransfer cannot do for a factory's "
                               f"model: use --depth-rule none")
+        self._check_output(spec)
 
     def make(self, spec: ModelSpec) -> nn.Module:
         from torch import nn
@@ -159,7 +163,9 @@ class FactoryFamily(ModelFamily):
                 f"keeps its own scale (µP wants 1/D; docs/models.md)",)
 
     @functools.lru_cache(maxsize=32)  # noqa: B019  (one family object per name, cached)
-    def _flops(self, spec_json: str) -> float:
+    def _probe(self, spec_json: str) -> tuple[tuple[int, ...], float] | None:
+        """The logits' shape and the training FLOPs per token of one window, on the meta
+        device (no memory, no compute); None when the forward cannot run on meta tensors."""
         import torch
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -169,20 +175,41 @@ class FactoryFamily(ModelFamily):
         with torch.device("meta"):
             model = self.make(spec)
             tokens = torch.zeros(1, spec.seq_len, dtype=torch.long)
-            with FlopCounterMode(display=False) as counter:
-                logits_of(model(tokens)).float().sum().backward()
-        return counter.get_total_flops() / spec.seq_len
+            try:
+                with FlopCounterMode(display=False) as counter:
+                    logits = logits_of(model(tokens))
+                    logits.float().sum().backward()
+            except ConfigError:
+                raise
+            except Exception:  # data-dependent code (.item(), masks): no meta run
+                return None
+        return tuple(logits.shape), counter.get_total_flops() / spec.seq_len
+
+    def _check_output(self, spec: ModelSpec) -> None:
+        probe = self._probe(spec.model_dump_json())
+        if probe is None:
+            return  # checked on the first training step instead
+        shape = probe[0]
+        if len(shape) != 3 or shape[:2] != (1, spec.seq_len):
+            raise ConfigError(f"--model {self.target}: its forward maps token ids (1, "
+                              f"{spec.seq_len}) to {shape}; it must return logits (B, T, V)")
+        if shape[2] < spec.vocab:
+            raise ConfigError(f"--model {self.target}: its logits have V = {shape[2]} entries, "
+                              f"fewer than the vocabulary {spec.vocab}: let the factory take "
+                              f"vocab= (hptransfer passes the corpus's) or build it larger")
 
     def flops_per_token(self, spec: ModelSpec) -> float:
-        try:
-            return self._flops(spec.model_dump_json())
-        except ConfigError:
-            raise
-        except Exception as error:
-            raise ConfigError(f"--model {self.target}: counting its FLOPs on the meta device "
-                              f"failed ({type(error).__name__}: {error}); its forward must run "
-                              f"on meta tensors (no .item() or data-dependent control flow)"
-                              ) from None
+        """Counted on the meta device; else 3 × (2 × matrix parameters + 2·2·L·T·M), the
+        built-in convention with attention over the model width."""
+        probe = self._probe(spec.model_dump_json())
+        if probe is not None:
+            return probe[1]
+        from hptransfer.models.family import table_of
+        from hptransfer.mup.roles import Role
+
+        matrices = sum(math.prod(row.shape) for row in table_of(self, spec)
+                       if row.role in (Role.HIDDEN, Role.READOUT))
+        return 3.0 * (2.0 * matrices + 4 * spec.depth * spec.seq_len * spec.width)
 
     def describe(self) -> dict:
         return {"family": "factory", "target": self.target}

@@ -281,10 +281,11 @@ def definition_files(folder: str | Path) -> list[Path]:
 
 def load_study(definition: str | Path, *, folder: str | Path | None = None,
                setting: Setting | str | Path | None = None,
-               widths: tuple[int, ...] | None = None) -> Study:
+               widths: tuple[int, ...] | None = None, model: str | None = None) -> Study:
     """Resolve a definition, given as a path or a name in ``folder`` (default:
     :func:`default_folder`), against ``setting`` (default: the definition's folder's
-    ``setting.toml``)."""
+    ``setting.toml``). ``model`` runs the study on another model family: the study (and its
+    recorded result) is then named ``<name>-<model>``, beside the built-in model's."""
     path = Path(definition)
     if path.suffix != ".toml":
         path = Path(folder or default_folder()) / f"{definition}.toml"
@@ -300,4 +301,10 @@ def load_study(definition: str | Path, *, folder: str | Path | None = None,
         ablation = Ablation(**_read_toml(path))
     except ValidationError as error:
         raise AblationError(f"{path}: {_explain(error)}") from None
-    return ablation.resolve(path.stem, setting, widths=widths, source=str(path))
+    name = path.stem
+    if model is not None:
+        setting = setting.model_copy(update={"spec": {**setting.spec, "model": model}})
+        slug = re.sub(r"[^a-z0-9]+", "-", Path(model.rpartition(":")[0] or model).stem.lower()
+                      if ":" in model else model.lower()).strip("-")
+        name = f"{name}-{slug}"
+    return ablation.resolve(name, setting, widths=widths, source=str(path))

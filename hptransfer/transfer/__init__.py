@@ -20,7 +20,6 @@ from hptransfer.transfer.optimum import CONFIDENCE as CONFIDENCE
 from hptransfer.transfer.optimum import MIN_BAND_TRIALS as MIN_BAND_TRIALS
 from hptransfer.transfer.optimum import WINDOW_OCTAVES as WINDOW_OCTAVES
 from hptransfer.transfer.optimum import Estimate, WidthEvidence
-from hptransfer.transfer.prediction import HF_WARNING as HF_WARNING
 from hptransfer.transfer.prediction import Evidence, Prediction
 from hptransfer.transfer.predictor import MIN_COMPLETE as MIN_COMPLETE
 from hptransfer.transfer.predictor import PredictionError, predict_from_trials, predict_hparams

@@ -38,11 +38,15 @@ def baselines(records: list[TrialRecord], fits: list[WidthFit], spec: ModelSpec,
     best = min(done, key=lambda r: r.final_val_loss)
     sp_note = ("an SP fit: absolute per-step LR for every tensor and batch in tokens; not "
                "directly comparable to a µP base α (compare it with the hidden-matrix LR)")
-    n = spec.parameter_count()  # non-embedding, readout included (as Step Law counts)
+    from hptransfer.models.registry import family_of
+
+    family = family_of(spec)
+    n = family.parameter_count(spec)  # non-embedding, readout included (as Step Law counts)
+    per_token = family.flops_per_token(spec)
     a, alpha, beta = STEP_LAW["lr"]
     b, gamma = STEP_LAW["batch_tokens"]
     step_batch = b * tokens**gamma
-    compute = spec.flops_per_token() * tokens  # DeepSeek's C = M·D, M = non-embedding FLOPs/token
+    compute = per_token * tokens  # DeepSeek's C = M·D, M = non-embedding FLOPs/token
     c, delta = DEEPSEEK["lr"]
     e, zeta = DEEPSEEK["batch_tokens"]
     deepseek_batch = e * compute**zeta
@@ -61,7 +65,7 @@ def baselines(records: list[TrialRecord], fits: list[WidthFit], spec: ModelSpec,
             lr=c * compute**delta, batch_tokens=deepseek_batch,
             batch_size=max(1, round(deepseek_batch / spec.seq_len)),
             note=f"DeepSeek LLM (2024): η = 0.3118·C^−0.125, B = 0.292·C^0.327 tokens, "
-                 f"C = M·D = {compute:.3g} FLOPs with M = {spec.flops_per_token():.3g} "
+                 f"C = M·D = {compute:.3g} FLOPs with M = {per_token:.3g} "
                  f"non-embedding training FLOPs per token (attention included) and "
                  f"D = {tokens:,}; {sp_note}"),
     }

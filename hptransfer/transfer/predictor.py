@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from hptransfer.errors import PredictionError, StudyError
+from hptransfer.errors import ConfigError, PredictionError, StudyError
 from hptransfer.hparams import HParams
+from hptransfer.models.registry import family_of
 from hptransfer.spec import DepthRule, ModelSpec
 from hptransfer.study.config import StudyConfig
 from hptransfer.study.ledger import TrialRecord, TrialStatus
@@ -32,7 +33,7 @@ from hptransfer.transfer.rules import (
     weight_decay_at_target,
 )
 
-__all__ = ["PredictionError", "predict_from_trials", "predict_hparams"]
+__all__ = ["PredictionError", "check_model", "predict_from_trials", "predict_hparams"]
 
 MIN_COMPLETE = 3  # completed trials a width needs (a parabola needs three LRs)
 
@@ -95,6 +96,13 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
     except ValueError as error:
         raise PredictionError(f"target width {target_width}: {error}") from None
 
+    if spec.model != "builtin":  # a factory may not build at every width: say so here
+        from hptransfer.models.registry import role_table
+
+        try:
+            role_table(spec)
+        except ConfigError as error:
+            raise PredictionError(f"target width {target_width}: {error}") from None
     usable, left_out = _usable_widths(records, study)
     rng = np.random.default_rng(seed)
     fits = [fit_width(w, rows, config, band=band, window=window, bootstrap=bootstrap,
@@ -103,6 +111,7 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
     notes.warnings += left_out + [f"width {fit.evidence.width}: {flag}" for fit in fits
                                   for flag in fit.evidence.flags
                                   if not flag.startswith("note:")]
+    notes.warnings += [f"model: {note}" for note in family_of(spec).limitations(spec)]
     transfer, zero = transfer_fits(fits, config, target_width)
     judge_width_fits(transfer, config, target_width, max(usable), notes)
 
@@ -159,17 +168,27 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
                       baselines=baselines(records, fits, spec, tokens))
 
 
+def check_model(study: str, config: StudyConfig, model: str | None) -> None:
+    """Refuse a ``--model`` that is not the family study ``study`` was tuned on."""
+    if model is not None and model != config.spec.model:
+        raise PredictionError(f"study {study!r} was tuned with --model {config.spec.model}, "
+                              f"not {model}: give --model {config.spec.model}, or tune a "
+                              f"study of {model}")
+
+
 def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = None,
                     target_depth: int | None = None, target_tokens: int | None = None,
                     target_batch: int | None = None, horizon_exponent: float | None = None,
-                    bootstrap: int = 1000, seed: int = 0) -> Prediction:
+                    bootstrap: int = 1000, seed: int = 0, model: str | None = None
+                    ) -> Prediction:
     """Predict the hparams of a model of width ``target_width`` from study ``study``.
 
     ``storage`` is an Optuna storage or URL (None: ``$HPTRANSFER_HOME/studies.db``).
     ``target_tokens`` and ``target_batch`` (sequences) default to the proxies' own; the
     rules that move the LR for them are listed in ``Prediction.rules``.
     ``horizon_exponent`` is β of the horizon rule η* ∝ D^−β (None: the literature default
-    ``HORIZON_EXPONENT``; a steps study such as ``studies/horizon.toml`` measures it). Raises
+    ``HORIZON_EXPONENT``; a steps study such as ``studies/horizon.toml`` measures it).
+    ``model``, when given, must be the model family the study was tuned on. Raises
     :class:`PredictionError` when the study cannot support a prediction.
 
     >>> predict_hparams(1024, study="gone", storage="sqlite:///:memory:")  # doctest: +ELLIPSIS
@@ -192,6 +211,7 @@ def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = N
         records = load_trials(study, storage)
     except StudyError as error:
         raise PredictionError(str(error)) from None
+    check_model(study, config, model)
     return predict_from_trials(records, config, target_width, study=study,
                                target_depth=target_depth, target_tokens=target_tokens,
                                target_batch=target_batch,
