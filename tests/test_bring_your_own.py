@@ -295,3 +295,22 @@ def test_hugging_face_trainer_trains_with_the_mup_optimizer(tmp_path, tiny_corpu
     assert not torch.equal(before, model.lm_head.weight)
     peaks = sorted({group["initial_lr"] for group in optimizer.param_groups})
     assert peaks == pytest.approx([hparams.lr / 2, hparams.lr])  # hidden/readout α/m, rest α
+
+
+def test_an_attention_whose_scale_cannot_be_set_is_refused():
+    """A transformers version whose attention keeps its scale elsewhere: never 1/√D
+    silently."""
+    pytest.importorskip("transformers")
+    from hptransfer.models.registry import family_of
+
+    spec = ModelSpec(model="hf-llama", width=64, base_width=32, depth=2)
+    family = family_of(spec)
+    model = family.make(spec)
+    for module in model.modules():
+        if type(module).__name__.endswith("Attention"):
+            del module.scaling
+    with pytest.raises(ConfigError, match="cannot set the attention scale"):
+        family.configure(model, spec)
+    configured = family.make(spec)
+    family.configure(configured, spec)
+    assert {m.scaling for m in configured.modules() if hasattr(m, "scaling")} == {1 / 16}

@@ -115,3 +115,54 @@ def test_parameter_count_is_the_models(model):
     built = build_model(spec, seed=0)
     total = sum(p.numel() for p in built.parameters())
     assert family_of(spec).parameter_count(spec, embedding=True) == total
+
+
+def test_a_changed_role_table_is_refused_on_resume(model, tiny_corpus, tmp_path):
+    """A study records its model's role table: resuming it with another one (the model's
+    code changed) is refused before any trial runs."""
+    from hptransfer.errors import StudyError
+    from hptransfer.space import SearchSpace
+    from hptransfer.study.config import study_config
+    from hptransfer.study.tune import tune
+
+    config = study_config(spec=spec_of(model, width=32), corpus=tiny_corpus,
+                          space=SearchSpace(lr=(2.0**-8, 2.0**-6), base=HParams(batch_size=2)),
+                          budget=Budget(steps=1, eval_every=1, eval_tokens=256))
+    assert config.roles_digest == role_table(config.spec).digest()
+    url = str(tmp_path / "s.log")
+    stale = config.model_copy(update={"roles_digest": "sha256:" + "0" * 64})
+    tune(stale, study="s", widths=(32,), trials=1, storage=url, corpus=tiny_corpus)
+    with pytest.raises(StudyError, match="role table"):
+        tune(config, study="s", widths=(32,), trials=2, storage=url, corpus=tiny_corpus)
+
+
+@pytest.mark.parametrize("hf", ["hf-llama", "hf-gpt2"])
+def test_a_hugging_face_model_goes_from_tune_to_param_groups(hf, tiny_corpus, text_file,
+                                                             tmp_path, monkeypatch):
+    """tune → predict → confirm → param groups for the full-size model, in one storage."""
+    from hptransfer.confirm.runs import confirm
+    from hptransfer.space import SearchSpace
+    from hptransfer.study.config import study_config
+    from hptransfer.study.ledger import confirmation_widths, load_trials
+    from hptransfer.study.tune import tune
+    from hptransfer.study.worker import LocalRunner
+    from hptransfer.transfer import predict_hparams
+
+    monkeypatch.setenv("HPTRANSFER_HOME", str(tmp_path / "home"))
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    config = study_config(spec=spec_of(hf, width=32, depth=1), corpus=tiny_corpus,
+                          space=SearchSpace(lr=(2.0**-8, 2.0**-4), base=HParams(batch_size=4)),
+                          budget=Budget(steps=4, eval_every=2, eval_tokens=512),
+                          data=text_file)
+    tune(config, study="hf", widths=(32, 64), trials=3, storage=url, corpus=tiny_corpus,
+         runner=LocalRunner(threads=1))
+    assert len(load_trials("hf", url)) == 6
+    prediction = predict_hparams(128, study="hf", storage=url, model=hf)
+    assert prediction.spec.model == hf
+    result = confirm(64, study="hf", storage=url, offsets=(-1.0, 0.0, 1.0), threads=1)
+    assert len(result.runs) == 3 and confirmation_widths("hf", url) == [64]
+    full = prediction.build_model(seed=0)
+    lrs = {id(p): g["lr"] for g in prediction.param_groups(full) for p in g["params"]}
+    alpha = prediction.hparams.lr
+    assert lrs[id(full.get_output_embeddings().weight)] == pytest.approx(alpha / 4)  # m = 4
+    assert lrs[id(full.get_input_embeddings().weight)] == pytest.approx(alpha)

@@ -131,6 +131,7 @@ def coord_check_figure(report: CoordCheckReport):
     axes[0][0].set_ylabel("mean |activation|")
     axes[0][-1].legend(fontsize=7)
     verdict = "PASS" if report.passed else "FAIL"
-    fig.suptitle(f"coord check, {report.param.value}, lr {report.lr:g}: {verdict}")
+    model = "" if report.spec.model == "builtin" else f"{report.spec.model}, "
+    fig.suptitle(f"coord check, {model}{report.param.value}, lr {report.lr:g}: {verdict}")
     fig.tight_layout()
     return fig
