@@ -17,14 +17,20 @@ from pydantic import Field, model_validator
 
 from hptransfer.spec import FrozenConfig
 
-__all__ = ["Budget"]
+__all__ = ["DEFAULT_STEPS", "Budget"]
+
+DEFAULT_STEPS = 200  # when neither steps nor tokens is given
 
 
 class Budget(FrozenConfig):
     """How long to train and how to evaluate."""
 
-    steps: int | None = Field(None, gt=0, description="optimizer steps (or give tokens)")
-    tokens: int | None = Field(None, gt=0, description="training tokens (or give steps)")
+    steps: int | None = Field(None, gt=0, description="optimizer steps (or give tokens)",
+                              json_schema_extra={"cli_default": f"{DEFAULT_STEPS}, unless "
+                                                                f"--tokens is given"})
+    tokens: int | None = Field(None, gt=0, description="training tokens (or give steps)",
+                               json_schema_extra={"cli_default": "none: the budget is "
+                                                                 "--steps"})
     eval_every: int = Field(50, gt=0, description="validate every this many steps")
     eval_tokens: int = Field(
         65536, gt=0,
@@ -37,7 +43,7 @@ class Budget(FrozenConfig):
     @classmethod
     def _default_steps(cls, data: object) -> object:
         if isinstance(data, dict) and data.get("steps") is None and data.get("tokens") is None:
-            return {**data, "steps": 200}
+            return {**data, "steps": DEFAULT_STEPS}
         return data
 
     @model_validator(mode="after")

@@ -8,7 +8,7 @@ with status 2, without a traceback; anything else is a bug and keeps its traceba
 from __future__ import annotations
 
 __all__ = ["AblationError", "ConfigError", "CorpusError", "HPTransferError",
-           "PredictionError", "StorageError", "StudyError"]
+           "PredictionError", "StorageError", "StudyError", "explain_fields"]
 
 
 class HPTransferError(ValueError):
@@ -37,3 +37,17 @@ class PredictionError(HPTransferError):
 
 class AblationError(HPTransferError):
     """A reproduction study definition or setting that cannot be used."""
+
+
+def explain_fields(error: Exception) -> str:
+    """A pydantic ``ValidationError`` as one clause per problem, naming the field where there
+    is one (``spec.width: ...``): the message to show instead of pydantic's own."""
+    errors = getattr(error, "errors", None)
+    if not callable(errors):
+        return str(error)
+    clauses = []
+    for item in errors():
+        where, message = ".".join(map(str, item["loc"])), item["msg"].removeprefix(
+            "Value error, ")
+        clauses.append(f"{where}: {message}" if where else message)
+    return "; ".join(clauses)

@@ -186,9 +186,11 @@ class ModelSpec(FrozenConfig):
     mlp_ratio: int = Field(4, gt=0, description="MLP hidden width F = mlp_ratio · width")
     param: Parametrization = Field(Parametrization.MUP, description="parametrization")
     attention_scale: AttentionScale = Field(
-        None, description="attention logit scale (1/D for µP, 1/sqrt(D) for SP)")
+        None, description="attention logit scale",
+        json_schema_extra={"cli_default": "1/D under µP, 1/sqrt(D) under --param sp"})
     readout_init: ReadoutInit = Field(
-        None, description="unembedding init (mup for µP, sp for SP)")
+        None, description="unembedding init",
+        json_schema_extra={"cli_default": "mup under µP, sp under --param sp"})
     norm_gain: NormGain = Field(NormGain.NONE, description="trainable RMSNorm gains")
     embedding_norm: EmbeddingNorm = Field(EmbeddingNorm.NONE,
                                           description="RMSNorm after the embedding")

@@ -56,7 +56,7 @@ def test_train_help_has_an_option_per_config_field(runner: CliRunner) -> None:
     for option in ("--width", "--head-dim", "--param", "--lr", "--weight-decay-rule",
                    "--steps", "--tokens", "--eval-every", "--seed", "--data", "--json"):
         assert option in output
-    assert "depends on --param" in output  # attention scale / readout init defaults
+    assert "1/D under µP, 1/sqrt(D) under --param sp" in " ".join(output.split())
 
 
 def test_version(runner: CliRunner) -> None:

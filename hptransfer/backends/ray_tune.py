@@ -92,11 +92,11 @@ def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
     from hptransfer.study.config import check_roles
     from hptransfer.study.leases import record_worker
     from hptransfer.study.ledger import write_inputs, write_outcome
-    from hptransfer.study.storage import open_storage
+    from hptransfer.study.storage import Access, open_storage
     from hptransfer.train.loop import train
 
     config = StudyConfig.model_validate_json(job["config"])
-    storage = open_storage(job["storage"])
+    storage = open_storage(job["storage"], Access.UPDATE)
     trial_id = ray_config["optuna_trial_id"]
     params = {k: v for k, v in ray_config.items() if k != "optuna_trial_id"}
     record_worker(storage, trial_id)

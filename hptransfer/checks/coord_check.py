@@ -117,6 +117,9 @@ def coord_check(*, widths: tuple[int, ...] = (32, 64, 128, 256),
     """
     if len(widths) < 2:
         raise ConfigError(f"a coord check needs at least two widths, got {list(widths)}")
+    if not (math.isfinite(tolerance) and tolerance > 1):
+        raise ConfigError(f"tolerance is the growth allowed per doubling of width, above 1, "
+                          f"got {tolerance}")
     torch.set_num_threads(resolve_threads(threads))
     corpus = corpus if corpus is not None else load_corpus()
     specs = [ModelSpec(width=w, depth=depth, seq_len=seq_len, param=param, **spec_fields)

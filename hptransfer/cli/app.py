@@ -2,7 +2,8 @@
 
 Any :class:`~hptransfer.errors.HPTransferError` a command lets through is printed as one
 ``error:`` line with exit status 2 and no traceback: the message already says what is wrong
-and how to fix it. Anything else is a bug and keeps its traceback.
+and how to fix it; so is a failure of the storage's database layer mid-command. Anything
+else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from hptransfer.errors import HPTransferError
 __all__ = ["main"]
 
 
+def _storage_failure(error: Exception) -> bool:
+    """An error of the storage's database layer (SQLAlchemy, or Optuna's wrapper of it)."""
+    return (type(error).__module__.split(".")[0] == "sqlalchemy"
+            or type(error).__name__ == "StorageInternalError")
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
@@ -21,6 +28,21 @@ class _Group(click.Group):
         except HPTransferError as error:
             click.echo(f"error: {error}", err=True)
             ctx.exit(2)
+        except Exception as error:
+            if not _storage_failure(error):
+                raise
+            # a server gone or a file damaged mid-command: the record is the database's
+            # own, and what completed is there; say so instead of a traceback
+            cause = str(getattr(error, "orig", error)).strip().splitlines()[0]
+            click.echo(f"error: the study storage failed: {type(error).__name__}: {cause}. "
+                       f"Completed trials are in it; check the server or the file and run "
+                       f"the same command again", err=True)
+            ctx.exit(2)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings as one ``warning:`` line on stderr, not a source location."""
+    click.echo(f"warning: {message}", err=True)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"],
@@ -28,3 +50,6 @@ class _Group(click.Group):
 @click.version_option(package_name="hptransfer")
 def main() -> None:
     """Tune hyperparameters on small µP proxies; transfer them to the model you train."""
+    import warnings
+
+    warnings.showwarning = _show_warning

@@ -3,17 +3,22 @@ and write up a study."""
 
 from __future__ import annotations
 
+import sys
+
 import click
+from pydantic import ValidationError
 
 from hptransfer.backends import Backend
 from hptransfer.cli.app import main
 from hptransfer.cli.options import (
     address_option,
+    check_out,
     fail,
     model_option,
     storage_option,
     threads_option,
 )
+from hptransfer.errors import explain_fields
 
 
 def _offsets(ctx, param, text: str) -> tuple[float, ...]:
@@ -64,9 +69,10 @@ def confirm(target_width, study_name, storage, offsets, as_json, threads, backen
     """Train the predicted point and its LR neighbours at --target-width and judge it.
 
     The runs are recorded in the study's storage (as the Optuna study
-    NAME.confirm.wWIDTH); running the command again trains only the missing ones. The
-    verdict is CONFIRMED, OPTIMUM HIGHER, OPTIMUM LOWER or INCONCLUSIVE, with the loss
-    regret of the prediction; the exit status is 0 whatever the verdict.
+    NAME.confirm.wWIDTH); running the command again trains only the missing ones and
+    retries failed ones. The verdict is CONFIRMED, OPTIMUM HIGHER, OPTIMUM LOWER or
+    INCONCLUSIVE, with the loss regret of the prediction; the exit status is 0 whatever the
+    verdict, and 1 when every run failed.
 
     With --backend ray each run is a Ray Train job of --workers data-parallel workers; the
     runs are recorded, by this process, exactly like local ones.
@@ -86,8 +92,13 @@ def confirm(target_width, study_name, storage, offsets, as_json, threads, backen
                          model=model)
     if as_json:
         click.echo(result.model_dump_json(indent=2))
-        return
-    print_confirmation(result)
+    else:
+        print_confirmation(result)
+    failed = [run for run in result.runs if run.status.value == "error"]
+    if failed and len(failed) == len(result.runs):
+        click.echo(f"error: every confirmation run failed ({failed[0].reason}); they are "
+                   f"recorded, and the same command retries them", err=True)
+        sys.exit(1)
 
 
 def print_confirmation(result) -> None:
@@ -125,8 +136,15 @@ def report(study_name, storage, target_width, out, model) -> None:
     from hptransfer.study.ledger import load_config
     from hptransfer.transfer.predictor import check_model
 
+    check_out(out, folder=True)
     _existing_storage_or_fail(storage, study_name)
-    check_model(study_name, load_config(study_name, storage), model)
+    config = load_config(study_name, storage)
+    check_model(study_name, config, model)
+    if target_width is not None:
+        try:
+            config.spec_at(target_width)
+        except ValidationError as error:
+            fail(f"--target-width {target_width}: {explain_fields(error)}")
     written = write_report(study_name, storage=storage, target_width=target_width, out_dir=out)
     click.echo(f"markdown: {written.markdown}\nhtml:     {written.html}")
     if written.verdict is not None:

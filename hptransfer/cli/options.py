@@ -14,6 +14,7 @@ import math
 import re
 import sys
 from enum import Enum
+from pathlib import Path
 from typing import Any, get_args
 
 import click
@@ -67,19 +68,34 @@ def _click_type(annotation: Any) -> Any:
     return str
 
 
-def config_options(*models: type[BaseModel], exclude: tuple[str, ...] = ()):
+def shown_default(model: type[BaseModel], name: str, defaults: dict[str, Any] | None = None
+                  ) -> str:
+    """The default an option of ``model``'s field ``name`` stands for, as its help shows it:
+    the command's own (``defaults``), the field's ``cli_default`` words where the value
+    follows from other fields, else the field's default."""
+    field = model.model_fields[name]
+    if defaults and name in defaults:
+        value = defaults[name]
+    else:
+        extra = field.json_schema_extra or {}
+        if "cli_default" in extra:
+            return str(extra["cli_default"])
+        value = field.default
+    return str(value.value if isinstance(value, Enum) else value)
+
+
+def config_options(*models: type[BaseModel], exclude: tuple[str, ...] = (),
+                   defaults: dict[str, Any] | None = None):
     """Decorator adding one option per field of ``models``; values arrive as ``None`` when
-    not given, so the config's own defaults apply."""
+    not given, so the config's own defaults apply (or the command's ``defaults``, which the
+    help then shows: the help is made from the objects the code uses)."""
 
     def decorate(command):
         for model in reversed(models):
             for name, field in reversed(list(model.model_fields.items())):
                 if name in exclude:
                     continue
-                default = field.default
-                shown = default.value if isinstance(default, Enum) else default
-                hint = (f" [default: {shown}]" if default is not None
-                        else " [default: depends on --param]")
+                hint = f" [default: {shown_default(model, name, defaults)}]"
                 command = click.option(_option_name(name), name, type=_click_type(
                     field.annotation), default=None, help=(field.description or "") + hint
                 )(command)
@@ -165,6 +181,27 @@ def widths_option(minimum: int = 1):
         return widths
 
     return parse
+
+
+def check_out(path: str | Path | None, *, folder: bool) -> None:
+    """Refuse, before any compute, an output that cannot be written: a file where a folder
+    is wanted (or the reverse), or a place this user cannot write to."""
+    if path is None:
+        return
+    target = Path(path).expanduser()
+    if target.exists():
+        if folder and not target.is_dir():
+            fail(f"--out {path} is a file; give a folder for the outputs")
+        if not folder and target.is_dir():
+            fail(f"--out {path} is a folder; give a file name, e.g. {target / 'out.json'}")
+        place = target if folder else target.parent
+    else:
+        place = next((p for p in target.parents if p.exists()), Path("."))
+    from hptransfer.study.storage import can_write_in
+
+    if not place.is_dir() or not can_write_in(place):
+        fail(f"--out {path}: cannot write in {place} (permission denied, or not a folder); "
+             f"give an --out you can write to")
 
 
 def storage_option(*, required: bool = False, help: str = "the study's Optuna storage"):

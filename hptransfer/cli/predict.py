@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from hptransfer.cli.app import main
-from hptransfer.cli.options import NUMBER, fail, model_option, storage_option
+from hptransfer.cli.options import NUMBER, check_out, fail, model_option, storage_option
 
 
 def _power(value: float) -> str:
@@ -121,8 +121,7 @@ def predict(target_width, study_name, storage, target_depth, target_tokens, targ
         if target_tokens < 1 or target_tokens != math.floor(target_tokens):
             fail(f"--target-tokens must be a positive whole number, got {target_tokens:g}")
         tokens = int(target_tokens)
-    if out is not None and Path(out).is_dir():
-        fail(f"--out {out} is a folder; give a file name such as prediction.json")
+    check_out(out, folder=False)
     prediction = predict_hparams(target_width, study=study_name, storage=storage,
                                  target_depth=target_depth, target_tokens=tokens,
                                  target_batch=target_batch, horizon_exponent=horizon_exponent,

@@ -11,7 +11,21 @@ from pathlib import Path
 import click
 
 from hptransfer.cli.app import main
-from hptransfer.cli.options import fail, storage_option, threads_option, widths_option
+from hptransfer.cli.options import (
+    check_out,
+    fail,
+    storage_option,
+    threads_option,
+    widths_option,
+)
+
+
+def _check_model(model: str) -> None:
+    """The family ``--model`` names resolves (before a study is named after it)."""
+    from hptransfer.models.registry import family_of
+    from hptransfer.spec import ModelSpec
+
+    family_of(ModelSpec(model=model))
 
 
 @main.group()
@@ -51,6 +65,9 @@ def run(definition, storage, widths, setting_path, results, model, threads) -> N
     from hptransfer.reproduction.ablation import default_folder, load_study
     from hptransfer.reproduction.study import run_study
 
+    check_out(results, folder=True)
+    if model is not None:
+        _check_model(model)
     resolved = load_study(definition, setting=setting_path, widths=widths, model=model)
     folder = Path(definition).parent if definition.endswith(".toml") else None
     results = Path(results) if results else (folder or default_folder()) / "results"
@@ -71,7 +88,8 @@ def run(definition, storage, widths, setting_path, results, model, threads) -> N
         progress.close()
     click.echo(f"{len(result.cells)}/{result.planned} cells recorded: "
                f"{results / (resolved.name + '.json')}\n"
-               f"table: hptransfer study table {resolved.name}")
+               f"table: hptransfer study table {Path(definition).stem}"
+               + (f" --model {model}" if model else ""))
 
 
 @study.command("table")
@@ -104,10 +122,15 @@ def table(names, from_results, storage, folder, results, as_markdown, out, model
     )
     from hptransfer.reproduction.study import empty_result, load_result, result_from_storage
     from hptransfer.reproduction.table import markdown, tabulate, text, write_plot
-    from hptransfer.study.storage import open_storage
+    from hptransfer.study.storage import Access, open_storage
 
     if from_results and storage:
         fail("give --from-results or --storage, not both")
+    check_out(out, folder=True)
+    if results is not None and not Path(results).is_dir():
+        fail(f"--results {results} is not a folder of recorded results")
+    if model is not None:
+        _check_model(model)
     folder = Path(folder) if folder else default_folder()
     results = Path(results) if results else folder / "results"
     studies = [load_study(name, folder=folder, model=model) for name in
@@ -120,7 +143,7 @@ def table(names, from_results, storage, folder, results, as_markdown, out, model
     for resolved in studies:
         name = resolved.name
         if storage is not None:
-            result = result_from_storage(resolved, open_storage(storage))
+            result = result_from_storage(resolved, open_storage(storage, Access.READ))
         elif (results / f"{name}.json").is_file():
             result = load_result(results / f"{name}.json")
         else:

@@ -15,6 +15,7 @@ from hptransfer.cli.app import main
 from hptransfer.cli.options import (
     NUMBER,
     build,
+    check_out,
     config_options,
     data_option,
     explain,
@@ -24,6 +25,7 @@ from hptransfer.cli.options import (
 )
 from hptransfer.hparams import HParams
 from hptransfer.spec import DepthRule, ModelSpec, Parametrization, RoleSource
+from hptransfer.study.config import PROXY_SPEC
 
 
 @main.command()
@@ -43,6 +45,7 @@ def train(seed: int, data: str | None, threads: int | None, out: str | None, as_
 
     # Validate every option before touching the corpus or torch; the vocabulary, when not
     # given, is the corpus's and is filled in once the corpus is loaded.
+    check_out(out, folder=False)
     spec, hparams, budget = (build(m, values) for m in (ModelSpec, HParams, Budget))
     corpus = load_corpus(data)
     if values.get("vocab") is None:
@@ -130,6 +133,7 @@ def coord_check_command(widths: tuple[int, ...], param: str, steps: int, lr: flo
     from hptransfer.data.corpus import load_corpus
     from hptransfer.report.coord_check import write_coord_check
 
+    check_out(out, folder=True)
     try:
         for width in widths:
             ModelSpec(width=width, head_dim=head_dim, param=param, model=model, roles=roles)
@@ -174,6 +178,8 @@ def quickstart(out: str, steps: int, target_width: int, threads: int | None) -> 
     from hptransfer.cli.studies import TrialProgress
     from hptransfer.report.files import write_atomic
 
+    check_out(out, folder=True)
+    build(ModelSpec, {**PROXY_SPEC, "width": target_width})  # a target it can predict for
     folder = Path(out).resolve()
     storage = f"sqlite:///{folder / 'studies.db'}"
     click.echo("1/3 coord check, µP, widths 32..256")

@@ -21,6 +21,7 @@ from hptransfer.cli.app import main
 from hptransfer.cli.options import (
     address_option,
     batch_sizes_option,
+    check_out,
     config_options,
     data_option,
     explain,
@@ -31,7 +32,8 @@ from hptransfer.cli.options import (
     widths_option,
 )
 from hptransfer.spec import FrozenConfig, ModelSpec
-from hptransfer.study.config import DEFAULT_TRIALS, PROXY_BUDGET
+from hptransfer.study.config import DEFAULT_TRIALS, PROXY_BUDGET, PROXY_SPEC
+from hptransfer.study.ledger import check_name
 from hptransfer.study.search import Pruning, SamplerKind, WarmStart
 
 __all__ = ["TrialProgress", "TuneOptions"]
@@ -41,7 +43,7 @@ class TuneOptions(FrozenConfig):
     """The ``[tune]`` section of a config file, and the flags that override it: the request
     the ``tune`` command makes of :func:`hptransfer.study.tune.tune`."""
 
-    study: str = Field("proxy", min_length=1)
+    study: str = "proxy"  # checked by study.ledger.check_name
     widths: tuple[int, ...] = Field((128,), min_length=1)
     trials: int = Field(DEFAULT_TRIALS, ge=1)
     storage: str | None = None
@@ -133,7 +135,7 @@ class TuneOptions(FrozenConfig):
                    "[default: 1e-5,0.1]")
 @click.option("--batch-sizes", default=None, callback=batch_sizes_option,
               help="comma-separated powers of two, or 'off' [default: 8,16,32]")
-@config_options(ModelSpec, exclude=("width",))
+@config_options(ModelSpec, exclude=("width",), defaults=PROXY_SPEC)
 @click.option("--config", "config_path", type=click.Path(), default=None,
               help="TOML or YAML file with [tune], [spec], [hparams], [space], [budget]")
 @data_option
@@ -166,6 +168,7 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, prune
     except ValidationError as error:
         fail(f"{explain(error)}" + (f" (in --config {config_path} [tune] or the flags)"
                                      if config_path else ""))
+    check_name(opts.study)
     if opts.data is not None:  # workers started elsewhere must find the same file
         opts = opts.model_copy(update={"data": str(Path(opts.data).expanduser().resolve())})
     try:  # every width and section is valid before the corpus is read or anything runs
@@ -265,9 +268,9 @@ def _print_summary(name: str, storage: str, summaries) -> None:
 @click.option("--trials", type=click.IntRange(min=1), required=True,
               help="finished trials wanted per width")
 @click.option("--sampler", type=click.Choice([s.value for s in SamplerKind]), default="tpe",
-              show_default=True)
+              show_default=True, help="search algorithm; give the one the study's tune used")
 @click.option("--pruner", type=click.Choice([p.value for p in Pruning]), default="none",
-              show_default=True)
+              show_default=True, help="stop poor trials early, never before half the budget")
 @threads_option
 @click.option("--quiet", is_flag=True, help="no progress output")
 def worker(study_name, storage, width, trials, sampler, pruner, threads, quiet) -> None:
@@ -278,13 +281,18 @@ def worker(study_name, storage, width, trials, sampler, pruner, threads, quiet) 
     from hptransfer.data.corpus import check_hash, load_corpus
     from hptransfer.study.config import check_roles
     from hptransfer.study.ledger import load_config, widths_of
-    from hptransfer.study.storage import open_storage
+    from hptransfer.study.storage import Access, open_storage
     from hptransfer.study.worker import run_worker
     from hptransfer.train.device import resolve_threads
 
-    optuna_storage = open_storage(storage)
+    optuna_storage = open_storage(storage, Access.UPDATE)
     config = load_config(study_name, optuna_storage)
-    widths = [width] if width is not None else widths_of(study_name, optuna_storage)
+    widths = widths_of(study_name, optuna_storage)
+    if width is not None and width not in widths:
+        fail(f"study {study_name!r} has widths {', '.join(map(str, widths))}, not {width}: a "
+             f"worker joins a width the study has; add one with hptransfer tune --study "
+             f"{study_name} --widths {','.join(map(str, [*widths, width]))}")
+    widths = [width] if width is not None else widths
     corpus = load_corpus(config.data)
     check_hash(corpus, config.corpus_hash)
     check_roles(study_name, config)
@@ -305,9 +313,13 @@ def worker(study_name, storage, width, trials, sampler, pruner, threads, quiet) 
 def status(study_name, storage, as_json) -> None:
     """Summarise a study: per width, trials by status, the best trial and the compute used."""
     from hptransfer.study.ledger import TrialStatus, load_trials, study_names, summarize
-    from hptransfer.study.storage import normalize, open_storage
+    from hptransfer.study.storage import Access, missing_local_file, normalize, open_storage
 
-    optuna_storage = open_storage(storage)
+    if study_name is None and missing_local_file(storage) is not None:
+        # nothing recorded yet: say so, without creating the file
+        click.echo("{}" if as_json else "no studies yet: hptransfer tune --proxy-width 128")
+        return
+    optuna_storage = open_storage(storage, Access.READ)
     if study_name is None:
         names = study_names(optuna_storage)
         if as_json:
@@ -340,8 +352,9 @@ def plot(study_name, storage, out) -> None:
     """Write the µTransfer picture: validation loss vs LR, one curve per width."""
     from hptransfer.report.study_report import write_plot_page
     from hptransfer.study.ledger import load_trials, summarize
-    from hptransfer.study.storage import open_storage
+    from hptransfer.study.storage import Access, open_storage
 
-    records = load_trials(study_name, open_storage(storage))
+    check_out(out, folder=True)
+    records = load_trials(study_name, open_storage(storage, Access.READ))
     png, page = write_plot_page(study_name, records, summarize(records), out)
     click.echo(f"plot: {png}\npage: {page}")

@@ -44,6 +44,7 @@ from hptransfer.study.ledger import (
     write_plan,
     write_status,
 )
+from hptransfer.study.storage import Access
 
 if TYPE_CHECKING:
     from hptransfer.backends.ray_train import RayScaling
@@ -189,9 +190,11 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     from optuna.trial import TrialState
 
     from hptransfer.data.corpus import check_hash, load_corpus
+    from hptransfer.models.registry import family_of
     from hptransfer.study.config import check_roles
     from hptransfer.study.leases import reclaim_lost
     from hptransfer.study.search import quiet_optuna
+    from hptransfer.train.device import check_memory, resolve_device
     from hptransfer.transfer import predict_hparams
 
     offsets = tuple(sorted({float(o) for o in offsets}))
@@ -204,7 +207,7 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     quiet_optuna()
     prediction = predict_hparams(target_width, study=study, storage=storage, model=model)
     url = _storage_url(storage) if placement.ray is not None else None
-    storage = open_storage_arg(storage)
+    storage = open_storage_arg(storage, Access.UPDATE)
     try:
         config = load_config(study, storage)
     except StudyError as error:
@@ -213,6 +216,11 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     check_hash(corpus, config.corpus_hash)
     check_roles(study, config)
     predicted = prediction.hparams
+    target = family_of(prediction.spec)
+    target.check(prediction.spec)  # a target the family cannot build fails here, not 5 times
+    if placement.ray is None:
+        check_memory(target.parameter_count(prediction.spec, embedding=True), resolve_device(),
+                     f"the target model at width {target_width}")
     if placement.ray is not None:
         from hptransfer.backends.cluster import check_shared_storage, connect
         from hptransfer.train.ranks import rows_per_worker
@@ -230,14 +238,19 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     reclaim_lost(runs_study)
     low, high = predicted.lr * 2.0 ** offsets[0], predicted.lr * 2.0 ** offsets[-1]
     distribution = FloatDistribution(low, high, log=True)
+    # runs that errored in an earlier call are retried, once per call (an error that is
+    # the run's own would only repeat within one call)
+    retry = {r.offset for r in _runs(runs_study, predicted, offsets)
+             if r.status is TrialStatus.ERROR}
     while True:
         runs = {r.offset: r for r in _runs(runs_study, predicted, offsets)}
-        pending = [o for o in offsets if o not in runs]
+        pending = [o for o in offsets if o not in runs or o in retry]
         waiting = [o for o, r in runs.items() if r.status is TrialStatus.WAITING]
         if not pending and not waiting:
             break
         if not waiting:  # enqueue the next offset; ask() pops the oldest waiting trial
             offset = pending[0]
+            retry.discard(offset)
             enqueue(runs_study, {"lr": predicted.lr * 2.0 ** offset},
                     **{Attr.OFFSET: offset, Attr.ROLE: ROLE})
         trial = runs_study.ask()

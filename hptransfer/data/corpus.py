@@ -42,6 +42,7 @@ __all__ = [
     "Corpus",
     "CorpusError",
     "CorpusSource",
+    "CorpusWarning",
     "builtin_corpus_files",
     "check_hash",
     "is_builtin_validation_file",
@@ -210,7 +211,8 @@ def load_corpus(
 
     For ``.bin`` sources the vocabulary size is ``tokenizer.vocab_size`` if a tokenizer
     is given, else the ``vocab_size`` in a nanoGPT ``meta.pkl`` beside the files (read
-    with pickle: load only directories you trust), else the largest id + 1.
+    read with a restricted unpickler that builds only plain data, never code), else the largest
+    id + 1.
     ``tokenizer`` and ``validation_fraction`` do not apply to the built-in corpus.
     """
     if not 0.0 < validation_fraction < 1.0:
@@ -335,6 +337,7 @@ def _load_text_file(
     data = path.read_bytes()
     if not data:
         raise CorpusError(f"corpus file {str(path)!r} is empty")
+    _check_text(path, data)
     ids = tokenizer.encode(data.decode("utf-8", errors="surrogateescape"))
     ids = np.asarray(ids)
     if ids.ndim != 1 or ids.dtype != np.uint16:
@@ -355,6 +358,31 @@ def _load_text_file(
         train=train,
         validation=validation,
     )
+
+
+class CorpusWarning(UserWarning):
+    """Data that loads, but probably not as meant (shown as a ``warning:`` line)."""
+
+
+# NUL bytes do not occur in text; a file with them is a program, an archive or token ids
+_BINARY_SAMPLE = 1 << 20
+
+
+def _check_text(path: Path, data: bytes) -> None:
+    """Refuse binary data given as text; warn about text that is not UTF-8 (a byte model
+    trains on its bytes as they are, which is only right if that was meant)."""
+    if b"\x00" in data[:_BINARY_SAMPLE]:
+        raise CorpusError(
+            f"corpus file {str(path)!r} is binary (it holds NUL bytes), not text: give a text "
+            f"file, a .bin file of uint16 token ids, or a folder with train.bin and val.bin")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        import warnings
+
+        warnings.warn(f"corpus file {str(path)!r} is not valid UTF-8 (first bad byte at "
+                      f"{error.start}); its bytes are trained on as they are", CorpusWarning,
+                      stacklevel=3)
 
 
 def _load_token_dir(path: Path, tokenizer: Tokenizer | None) -> Corpus:
@@ -382,8 +410,7 @@ def _token_corpus(
     if tokenizer is not None:
         vocab_size, vocab_from = tokenizer.vocab_size, f"tokenizer {tokenizer.name!r}"
     elif meta_path.is_file():
-        with meta_path.open("rb") as f:
-            meta = pickle.load(f)
+        meta = _read_meta(meta_path)
         has_vocab = isinstance(meta, dict) and "vocab_size" in meta
         vocab_size = int(meta["vocab_size"]) if has_vocab else max_id + 1
         vocab_from = str(meta_path)
@@ -400,6 +427,29 @@ def _token_corpus(
         train=train,
         validation=validation,
     )
+
+
+class _PlainData(pickle.Unpickler):
+    """An unpickler that builds only dicts, lists, tuples, strings, numbers, booleans and
+    None: a nanoGPT ``meta.pkl`` holds nothing else, and a crafted one that names a
+    callable (the way pickles run code) is refused instead of run."""
+
+    def find_class(self, module: str, name: str):
+        raise CorpusError(f"meta.pkl names {module}.{name}: it holds code, not the plain "
+                          f"vocabulary data of a nanoGPT meta.pkl, and is not loaded")
+
+
+def _read_meta(path: Path) -> object:
+    try:
+        with path.open("rb") as handle:
+            return _PlainData(handle).load()
+    except CorpusError as error:
+        raise CorpusError(f"{path}: {error}; delete it, or give the vocabulary size with a "
+                          f"tokenizer") from None
+    except Exception as error:  # truncated or not a pickle at all
+        raise CorpusError(f"{path} is not a readable nanoGPT meta.pkl ({type(error).__name__}:"
+                          f" {error}); delete it, or give the vocabulary size with a "
+                          f"tokenizer") from None
 
 
 def _memmap(path: Path) -> np.ndarray:

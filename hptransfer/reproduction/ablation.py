@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, ValidationError, model_validator
 
 from hptransfer.budget import Budget
-from hptransfer.errors import AblationError
+from hptransfer.errors import AblationError, explain_fields
 from hptransfer.hparams import HParams
 from hptransfer.space import SearchSpace
 from hptransfer.spec import FrozenConfig, ModelSpec
@@ -96,7 +96,7 @@ class Setting(FrozenConfig):
         try:
             HParams(**self.hparams)
         except ValidationError as error:
-            raise ValueError(f"[hparams]: {_explain(error)}") from None
+            raise ValueError(f"[hparams]: {explain_fields(error)}") from None
         return self
 
     @property
@@ -186,12 +186,12 @@ class Ablation(FrozenConfig):
         try:
             hparams = HParams(**{**setting.hparams, **self.hparams})
         except ValidationError as error:
-            raise AblationError(f"{source} [hparams]: {_explain(error)}") from None
+            raise AblationError(f"{source} [hparams]: {explain_fields(error)}") from None
         grid = tuple(range(low, high + 1))
         try:
             points = tuple(self._point(name, setting, hparams, grid, v) for v in values)
         except ValidationError as error:
-            raise AblationError(f"{source} [spec]: {_explain(error)}") from None
+            raise AblationError(f"{source} [spec]: {explain_fields(error)}") from None
         return Study(name=name, title=self.title, paper=self.paper,
                      paper_note=self.paper_note, axis=self.axis, lr_exponents=grid,
                      points=points, setting=setting, ablation=self)
@@ -232,16 +232,6 @@ class Study(FrozenConfig):
         return tuple(p.value for p in self.points)
 
 
-def _explain(error: ValidationError) -> str:
-    """One clause per problem, naming the key where there is one."""
-    clauses = []
-    for item in error.errors():
-        where, message = ".".join(map(str, item["loc"])), item["msg"].removeprefix(
-            "Value error, ")
-        clauses.append(f"{where}: {message}" if where else message)
-    return "; ".join(clauses)
-
-
 def _read_toml(path: Path) -> dict[str, Any]:
     import tomllib
 
@@ -259,7 +249,7 @@ def load_setting(path: str | Path) -> Setting:
     try:
         setting = Setting(**_read_toml(path))
     except ValidationError as error:
-        raise AblationError(f"{path}: {_explain(error)}") from None
+        raise AblationError(f"{path}: {explain_fields(error)}") from None
     if setting.data is not None and not Path(setting.data).is_absolute():
         setting = setting.model_copy(update={"data": str((path.parent / setting.data)
                                                          .resolve())})
@@ -300,7 +290,7 @@ def load_study(definition: str | Path, *, folder: str | Path | None = None,
     try:
         ablation = Ablation(**_read_toml(path))
     except ValidationError as error:
-        raise AblationError(f"{path}: {_explain(error)}") from None
+        raise AblationError(f"{path}: {explain_fields(error)}") from None
     name = path.stem
     if model is not None:
         setting = setting.model_copy(update={"spec": {**setting.spec, "model": model}})

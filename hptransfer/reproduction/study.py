@@ -129,7 +129,7 @@ def run_study(study: Study, *, results: str | Path, storage: str | None = None,
     """
     from hptransfer.data.corpus import load_corpus
     from hptransfer.study.search import SamplerKind, WarmStart
-    from hptransfer.study.storage import normalize, open_storage
+    from hptransfer.study.storage import Access, normalize, open_storage
     from hptransfer.study.tune import tune
     from hptransfer.study.worker import LocalRunner
 
@@ -142,7 +142,7 @@ def run_study(study: Study, *, results: str | Path, storage: str | None = None,
         tune(config, study=point.study, widths=(point.width,), trials=len(study.lr_exponents),
              storage=url, sampler=SamplerKind.GRID, warm_start=WarmStart.NONE,
              corpus=corpus, runner=LocalRunner(threads=threads), on_trial=on_trial)
-        result = result_from_storage(study, open_storage(url))
+        result = result_from_storage(study, open_storage(url, Access.READ))
         write_atomic(path, result.model_dump_json(indent=1) + "\n")
     return result
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, ValidationError
 
 from hptransfer.budget import Budget
-from hptransfer.errors import ConfigError, StudyError
+from hptransfer.errors import ConfigError, StudyError, explain_fields
 from hptransfer.hparams import HParams
 from hptransfer.space import SearchSpace
 from hptransfer.spec import FrozenConfig, ModelSpec
@@ -140,7 +140,11 @@ class ConfigFile(FrozenConfig):
             raise ConfigError(f"--config: {path} is not a file")
         if file.suffix not in (".toml", ".yaml", ".yml"):
             raise ConfigError(f"--config: {path} must end in .toml, .yaml or .yml")
-        text = file.read_text()
+        try:
+            text = file.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"--config: {path} is not UTF-8 text (byte {error.start}): save "
+                              f"it as UTF-8") from None
         try:
             if file.suffix == ".toml":
                 try:
@@ -159,13 +163,14 @@ class ConfigFile(FrozenConfig):
             raise
         except Exception as error:  # a parse error: say where
             raise ConfigError(f"--config: cannot parse {path}: {error}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"--config: {path} holds a {type(data).__name__}, not a mapping "
+                              f"of sections (tune, spec, hparams, space, budget)")
         try:
             parsed = cls(**data)
         except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                 for e in error.errors())
-            raise ConfigError(f"--config {path}: {problems} (sections: tune, spec, hparams, "
-                              f"space, budget)") from None
+            raise ConfigError(f"--config {path}: {explain_fields(error)} (sections: tune, "
+                              f"spec, hparams, space, budget)") from None
         # a model keeps only its own fields, so a misspelt key would be silently ignored
         for section, fields in _SECTION_FIELDS.items():
             unknown = sorted(set(getattr(parsed, section)) - set(fields))

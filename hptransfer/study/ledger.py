@@ -23,13 +23,14 @@ from hptransfer.hparams import HParams
 from hptransfer.record import CurvePoint, RunRecord, Status
 from hptransfer.spec import FrozenConfig, ModelSpec
 from hptransfer.study.config import StudyConfig, refuse_different
+from hptransfer.study.storage import Access
 
 if TYPE_CHECKING:
     import optuna
 
 __all__ = ["Attr", "TrialRecord", "TrialStatus", "WidthSummary", "bind_config",
-           "check_existing", "confirmation_study_name", "confirmation_widths", "enqueue",
-           "enqueue_retry", "finish_trial", "finished_count", "is_warm_started",
+           "check_existing", "check_name", "confirmation_study_name", "confirmation_widths",
+           "enqueue", "enqueue_retry", "finish_trial", "finished_count", "is_warm_started",
            "load_config", "load_trials", "mark_lost", "mark_warm_started", "open_storage_arg",
            "optuna_state", "read_plan", "recorded_state", "running_count", "study_names",
            "summarize", "trial_record", "width_study_name", "widths_of", "write_inputs",
@@ -130,21 +131,35 @@ class TrialRecord(FrozenConfig):
 
 # ---- names -----------------------------------------------------------------------------------
 
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_name(name: str) -> str:
+    """A study name: letters, digits, ``-``, ``_`` and ``.``, starting with a letter or a
+    digit (it names Optuna studies and the files of plots and reports)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise StudyError(f"study name {name!r}: use letters, digits, '-', '_' and '.', "
+                         f"starting with a letter or digit, at most 128 characters (it names "
+                         f"Optuna studies and report files, so no '/' or spaces)")
+    return name
+
+
 def width_study_name(name: str, width: int) -> str:
-    return f"{name}.w{width}"
+    return f"{check_name(name)}.w{width}"
 
 
 def confirmation_study_name(study: str, width: int) -> str:
-    return f"{study}.confirm.w{width}"
+    return f"{check_name(study)}.confirm.w{width}"
 
 
-def open_storage_arg(storage: optuna.storages.BaseStorage | str | None
-                     ) -> optuna.storages.BaseStorage:
-    """Accept an Optuna storage or a URL (None: the default local SQLite file)."""
+def open_storage_arg(storage: optuna.storages.BaseStorage | str | None,
+                     access: Access = Access.READ) -> optuna.storages.BaseStorage:
+    """Accept an Optuna storage or a URL (None: the default local SQLite file), which is
+    opened for ``access`` (reading, by default: nothing is created or changed)."""
     if storage is None or isinstance(storage, str):
         from hptransfer.study.storage import open_storage
 
-        return open_storage(storage)
+        return open_storage(storage, access)
     return storage
 
 

@@ -1,18 +1,30 @@
-"""Where studies live: resolving a storage URL into an Optuna storage.
+"""The one front door to a study's storage: validate the URL, check the file, open it.
 
 The Optuna storage is the single record of every trial. Accepted forms:
 
 - nothing: a SQLite file ``studies.db`` in ``$HPTRANSFER_HOME`` (default ``~/.hptransfer``);
-- ``sqlite:///path/to/file.db`` or a plain path ending in ``.db`` / ``.sqlite`` (one machine,
-  a few processes);
-- ``postgresql://…`` / ``mysql://…`` (many workers, several machines);
-- ``journal:///path/to/file.log`` or a plain path ending in ``.log`` / ``.jsonl``
-  (Optuna's JournalStorage, an append-only file that is safe on NFS).
+- a path ending in ``.db`` / ``.sqlite`` / ``.sqlite3``, or ``sqlite:///relative.db`` /
+  ``sqlite:////absolute.db`` (SQLAlchemy's form; one machine, a few processes);
+- a path ending in ``.log`` / ``.jsonl``, or ``journal:///absolute/path.log`` (Optuna's
+  JournalStorage: an append-only file, safe on NFS);
+- ``postgresql://USER:PASSWORD@HOST:PORT/DB`` / ``mysql://…`` (many workers and machines).
+
+Every command says what it needs (:class:`Access`): a command that only reads never
+creates or changes a file, a command that joins a study needs it to exist, and only a
+tune creates one. Problems are :class:`~hptransfer.errors.StorageError` messages that say
+what is wrong, where, and how to fix it: a malformed URL, an in-memory storage for work
+that must last, a folder, an unwritable place, a file that is not SQLite, a corrupted
+SQLite file or journal (never modified: the message gives the recovery step), a journal
+whose last record was cut by a crash (read, never written after), an unreachable server.
+Several processes creating one new SQLite file at once take turns (a file lock), so the
+schema is created once.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,8 +33,21 @@ from hptransfer.errors import StorageError
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["default_storage_url", "home", "local_path", "missing_local_file", "normalize",
-           "open_storage", "storage_kind"]
+__all__ = ["Access", "can_write_in", "default_storage_url", "home", "local_path",
+           "missing_local_file", "normalize", "open_storage", "storage_kind"]
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_KINDS = ("sqlite", "journal", "postgresql", "mysql")
+_EXAMPLES = ("studies.db, sqlite:////abs/studies.db, studies.log, journal:///shared/studies.log, "
+             "postgresql://user:pass@host:5432/db")
+
+
+class Access(str, Enum):
+    """What a command does with a storage."""
+
+    READ = "read"  # status, predict, plot, report: must exist; never written
+    UPDATE = "update"  # worker, confirm: must exist (a study to join); written
+    CREATE = "create"  # tune, study run: created when missing
 
 
 def home() -> Path:
@@ -34,21 +59,53 @@ def default_storage_url() -> str:
     return f"sqlite:///{home() / 'studies.db'}"
 
 
+def _hide_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def _in_memory(url: str) -> bool:
+    return url in ("sqlite://", "sqlite:///:memory:") or url.startswith("sqlite:///:memory:")
+
+
 def normalize(url: str | None) -> str:
-    """The canonical URL for ``url`` (plain paths become sqlite:/// or journal:///)."""
+    """The canonical URL for ``url``: plain paths become ``sqlite:////abs`` or
+    ``journal:///abs``; a malformed URL is refused with the forms that work."""
     if not url:
         return default_storage_url()
-    if "://" in url:
-        return url
-    path = Path(url).expanduser().resolve()
-    if path.suffix in (".log", ".jsonl"):
-        return f"journal:///{path}"
-    if path.suffix in (".db", ".sqlite", ".sqlite3"):
-        return f"sqlite:///{path}"
-    raise StorageError(
-        f"storage {url!r} is neither a URL nor a path ending in .db/.sqlite (SQLite) or "
-        f".log/.jsonl (journal file); examples: studies.db, sqlite:///studies.db, "
-        f"postgresql://user:pass@host/db, journal:///shared/studies.log")
+    if "://" not in url:
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/?[^/]", url) and not re.match(r"^[A-Za-z]:",
+                                                                              url[:2]):
+            scheme = url.split(":", 1)[0]
+            raise StorageError(f"storage {url!r} looks like a URL with too few slashes: did "
+                               f"you mean {scheme}:///{url.split(':', 1)[1].lstrip('/')}? "
+                               f"(forms: {_EXAMPLES})")
+        path = Path(url).expanduser().resolve()
+        if path.suffix in (".log", ".jsonl"):
+            return f"journal://{path}"
+        if path.suffix in (".db", ".sqlite", ".sqlite3"):
+            return f"sqlite:///{path}"
+        raise StorageError(f"storage {url!r} is neither a URL nor a path ending in .db/.sqlite "
+                           f"(SQLite) or .log/.jsonl (journal file); examples: {_EXAMPLES}")
+    scheme, rest = url.split("://", 1)
+    kind = scheme.split("+", 1)[0]
+    if kind not in _KINDS:
+        raise StorageError(f"storage {_hide_password(url)!r}: unknown kind {scheme!r}; use "
+                           f"sqlite, journal, postgresql or mysql (examples: {_EXAMPLES})")
+    if kind == "sqlite" and not _in_memory(url):
+        if not rest.startswith("/") or rest == "/":
+            raise StorageError(f"storage {url!r} names no file: use sqlite:///relative.db or "
+                               f"sqlite:////absolute/path.db")
+        file, _, query = rest[1:].partition("?")
+        path = Path(file).expanduser()
+        resolved = f"sqlite:///{path.resolve()}"
+        return f"{resolved}?{query}" if query else resolved
+    if kind == "journal":
+        if not rest.strip("/"):
+            raise StorageError(f"storage {url!r} names no file: use journal:///path/to/file.log")
+        # file-URL form: everything after journal:// is the path (journal:///abs is /abs)
+        path = Path("/" + rest.lstrip("/")) if rest.startswith("/") else Path(rest).resolve()
+        return f"journal://{path}"
+    return url
 
 
 def storage_kind(url: str) -> str:
@@ -58,15 +115,19 @@ def storage_kind(url: str) -> str:
 
 
 def local_path(url: str) -> Path:
-    """The file of a ``sqlite:///`` or ``journal:///`` URL."""
-    return Path(url.split(":///", 1)[1] if ":///" in url else url.split("://", 1)[1])
+    """The file of a SQLite or journal URL (as :func:`normalize` writes them)."""
+    url = normalize(url)
+    rest = url.split("://", 1)[1]
+    if url.startswith("sqlite"):
+        return Path(rest[1:].partition("?")[0])
+    return Path(rest)
 
 
 def missing_local_file(url: str | None) -> Path | None:
     """The path of a local SQLite or journal file that does not exist, else None: opening
     it would create an empty one, which a command that only reads must not do."""
     url = normalize(url)
-    if storage_kind(url) not in ("sqlite", "journal") or ":memory:" in url:
+    if storage_kind(url) not in ("sqlite", "journal") or _in_memory(url):
         return None
     path = local_path(url)
     return None if path.exists() else path
@@ -87,27 +148,159 @@ def _with_driver(url: str) -> str:
     return url
 
 
-def open_storage(url: str | None) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url``; parent folders of local files are created."""
+def can_write_in(folder: Path) -> bool:
+    """Whether a file can be created in ``folder``: tried, since permission bits do not tell
+    (root passes them all, and still cannot write in /proc)."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".hptransfer-probe-"):
+            return True
+    except OSError:
+        return False
+
+
+def _check_place(path: Path, access: Access, kind: str) -> None:
+    """The file exists (or may be created) and is a file hptransfer can use."""
+    if path.is_dir():
+        raise StorageError(f"storage {path} is a folder: give a file in it, e.g. "
+                           f"{path / ('studies.db' if kind == 'sqlite' else 'studies.log')}")
+    if not path.exists():
+        if access is not Access.CREATE:
+            raise StorageError(f"there is no storage at {path}: nothing has been recorded "
+                               f"there (check --storage, or create the study with hptransfer "
+                               f"tune --storage {path})")
+        folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
+        if folder is None or not folder.is_dir() or not can_write_in(folder):
+            raise StorageError(f"cannot create the storage {path}: {folder} is not a folder "
+                               f"you can write to; give --storage a path you can write")
+        return
+    if not os.access(path, os.R_OK):
+        raise StorageError(f"cannot read the storage {path}: permission denied")
+    if access is not Access.READ and not os.access(path, os.W_OK):
+        raise StorageError(f"the storage {path} is read-only: hptransfer needs to write to it "
+                           f"(copy it somewhere writable and give --storage the copy)")
+
+
+def _check_sqlite(path: Path) -> None:
+    """An existing file is SQLite and intact; checked read-only, never modified."""
+    import sqlite3
+
+    with open(path, "rb") as handle:
+        header = handle.read(len(_SQLITE_HEADER))
+    if not header:
+        return  # an empty file is an empty database
+    if header != _SQLITE_HEADER:
+        raise StorageError(f"the storage {path} is not an SQLite database (its first bytes "
+                           f"are {header[:8]!r}): give a .db file hptransfer made, or a new "
+                           f"path")
+    recover = (f"it was not modified. Recover what it holds with: sqlite3 {path} .recover "
+               f"| sqlite3 {path.with_suffix('.recovered.db')}, or restore a backup")
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+        try:
+            result = [row[0] for row in connection.execute("PRAGMA quick_check")]
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:
+        raise StorageError(f"the storage {path} is corrupted (sqlite: {error}); {recover}"
+                           ) from None
+    if result != ["ok"]:
+        raise StorageError(f"the storage {path} is corrupted (sqlite: {result[0]}); "
+                           f"{recover}")
+
+
+def _check_journal(path: Path, access: Access) -> None:
+    """Every record of an existing journal parses; a cut last record (a crash mid-write)
+    may be read but is never written after."""
+    import json
+
+    data = path.read_bytes()
+    if not data:
+        return
+    torn = not data.endswith(b"\n")
+    complete = data.split(b"\n")[:-1]  # the last element is b"" or the cut record
+    for number, line in enumerate(complete, start=1):
+        try:
+            json.loads(line)
+        except ValueError:
+            raise StorageError(
+                f"the journal {path} is corrupted at line {number} (not a JSON record); it "
+                f"was not modified. Keep a copy, then cut the file before that line "
+                f"(head -n {number - 1} {path} > {path.with_suffix('.recovered.log')}) and "
+                f"use the copy") from None
+    if torn and access is not Access.READ:
+        raise StorageError(
+            f"the journal {path} ends in a cut record (the process writing it was killed "
+            f"mid-write); hptransfer does not append after it, since the next record would "
+            f"join the cut one. Keep a copy, then drop the last line: head -n "
+            f"{len(complete)} {path} > {path}.fixed && mv {path}.fixed {path} (the cut "
+            f"trial is retried)")
+
+
+def _create_sqlite(url: str, path: Path):
+    """RDBStorage on a new or existing SQLite file; the first process that creates the
+    schema holds a lock on the file so that the others wait instead of racing it."""
+    import fcntl
+
+    from optuna.storages import RDBStorage
+
+    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}}
+    with open(path, "ab") as handle:  # an empty file is an empty SQLite database
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            return RDBStorage(url, **kwargs)
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_storage(url: str | None, access: Access = Access.CREATE
+                 ) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``, opened for ``access`` (module docstring)."""
     import optuna
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
     url = normalize(url)
     kind = storage_kind(url)
-    if kind == "journal":
+    if _in_memory(url):
+        raise StorageError(f"storage {url!r} is in memory: it starts empty and every trial "
+                           f"written to it is lost when the process ends; give a file "
+                           f"(studies.db) or a server (an optuna.storages.InMemoryStorage "
+                           f"object is what a test wants)")
+    if kind in ("sqlite", "journal"):
         path = local_path(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if kind == "sqlite":
-        local_path(url).parent.mkdir(parents=True, exist_ok=True)
-        # several worker processes write one file: wait for the lock instead of failing
-        return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        _check_place(path, access, kind)
+        if path.exists():
+            (_check_sqlite(path) if kind == "sqlite" else _check_journal(path, access))
+            if access is Access.READ and path.stat().st_size == 0:
+                raise StorageError(f"nothing is recorded in the storage {path} (an empty "
+                                   f"file): check --storage, or tune a study into it")
+        elif access is Access.CREATE:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if kind == "journal":
+                return JournalStorage(JournalFileBackend(str(path)))
+            if access is Access.CREATE:
+                return _create_sqlite(url, path)
+            return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+        except OSError as error:
+            raise StorageError(f"cannot open the storage {path}: {error.strerror or error}"
+                               ) from None
+        except Exception as error:  # what SQLite or Optuna say about a damaged file
+            raise StorageError(f"cannot open the storage {path}: {type(error).__name__}: "
+                               f"{error}; it was not modified") from None
+    shown = _hide_password(url)
     try:
         return RDBStorage(_with_driver(url))
     except (ImportError, ModuleNotFoundError) as error:
         extra = "postgres" if kind.startswith("postgres") else kind
         raise StorageError(f"storage {kind} needs its database driver: "
-                           f"pip install 'hptransfer[{extra}]' ({error})") from error
+                           f"pip install 'hptransfer[{extra}]' ({error})") from None
     except optuna.exceptions.StorageInternalError as error:
-        raise StorageError(f"cannot open storage {url}: {error}") from error
+        raise StorageError(f"cannot open storage {shown}: {error}") from None
+    except Exception as error:  # SQLAlchemy: refused connection, bad credentials, no DB
+        cause = str(getattr(error, "orig", error)).strip().splitlines()[0]
+        raise StorageError(f"cannot connect to the storage {shown}: {cause}; is the server "
+                           f"running, reachable from here, and the database created?"
+                           ) from None

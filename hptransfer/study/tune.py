@@ -22,6 +22,7 @@ from hptransfer.study.ledger import (
     TrialRecord,
     WidthSummary,
     check_existing,
+    check_name,
     load_trials,
     summarize,
 )
@@ -102,6 +103,7 @@ def tune(config: StudyConfig | None = None, *, study: str = "proxy",
     from hptransfer.study.worker import LocalRunner
 
     quiet_optuna()
+    check_name(study)
     started = time.perf_counter()
     url = normalize(storage)
     runner = runner or LocalRunner()

@@ -10,7 +10,11 @@ from hptransfer.errors import ConfigError
 from hptransfer.provenance import available_cpus
 from hptransfer.spec import ModelSpec, Precision
 
-__all__ = ["autocast", "resolve_device", "resolve_threads"]
+__all__ = ["autocast", "available_memory", "check_memory", "resolve_device", "resolve_threads"]
+
+# bytes per parameter a run holds at the least: fp32 weights, their gradients, and Adam's
+# two moments (Lion keeps one: 12)
+_BYTES_PER_PARAMETER = 16
 
 
 def resolve_threads(threads: int | None = None) -> int:
@@ -41,3 +45,29 @@ def resolve_device(device: str | None = None) -> torch.device:
     if resolved.type not in ("cpu", "cuda"):
         raise ConfigError(f"device must be cpu or cuda[:N], got {device!r}")
     return resolved
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes this run can still allocate on ``device`` (None where the OS does not say)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(parameters: int, device: torch.device, what: str) -> None:
+    """Refuse, before anything is allocated, a model whose weights, gradients and optimizer
+    state alone do not fit (activations come on top: this refuses only the impossible)."""
+    needed = parameters * _BYTES_PER_PARAMETER
+    free = available_memory(device)
+    if free is not None and needed > free:
+        raise ConfigError(
+            f"{what} has {parameters:,} parameters: its weights, gradients and Adam state need "
+            f"about {needed / 2**30:,.1f} GiB, more than the {free / 2**30:,.1f} GiB available "
+            f"on {device}; train a smaller width or depth, or on a machine with more memory")

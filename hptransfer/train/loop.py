@@ -28,7 +28,7 @@ from hptransfer.mup.rules import FORMULATION
 from hptransfer.provenance import collect
 from hptransfer.record import CurvePoint, RunRecord, Status, Verdict
 from hptransfer.spec import ModelSpec
-from hptransfer.train.device import autocast, resolve_device, resolve_threads
+from hptransfer.train.device import autocast, check_memory, resolve_device, resolve_threads
 from hptransfer.train.optimizer import build_optimizer
 from hptransfer.train.ranks import Ranks, data_parallel, rows_per_worker
 from hptransfer.train.schedule import lr_factor
@@ -114,6 +114,8 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
 
     family = family_of(spec)
     family.check(spec)
+    check_memory(family.parameter_count(spec, embedding=True), on,
+                 f"the {spec.model} model at width {spec.width}, depth {spec.depth}")
     roles = role_table(spec)
     torch.manual_seed(seed)
     model = family.build(spec, seed=seed).to(on)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hptransfer.errors import ConfigError, PredictionError, StudyError
+from hptransfer.errors import ConfigError, PredictionError, StudyError, explain_fields
 from hptransfer.hparams import HParams
 from hptransfer.models.registry import family_of
 from hptransfer.spec import DepthRule, ModelSpec
@@ -36,6 +36,9 @@ from hptransfer.transfer.rules import (
 __all__ = ["PredictionError", "check_model", "predict_from_trials", "predict_hparams"]
 
 MIN_COMPLETE = 3  # completed trials a width needs (a parabola needs three LRs)
+# A horizon no training run approaches (the largest public ones are ~10^14 tokens): a
+# larger target_tokens is a typo (an exponent too many), not a run to plan for
+MAX_TARGET_TOKENS = 10**16
 
 
 def _usable_widths(records: list[TrialRecord], study: str) -> tuple[dict[int, list], list[str]]:
@@ -83,6 +86,10 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
                         ("target_batch", target_batch)):
         if value is not None and value < 1:
             raise PredictionError(f"{name} must be a positive integer, got {value}")
+    if target_tokens is not None and target_tokens > MAX_TARGET_TOKENS:
+        raise PredictionError(f"target_tokens={target_tokens:.3g} is more than any training "
+                              f"run reads (at most {MAX_TARGET_TOKENS:.0e} here): check the "
+                              f"exponent (2e9 is two billion tokens)")
     beta_low, beta_high = HORIZON_EXPONENT_RANGE
     if horizon_exponent is not None and not beta_low <= horizon_exponent <= beta_high:
         raise PredictionError(
@@ -94,7 +101,8 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
         spec = ModelSpec(**{**config.spec.model_dump(), "width": target_width,
                             "depth": target_depth or config.spec.depth})
     except ValueError as error:
-        raise PredictionError(f"target width {target_width}: {error}") from None
+        raise PredictionError(f"target width {target_width}: {explain_fields(error)}"
+                              ) from None
 
     if spec.model != "builtin":  # a factory may not build at every width: say so here
         from hptransfer.models.registry import role_table
@@ -108,6 +116,11 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
     fits = [fit_width(w, rows, config, band=band, window=window, bootstrap=bootstrap,
                        rng=rng) for w, rows in sorted(usable.items())]
     notes = Notes()
+    if target_width < min(usable):
+        notes.warnings.append(
+            f"the target width {target_width} is narrower than every proxy ({min(usable)} and "
+            f"up): the fit is read backwards, which µP allows, but a width you can afford to "
+            f"tune is better tuned directly")
     notes.warnings += left_out + [f"width {fit.evidence.width}: {flag}" for fit in fits
                                   for flag in fit.evidence.flags
                                   if not flag.startswith("note:")]
@@ -191,13 +204,15 @@ def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = N
     ``model``, when given, must be the model family the study was tuned on. Raises
     :class:`PredictionError` when the study cannot support a prediction.
 
-    >>> predict_hparams(1024, study="gone", storage="sqlite:///:memory:")  # doctest: +ELLIPSIS
+    >>> import optuna
+    >>> empty = optuna.storages.InMemoryStorage()
+    >>> predict_hparams(1024, study="gone", storage=empty)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     hptransfer.errors.PredictionError: no study named 'gone' in this storage ...
     """
     from hptransfer.study.ledger import load_config, load_trials
-    from hptransfer.study.storage import missing_local_file, open_storage
+    from hptransfer.study.storage import Access, missing_local_file, open_storage
 
     if storage is None or isinstance(storage, str):
         missing = missing_local_file(storage)
@@ -205,7 +220,7 @@ def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = N
             raise PredictionError(f"no study {study!r}: there is no storage file at "
                                   f"{missing}; create the study with hptransfer tune "
                                   f"--study {study} --widths 32,64")
-        storage = open_storage(storage)
+        storage = open_storage(storage, Access.READ)
     try:
         config = load_config(study, storage)
         records = load_trials(study, storage)
