@@ -71,3 +71,35 @@ def test_printed_defaults_are_the_real_ones(command, model, defaults):
             assert printed.startswith(_real(real)), (command, option, printed, real)
         checked += 1
     assert checked >= 5
+
+
+def _signature_defaults(function) -> dict:
+    import inspect
+
+    return {name: p.default for name, p in inspect.signature(function).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+@pytest.mark.parametrize("command, function, options", [
+    ("coord-check", "hptransfer.checks.coord_check:coord_check",
+     {"--steps": "steps", "--depth": "depth", "--tolerance": "tolerance", "--seed": "seed"}),
+    ("predict", "hptransfer.transfer.predictor:predict_hparams",
+     {"--bootstrap": "bootstrap", "--seed": "seed", "--study": "study"}),
+    ("confirm", "hptransfer.confirm.runs:confirm", {"--study": "study"}),
+])
+def test_command_defaults_are_the_apis(command, function, options):
+    """A command given no option does what the Python API does given no argument."""
+    import importlib
+
+    module, name = function.split(":")
+    api = _signature_defaults(getattr(importlib.import_module(module), name))
+    cmd = COMMANDS[command]
+    for option, argument in options.items():
+        param = next(p for p in cmd.params if option in p.opts)
+        assert param.default == api[argument], (command, option, param.default)
+    if command == "coord-check":
+        widths = next(p for p in cmd.params if "--widths" in p.opts).default
+        assert widths == ",".join(map(str, api["widths"]))
+    if command == "confirm":
+        offsets = next(p for p in cmd.params if "--offsets" in p.opts).default
+        assert tuple(float(o) for o in offsets.split(",")) == api["offsets"]

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from hptransfer import checks
 from hptransfer.data.corpus import Corpus, load_corpus
 from hptransfer.errors import ConfigError
 from hptransfer.hparams import HParams
@@ -34,7 +35,7 @@ from hptransfer.train.optimizer import build_optimizer
 
 __all__ = ["DEFAULT_LR", "CoordCheckReport", "CoordPoint", "Growth", "coord_check"]
 
-DEFAULT_TOLERANCE = 1.25
+DEFAULT_TOLERANCE = checks.TOLERANCE
 # The hidden matrices' LR at the base width; each parametrization's α follows from it
 # (mup.rules.alpha_for_base_lr: ×M₀ under the absolute rule).
 DEFAULT_LR = 2.0**-5
@@ -103,9 +104,10 @@ def _record_width(spec: ModelSpec, hparams: HParams, batches: list[torch.Tensor]
     return means
 
 
-def coord_check(*, widths: tuple[int, ...] = (32, 64, 128, 256),
-                param: Parametrization | str = Parametrization.MUP, steps: int = 4,
-                lr: float | None = None, depth: int = 2, seq_len: int = 64, batch_size: int = 8,
+def coord_check(*, widths: tuple[int, ...] = checks.WIDTHS,
+                param: Parametrization | str = Parametrization.MUP, steps: int = checks.STEPS,
+                lr: float | None = None, depth: int = checks.DEPTH,
+                seq_len: int = checks.SEQ_LEN, batch_size: int = checks.BATCH_SIZE,
                 tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
                 corpus: Corpus | None = None, threads: int | None = None,
                 **spec_fields) -> CoordCheckReport:

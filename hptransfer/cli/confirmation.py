@@ -18,6 +18,7 @@ from hptransfer.cli.options import (
     storage_option,
     threads_option,
 )
+from hptransfer.confirm.verdict import DEFAULT_OFFSETS
 from hptransfer.errors import explain_fields
 
 
@@ -49,7 +50,7 @@ def _existing_storage_or_fail(storage: str | None, study: str) -> None:
 @click.option("--study", "study_name", default="proxy", show_default=True,
               help="the tuned study the prediction comes from")
 @storage_option()
-@click.option("--offsets", default="-1,-0.5,0,0.5,1", show_default=True,
+@click.option("--offsets", default=",".join(f"{o:g}" for o in DEFAULT_OFFSETS), show_default=True,
               callback=_offsets, help="LR offsets in octaves around the prediction")
 @click.option("--json", "as_json", is_flag=True, help="print the confirmation as JSON")
 @threads_option

@@ -9,6 +9,7 @@ import click
 
 from hptransfer.cli.app import main
 from hptransfer.cli.options import NUMBER, check_out, fail, model_option, storage_option
+from hptransfer.transfer.optimum import BOOTSTRAP
 
 
 def _power(value: float) -> str:
@@ -93,7 +94,7 @@ def print_prediction(prediction, *, baselines: bool = False) -> None:
                    "literature value]; a steps study measures it (docs/reproduction.md)")
 @click.option("--baseline", is_flag=True,
               help="also show zero-shot µTransfer, Step Law and DeepSeek predictions")
-@click.option("--bootstrap", type=click.IntRange(min=50), default=1000, show_default=True,
+@click.option("--bootstrap", type=click.IntRange(min=50), default=BOOTSTRAP, show_default=True,
               help="bootstrap resamples for the intervals")
 @click.option("--seed", type=int, default=0, show_default=True, help="bootstrap seed")
 @click.option("--json", "as_json", is_flag=True, help="print the prediction as JSON")

@@ -10,6 +10,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from hptransfer import checks
 from hptransfer.budget import Budget
 from hptransfer.cli.app import main
 from hptransfer.cli.options import (
@@ -99,24 +100,26 @@ def describe(as_json: bool, **values: Any) -> None:
 
 
 @main.command("coord-check")
-@click.option("--widths", default="32,64,128,256", show_default=True,
+@click.option("--widths", default=",".join(map(str, checks.WIDTHS)), show_default=True,
               callback=widths_option(minimum=2), help="comma-separated widths")
 @click.option("--param", type=click.Choice([p.value for p in Parametrization]),
               default="mup", show_default=True, help="parametrization")
-@click.option("--steps", type=click.IntRange(min=2), default=4, show_default=True,
+@click.option("--steps", type=click.IntRange(min=2), default=checks.STEPS, show_default=True,
               help="training steps per width (t = 1 is the initial model)")
 @click.option("--lr", type=NUMBER, default=None,
               help="constant learning rate [default: 2^-5; for mup-abs 2^-5 × base width, the "
                    "same hidden-matrix LR at base width]")
-@click.option("--depth", type=click.IntRange(min=1), default=2, show_default=True,
+@click.option("--depth", type=click.IntRange(min=1), default=checks.DEPTH, show_default=True,
               help="transformer blocks")
-@click.option("--head-dim", type=click.IntRange(min=2), default=16, show_default=True,
+@click.option("--head-dim", type=click.IntRange(min=2),
+              default=ModelSpec.model_fields["head_dim"].default, show_default=True,
               help="per-head dimension D, fixed across widths")
 @click.option("--model", default="builtin", show_default=True,
               help=ModelSpec.model_fields["model"].description)
 @click.option("--roles", type=click.Choice([r.value for r in RoleSource]), default="auto",
               show_default=True, help=ModelSpec.model_fields["roles"].description)
-@click.option("--tolerance", type=click.FloatRange(min=1.0, min_open=True), default=1.25,
+@click.option("--tolerance", type=click.FloatRange(min=1.0, min_open=True),
+              default=checks.TOLERANCE,
               show_default=True, help="allowed growth factor per doubling of width")
 @click.option("--seed", type=int, default=0, show_default=True, help="init and data seed")
 @click.option("--out", type=click.Path(file_okay=False), default="coord_check",

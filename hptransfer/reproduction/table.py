@@ -27,12 +27,11 @@ from hptransfer.reproduction.study import Cell, StudyResult, cell_records
 from hptransfer.spec import FrozenConfig
 from hptransfer.study.ledger import TrialStatus
 from hptransfer.transfer.fit import transfer_fits
-from hptransfer.transfer.optimum import BAND, WINDOW_OCTAVES, fit_width
+from hptransfer.transfer.optimum import BAND, BOOTSTRAP, WINDOW_OCTAVES, fit_width
 from hptransfer.transfer.predictor import MIN_COMPLETE
 
 __all__ = ["Row", "StudyTable", "markdown", "tabulate", "text", "write_plot"]
 
-BOOTSTRAP = 1000  # resamples behind each interval, as in the predictor
 
 
 class Row(FrozenConfig):

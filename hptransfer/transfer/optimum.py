@@ -42,6 +42,7 @@ WINDOW_OCTAVES = 2.0
 BAND = 0.01
 MIN_BAND_TRIALS = 3  # the band is widened to the 3 best trials when it holds fewer
 CONFIDENCE = 0.95
+BOOTSTRAP = 1000  # resamples behind every interval
 
 
 class Estimate(FrozenConfig):

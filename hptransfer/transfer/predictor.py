@@ -22,7 +22,7 @@ from hptransfer.study.config import StudyConfig
 from hptransfer.study.ledger import TrialRecord, TrialStatus
 from hptransfer.transfer.baselines import baselines
 from hptransfer.transfer.fit import transfer_fits
-from hptransfer.transfer.optimum import BAND, WINDOW_OCTAVES, fit_width
+from hptransfer.transfer.optimum import BAND, BOOTSTRAP, WINDOW_OCTAVES, fit_width
 from hptransfer.transfer.prediction import Evidence, Prediction
 from hptransfer.transfer.rules import (
     HORIZON_EXPONENT,
@@ -71,7 +71,7 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
                         study: str = "proxy", target_depth: int | None = None,
                         target_tokens: int | None = None, target_batch: int | None = None,
                         horizon_exponent: float | None = None,
-                        bootstrap: int = 1000, seed: int = 0, band: float = BAND,
+                        bootstrap: int = BOOTSTRAP, seed: int = 0, band: float = BAND,
                         window: float = WINDOW_OCTAVES) -> Prediction:
     """The prediction from a study's trial records and config (what
     :func:`predict_hparams` reads from storage); arguments as there."""
@@ -192,7 +192,7 @@ def check_model(study: str, config: StudyConfig, model: str | None) -> None:
 def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = None,
                     target_depth: int | None = None, target_tokens: int | None = None,
                     target_batch: int | None = None, horizon_exponent: float | None = None,
-                    bootstrap: int = 1000, seed: int = 0, model: str | None = None
+                    bootstrap: int = BOOTSTRAP, seed: int = 0, model: str | None = None
                     ) -> Prediction:
     """Predict the hparams of a model of width ``target_width`` from study ``study``.
 
