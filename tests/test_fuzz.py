@@ -9,12 +9,12 @@ bad config files, bad names, unwritable outputs, model strings that do not resol
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
+from snapshot import digest
 
 from hptransfer.cli import main
 from hptransfer.cli.options import NUMBER
@@ -22,14 +22,6 @@ from hptransfer.cli.options import NUMBER
 TINY = ["--depth", "1", "--seq-len", "32", "--base-width", "32", "--head-dim", "16"]
 SKIP = {"--help", "--json", "--quiet", "--markdown", "--from-results", "--baseline",
         "--version"}
-
-
-def _digest(path: Path) -> str:
-    hasher = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        hasher.update(str(file).encode() + file.read_bytes())
-    return hasher.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -198,9 +190,9 @@ def test_a_bad_value_exits_2_and_changes_nothing(command, option, value, world, 
     value = value.replace(str(fake), str(world["folder"]))
     args = [*command.split(), *_with(_bases(world)[command], option, value)]
     study, out = world["study"], world["out"]
-    before = (_digest(study), out.exists() and _digest(out))
+    before = (digest(study), out.exists() and digest(out))
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2, f"{args}\n{result.output}"
     assert "Traceback" not in result.output, result.output
-    assert (_digest(study), out.exists() and _digest(out)) == before
+    assert (digest(study), out.exists() and digest(out)) == before
     assert not any(tmp_path.iterdir()), list(tmp_path.iterdir())  # no ./sqlite: or home

@@ -5,7 +5,6 @@ traceback, and leaves the storage and the outputs byte-identical."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -17,6 +16,7 @@ import numpy as np
 import optuna
 import pytest
 from click.testing import CliRunner
+from snapshot import digest
 
 from hptransfer.cli import main
 from hptransfer.errors import CorpusError, StorageError
@@ -30,15 +30,6 @@ def run(args: list[str], code: int = 2):
     assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
     return result
-
-
-def digest(path: Path) -> str:
-    """A file's bytes, or a folder's every file's, as one hash (what must not change)."""
-    hasher = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        hasher.update(str(file).encode() + file.read_bytes())
-    return hasher.hexdigest()
 
 
 def tune_args(text_file: str, storage: str, *extra: str) -> list[str]:
