@@ -59,7 +59,7 @@ def _flops(records) -> float:
 
 def _grid_optimum(records, config: StudyConfig, width: int) -> dict:
     """The target grid's optimum by the predictor's own per-width estimator."""
-    from hptransfer.transfer.optimum import BAND, WINDOW_OCTAVES, fit_width
+    from hptransfer.study.optimum import BAND, WINDOW_OCTAVES, fit_width
 
     fit = fit_width(width, records, config, band=BAND, window=WINDOW_OCTAVES,
                      bootstrap=1000, rng=np.random.default_rng(0))

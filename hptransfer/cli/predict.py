@@ -9,7 +9,7 @@ import click
 
 from hptransfer.cli.app import main
 from hptransfer.cli.options import NUMBER, check_out, fail, model_option, storage_option
-from hptransfer.transfer.optimum import BOOTSTRAP
+from hptransfer.study.optimum import BOOTSTRAP
 
 
 def _power(value: float) -> str:

@@ -4,7 +4,7 @@
 :class:`StudyTable`: loss per axis value × LR, the argmin per value, the paper's verdict
 rule ("Transfer: Yes" iff the argmin is the same at every value) and our fitted drift per
 doubling with its 95% interval, from the predictor's own machinery (the per-width quadratic
-of :mod:`hptransfer.transfer.optimum` and the across-width fit of
+of :mod:`hptransfer.study.optimum` and the across-width fit of
 :mod:`hptransfer.transfer.fit`): what the paper's yes/no hides. :func:`markdown` is what
 docs/reproduction.md shows; :func:`text` is what ``hptransfer study table`` prints.
 """
@@ -27,7 +27,7 @@ from hptransfer.reproduction.study import Cell, StudyResult, cell_records
 from hptransfer.spec import FrozenConfig
 from hptransfer.study.ledger import TrialStatus
 from hptransfer.transfer.fit import transfer_fits
-from hptransfer.transfer.optimum import BAND, BOOTSTRAP, WINDOW_OCTAVES, fit_width
+from hptransfer.study.optimum import BAND, BOOTSTRAP, WINDOW_OCTAVES, fit_width
 from hptransfer.transfer.predictor import MIN_COMPLETE
 
 __all__ = ["Row", "StudyTable", "markdown", "tabulate", "text", "write_plot"]

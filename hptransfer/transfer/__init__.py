@@ -1,7 +1,7 @@
 """The transfer predictor: the optimum hparams at a width too large to tune.
 
 Three steps, each a module with a recorded result (docs/transfer.md explains every choice):
-the optimum of each proxy width (:mod:`~hptransfer.transfer.optimum`: a parabola in
+the optimum of each proxy width (:mod:`~hptransfer.study.optimum`: a parabola in
 log2(lr) with a bootstrap interval; the near-optimal band for weight decay and batch), the
 fit of each optimum against width (:mod:`~hptransfer.transfer.fit`: the drift per doubling
 and whether transfer holds), and the named rules to the target
@@ -15,11 +15,11 @@ from hptransfer.transfer.baselines import STEP_LAW as STEP_LAW
 from hptransfer.transfer.baselines import Baseline
 from hptransfer.transfer.fit import MIN_SPREAD as MIN_SPREAD
 from hptransfer.transfer.fit import TransferFit, TransferModel
-from hptransfer.transfer.optimum import BAND as BAND
-from hptransfer.transfer.optimum import CONFIDENCE as CONFIDENCE
-from hptransfer.transfer.optimum import MIN_BAND_TRIALS as MIN_BAND_TRIALS
-from hptransfer.transfer.optimum import WINDOW_OCTAVES as WINDOW_OCTAVES
-from hptransfer.transfer.optimum import Estimate, WidthEvidence
+from hptransfer.study.optimum import BAND as BAND
+from hptransfer.study.optimum import CONFIDENCE as CONFIDENCE
+from hptransfer.study.optimum import MIN_BAND_TRIALS as MIN_BAND_TRIALS
+from hptransfer.study.optimum import WINDOW_OCTAVES as WINDOW_OCTAVES
+from hptransfer.study.optimum import Estimate, WidthEvidence
 from hptransfer.transfer.prediction import Evidence, Prediction
 from hptransfer.transfer.predictor import MIN_COMPLETE as MIN_COMPLETE
 from hptransfer.transfer.predictor import PredictionError, predict_from_trials, predict_hparams

@@ -11,7 +11,7 @@ import math
 
 from hptransfer.spec import FrozenConfig, ModelSpec
 from hptransfer.study.ledger import TrialRecord, TrialStatus
-from hptransfer.transfer.optimum import WidthFit
+from hptransfer.study.optimum import WidthFit
 
 __all__ = ["Baseline", "baselines"]
 

@@ -19,7 +19,7 @@ from pydantic import Field
 from hptransfer.mup.rules import coupled_decay_scale, weight_decay_depends_on_width
 from hptransfer.spec import FrozenConfig
 from hptransfer.study.config import StudyConfig
-from hptransfer.transfer.optimum import WidthFit, percentiles, zero_code
+from hptransfer.study.optimum import WidthFit, percentiles, zero_code
 
 __all__ = ["TransferFit", "TransferModel", "coupled", "transfer_fits"]
 

@@ -18,7 +18,7 @@ from hptransfer.mup.rules import describe_hidden_lr
 from hptransfer.spec import FrozenConfig, ModelSpec
 from hptransfer.transfer.baselines import Baseline
 from hptransfer.transfer.fit import TransferFit
-from hptransfer.transfer.optimum import WidthEvidence
+from hptransfer.study.optimum import WidthEvidence
 from hptransfer.transfer.rules import Rule
 
 if TYPE_CHECKING:

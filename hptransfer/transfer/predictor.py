@@ -2,7 +2,7 @@
 
 :func:`predict_hparams` reads a study from storage; :func:`predict_from_trials` runs the
 three steps on its records: the optimum of each usable width
-(:mod:`hptransfer.transfer.optimum`), the fit against width (:mod:`hptransfer.transfer.fit`)
+(:mod:`hptransfer.study.optimum`), the fit against width (:mod:`hptransfer.transfer.fit`)
 and the rules to the target (:mod:`hptransfer.transfer.rules`), with the closed-form
 baselines (:mod:`hptransfer.transfer.baselines`) to compare against.
 """
@@ -22,7 +22,7 @@ from hptransfer.study.config import StudyConfig
 from hptransfer.study.ledger import TrialRecord, TrialStatus
 from hptransfer.transfer.baselines import baselines
 from hptransfer.transfer.fit import transfer_fits
-from hptransfer.transfer.optimum import BAND, BOOTSTRAP, WINDOW_OCTAVES, fit_width
+from hptransfer.study.optimum import BAND, BOOTSTRAP, WINDOW_OCTAVES, fit_width
 from hptransfer.transfer.prediction import Evidence, Prediction
 from hptransfer.transfer.rules import (
     HORIZON_EXPONENT,

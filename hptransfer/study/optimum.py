@@ -1,4 +1,4 @@
-"""Step 1 of the transfer: the optimum of one width, from that width's trials.
+"""What one width's trials say: its optimum (step 1 of the transfer, and the ladder search's guide).
 
 The LR optimum of one width is the vertex of a quadratic in log2(lr) fitted to the completed
 trials within ``window`` octaves of the best one (the loss is roughly a parabola in log2 lr
