@@ -10,16 +10,16 @@ and whether transfer holds), and the named rules to the target
 :class:`Prediction`, compared with the closed-form :mod:`~hptransfer.transfer.baselines`.
 """
 
-from hptransfer.transfer.baselines import DEEPSEEK as DEEPSEEK
-from hptransfer.transfer.baselines import STEP_LAW as STEP_LAW
-from hptransfer.transfer.baselines import Baseline
-from hptransfer.transfer.fit import MIN_SPREAD as MIN_SPREAD
-from hptransfer.transfer.fit import TransferFit, TransferModel
 from hptransfer.study.optimum import BAND as BAND
 from hptransfer.study.optimum import CONFIDENCE as CONFIDENCE
 from hptransfer.study.optimum import MIN_BAND_TRIALS as MIN_BAND_TRIALS
 from hptransfer.study.optimum import WINDOW_OCTAVES as WINDOW_OCTAVES
 from hptransfer.study.optimum import Estimate, WidthEvidence
+from hptransfer.transfer.baselines import DEEPSEEK as DEEPSEEK
+from hptransfer.transfer.baselines import STEP_LAW as STEP_LAW
+from hptransfer.transfer.baselines import Baseline
+from hptransfer.transfer.fit import MIN_SPREAD as MIN_SPREAD
+from hptransfer.transfer.fit import TransferFit, TransferModel
 from hptransfer.transfer.prediction import Evidence, Prediction
 from hptransfer.transfer.predictor import MIN_COMPLETE as MIN_COMPLETE
 from hptransfer.transfer.predictor import PredictionError, predict_from_trials, predict_hparams

@@ -16,9 +16,9 @@ from pydantic import Field
 from hptransfer.hparams import HParams
 from hptransfer.mup.rules import describe_hidden_lr
 from hptransfer.spec import FrozenConfig, ModelSpec
+from hptransfer.study.optimum import WidthEvidence
 from hptransfer.transfer.baselines import Baseline
 from hptransfer.transfer.fit import TransferFit
-from hptransfer.study.optimum import WidthEvidence
 from hptransfer.transfer.rules import Rule
 
 if TYPE_CHECKING:

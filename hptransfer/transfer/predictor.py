@@ -20,9 +20,9 @@ from hptransfer.models.registry import family_of
 from hptransfer.spec import DepthRule, ModelSpec
 from hptransfer.study.config import StudyConfig
 from hptransfer.study.ledger import TrialRecord, TrialStatus
+from hptransfer.study.optimum import BAND, BOOTSTRAP, WINDOW_OCTAVES, fit_width
 from hptransfer.transfer.baselines import baselines
 from hptransfer.transfer.fit import transfer_fits
-from hptransfer.study.optimum import BAND, BOOTSTRAP, WINDOW_OCTAVES, fit_width
 from hptransfer.transfer.prediction import Evidence, Prediction
 from hptransfer.transfer.rules import (
     HORIZON_EXPONENT,
