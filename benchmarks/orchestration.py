@@ -1,7 +1,7 @@
 """Per-trial orchestration overhead of `hptransfer tune`: storage and sampler time per trial.
 
 Runs a tune of tiny trials (so the overhead is visible) through the real worker loop and
-measures, per trial, wall time outside :func:`hptransfer.train.loop.train`: ask, sampling,
+measures, per trial, wall time outside :func:`hptransfer.training.loop.train`: ask, sampling,
 writing user attributes and reports, tell, reclaiming lost trials and counting finished
 ones. Reported in seconds per trial and as a fraction of a default proxy trial's time
 (``--trial-seconds``, measured separately: the default `tune --proxy-width 128` trial).
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import hptransfer.train.loop as training
+import hptransfer.training.loop as training
 from hptransfer.budget import Budget
 from hptransfer.data.corpus import load_corpus
 from hptransfer.hparams import HParams

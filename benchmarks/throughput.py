@@ -4,7 +4,7 @@ Both loops train the same architecture (pre-norm RMSNorm without gains, RoPE, ca
 ReLU MLP, untied embeddings, AdamW, grad clip 1.0) on the same batches, in one process.
 The plain loop is what a careful user would write first: ``nn.Linear`` layers with separate
 q/k/v, ``nn.RMSNorm``, PyTorch's default (foreach) AdamW, fp32. hptransfer's loop is
-:func:`hptransfer.train.loop.train` itself, timed through its own ``tokens_per_s`` field
+:func:`hptransfer.training.loop.train` itself, timed through its own ``tokens_per_s`` field
 (time spent in training steps, excluding evaluation).
 
 FLOPs are counted as in :meth:`hptransfer.spec.ModelSpec.flops_per_token`: 6 × matmul
@@ -31,7 +31,7 @@ from hptransfer.budget import Budget
 from hptransfer.data.corpus import load_corpus
 from hptransfer.hparams import HParams
 from hptransfer.spec import ModelSpec, Precision
-from hptransfer.train.loop import train
+from hptransfer.training.loop import train
 
 
 class PlainBlock(nn.Module):

@@ -30,7 +30,7 @@ _EXPORTS = {
     "Corpus": "hptransfer.data.corpus",
     "load_corpus": "hptransfer.data.corpus",
     "Transformer": "hptransfer.models.transformer",
-    "train": "hptransfer.train.loop",
+    "train": "hptransfer.training.loop",
     "coord_check": "hptransfer.checks.coord_check",
     "StudyConfig": "hptransfer.study.config",
     "study_config": "hptransfer.study.config",
@@ -42,8 +42,8 @@ _EXPORTS = {
     "Prediction": "hptransfer.transfer",
     "PredictionError": "hptransfer.errors",
     "predict_hparams": "hptransfer.transfer",
-    "Confirmation": "hptransfer.confirm.verdict",
-    "confirm": "hptransfer.confirm.runs",
+    "Confirmation": "hptransfer.confirmation.verdict",
+    "confirm": "hptransfer.confirmation.runs",
     "write_coord_check": "hptransfer.report.coord_check",
     "write_plot_page": "hptransfer.report.study_report",
     "write_report": "hptransfer.report.study_report",
@@ -54,8 +54,8 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:
     from hptransfer.budget import Budget
     from hptransfer.checks.coord_check import coord_check
-    from hptransfer.confirm.runs import confirm
-    from hptransfer.confirm.verdict import Confirmation
+    from hptransfer.confirmation.runs import confirm
+    from hptransfer.confirmation.verdict import Confirmation
     from hptransfer.data.corpus import Corpus, load_corpus
     from hptransfer.errors import HPTransferError, PredictionError
     from hptransfer.hparams import HParams, WeightDecay
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from hptransfer.study.ledger import load_trials, summarize
     from hptransfer.study.tune import TuneResult, tune
     from hptransfer.study.worker import LocalRunner
-    from hptransfer.train.loop import train
+    from hptransfer.training.loop import train
     from hptransfer.transfer import Prediction, predict_hparams
 
 

@@ -21,7 +21,7 @@ from hptransfer.budget import Budget
 from hptransfer.data.corpus import load_corpus
 from hptransfer.hparams import HParams
 from hptransfer.spec import ModelSpec
-from hptransfer.train.loop import train
+from hptransfer.training.loop import train
 
 # The CPU-scale setting (see docs/foundation.md): small enough that 3 widths × 8 octaves run
 # in well under an hour on 2 cores, long enough for the loss to separate the LRs.

@@ -29,7 +29,7 @@ from hptransfer.spec import (
     QueryInit,
     ReadoutInit,
 )
-from hptransfer.train.schedule import lr_factor, warmup_steps
+from hptransfer.training.schedule import lr_factor, warmup_steps
 
 # ---- ModelSpec: derived quantities ----------------------------------------------------------
 

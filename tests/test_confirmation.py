@@ -7,18 +7,26 @@ at width 64 with three offsets; the other tests read that storage.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from click.testing import CliRunner
 
 from hptransfer.cli import main
-from hptransfer.confirm.runs import confirm, load_confirmation
-from hptransfer.confirm.verdict import Confirmation, ConfirmationRun, ConfirmationVerdict, judge
+from hptransfer.confirmation.runs import confirm, load_confirmation
+from hptransfer.confirmation.verdict import (
+    Confirmation,
+    ConfirmationRun,
+    ConfirmationVerdict,
+    judge,
+)
 from hptransfer.study.ledger import (
     TrialStatus,
     confirmation_study_name,
     load_trials,
     study_names,
 )
+from hptransfer.study.search import SamplerKind
 
 OFFSETS = (-1.0, 0.0, 1.0)
 
@@ -76,7 +84,7 @@ def confirmed(tmp_path_factory, tiny_corpus, tiny_study_config):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HPTRANSFER_HOME", str(folder / "home"))
         tune(config, study="tiny", widths=(32, 64), trials=4, storage=url, corpus=tiny_corpus,
-             runner=LocalRunner(threads=1))
+             runner=LocalRunner(workers=1, threads=1), sampler=SamplerKind.TPE)
         first = confirm(64, study="tiny", storage=url, offsets=OFFSETS, threads=1,
                         on_run=seen.append)
         second = confirm(64, study="tiny", storage=url, offsets=OFFSETS, threads=1,
@@ -170,3 +178,36 @@ def test_cli_bad_input_exits_2(runner, confirmed, args, message):
     result = runner.invoke(main, [a.replace("{url}", url) for a in args])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_runs_side_by_side_record_what_one_process_does(confirmed, tmp_path):
+    """Two local processes train the runs of one confirmation (workers=2, one thread each):
+    the same losses, bit for bit, as one process trained them."""
+    import shutil
+
+    url, first, _, _ = confirmed
+    copy = tmp_path / "copy.db"
+    shutil.copy(url.removeprefix("sqlite:///"), copy)
+    copy_url = f"sqlite:///{copy}"
+    import optuna
+
+    optuna.delete_study(study_name=confirmation_study_name("tiny", 64), storage=copy_url)
+    parallel = confirm(64, study="tiny", storage=copy_url, offsets=OFFSETS, threads=1,
+                       workers=2)
+    assert [(r.offset, r.lr, r.status, r.loss) for r in parallel.runs] == [
+        (r.offset, r.lr, r.status, r.loss) for r in first.runs]
+    assert parallel.verdict is first.verdict
+
+
+def test_a_regret_inside_the_seed_noise_is_not_a_miss():
+    from hptransfer.confirmation.verdict import noise_margin
+
+    three = runs((-0.5, 3.00), (0, 3.03), (0.5, 3.10))  # regret 1%
+    assert judge(three).verdict is ConfirmationVerdict.OPTIMUM_LOWER
+    assert judge(three, noise=0.001).verdict is ConfirmationVerdict.OPTIMUM_LOWER  # 0.28%
+    within = judge(three, noise=0.005)  # two runs differ by up to 1.41% from noise alone
+    assert within.verdict is ConfirmationVerdict.CONFIRMED and within.regret == pytest.approx(
+        0.01)
+    assert any("seed noise" in n for n in within.notes)
+    assert noise_margin(0.005) == pytest.approx(2 * math.sqrt(2) * 0.005)
+    assert noise_margin(None) == 0.0

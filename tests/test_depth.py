@@ -19,8 +19,8 @@ from hptransfer.mup.roles import Role
 from hptransfer.mup.rules import residual_multiplier
 from hptransfer.mup.tensors import tensor_rules
 from hptransfer.spec import DepthRule, ModelSpec
-from hptransfer.train.loop import train
-from hptransfer.train.optimizer import build_optimizer
+from hptransfer.training.loop import train
+from hptransfer.training.optimizer import build_optimizer
 
 
 def spec_at(depth: int, rule: DepthRule = DepthRule.COMPLETEP, base_depth: int = 2,

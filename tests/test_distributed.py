@@ -16,7 +16,7 @@ from hptransfer.budget import Budget
 from hptransfer.hparams import HParams
 from hptransfer.record import RunRecord, Status, Verdict
 from hptransfer.spec import ModelSpec
-from hptransfer.train.loop import train
+from hptransfer.training.loop import train
 
 WORKERS = 2
 SPEC = ModelSpec(width=32, depth=2, head_dim=16, seq_len=32, base_width=32)  # = tiny_spec

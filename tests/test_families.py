@@ -24,7 +24,8 @@ from hptransfer.models.family import logits_of
 from hptransfer.models.registry import build_model, family_of, role_table
 from hptransfer.mup.roles import Role
 from hptransfer.spec import AttentionScale, ModelSpec, ReadoutInit
-from hptransfer.train.loop import train
+from hptransfer.study.search import SamplerKind
+from hptransfer.training.loop import train
 
 NANOGPT = str(Path(__file__).resolve().parent.parent / "integrations" / "nanogpt" /
               "model.py") + ":make_model"
@@ -131,16 +132,18 @@ def test_a_changed_role_table_is_refused_on_resume(model, tiny_corpus, tmp_path)
     assert config.roles_digest == role_table(config.spec).digest()
     url = str(tmp_path / "s.log")
     stale = config.model_copy(update={"roles_digest": "sha256:" + "0" * 64})
-    tune(stale, study="s", widths=(32,), trials=1, storage=url, corpus=tiny_corpus)
+    tune(stale, study="s", widths=(32,), trials=1, storage=url, corpus=tiny_corpus,
+         sampler=SamplerKind.TPE)
     with pytest.raises(StudyError, match="role table"):
-        tune(config, study="s", widths=(32,), trials=2, storage=url, corpus=tiny_corpus)
+        tune(config, study="s", widths=(32,), trials=2, storage=url, corpus=tiny_corpus,
+             sampler=SamplerKind.TPE)
 
 
 @pytest.mark.parametrize("hf", ["hf-llama", "hf-gpt2"])
 def test_a_hugging_face_model_goes_from_tune_to_param_groups(hf, tiny_corpus, text_file,
                                                              tmp_path, monkeypatch):
     """tune → predict → confirm → param groups for the full-size model, in one storage."""
-    from hptransfer.confirm.runs import confirm
+    from hptransfer.confirmation.runs import confirm
     from hptransfer.space import SearchSpace
     from hptransfer.study.config import study_config
     from hptransfer.study.ledger import confirmation_widths, load_trials
@@ -155,7 +158,7 @@ def test_a_hugging_face_model_goes_from_tune_to_param_groups(hf, tiny_corpus, te
                           budget=Budget(steps=4, eval_every=2, eval_tokens=512),
                           data=text_file)
     tune(config, study="hf", widths=(32, 64), trials=3, storage=url, corpus=tiny_corpus,
-         runner=LocalRunner(threads=1))
+         runner=LocalRunner(workers=1, threads=1), sampler=SamplerKind.TPE)
     assert len(load_trials("hf", url)) == 6
     prediction = predict_hparams(128, study="hf", storage=url, model=hf)
     assert prediction.spec.model == hf

@@ -91,7 +91,7 @@ def _special(w: dict, command: str) -> dict[str, list[str]]:
         storages.append(f"{f}/missing/none.db")  # joining or reading: it must exist
     if command not in READS:
         storages.append(f"{f}/torn.log")  # writing after a cut record would corrupt it
-    workers = ["0"] if command == "tune" else ["0", "3"]  # confirm: 3 is Ray's, not local
+    workers = ["0", "-2", "many"]  # locally any positive count (or auto) is fine
     return {
         "--storage": storages,
         "--data": ["/nonexistent/corpus.txt", f"{f}/binary.txt", f"{f}/dir.db"],

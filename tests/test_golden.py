@@ -45,7 +45,7 @@ from hptransfer.data.corpus import Corpus, load_corpus
 from hptransfer.hparams import HParams
 from hptransfer.record import RunRecord, Status
 from hptransfer.spec import ModelSpec, Parametrization
-from hptransfer.train.loop import train
+from hptransfer.training.loop import train
 
 ASSETS = Path(__file__).parent / "assets"
 RTOL = 2e-3

@@ -85,7 +85,7 @@ def _signature_defaults(function) -> dict:
      {"--steps": "steps", "--depth": "depth", "--tolerance": "tolerance", "--seed": "seed"}),
     ("predict", "hptransfer.transfer.predictor:predict_hparams",
      {"--bootstrap": "bootstrap", "--seed": "seed", "--study": "study"}),
-    ("confirm", "hptransfer.confirm.runs:confirm", {"--study": "study"}),
+    ("confirm", "hptransfer.confirmation.runs:confirm", {"--study": "study"}),
 ])
 def test_command_defaults_are_the_apis(command, function, options):
     """A command given no option does what the Python API does given no argument."""

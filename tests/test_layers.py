@@ -21,19 +21,19 @@ LAYERS = [
     ("data",),
     ("mup",),
     ("models",),
-    ("train",),
+    ("training",),
     ("checks",),
     ("study",),
     ("backends",),
     ("transfer",),
-    ("confirm",),
+    ("confirmation",),
     ("report",),
     ("reproduction",),
     ("cli",),
 ]
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
 # what `import` of these layers must not pull in (heavy engines and optional extras)
-LIGHT = {"train": ("optuna", "ray"), "checks": ("optuna", "ray"),
+LIGHT = {"training": ("optuna", "ray"), "checks": ("optuna", "ray"),
          "mup.rules": ("torch", "optuna", "ray"), "data": ("torch", "optuna", "ray"),
          "study.config": ("torch", "optuna", "ray"), "transfer": ("torch", "ray"),
          "cli": ("torch", "optuna", "ray", "matplotlib")}
@@ -165,3 +165,18 @@ def test_every_public_name_exists():
         missing += [f"{module}.{n}" for n in getattr(imported, "__all__", ())
                     if not hasattr(imported, n)]
     assert not missing, missing
+
+
+def test_the_facade_names_stay_functions_after_their_packages_load():
+    """A subpackage named like a façade function (``hptransfer.train``, ``.confirm``) would
+    replace the function by the module as soon as anything imported the package: the lazy
+    façade then handed out a module. No layer may share a name with a public function."""
+    code = ("import hptransfer as hp, importlib, pkgutil; "
+            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(hp.__path__, "
+            "'hptransfer.') if not m.name.endswith('__main__')]; "
+            "bad = [n for n in hp.__all__ if n != '__version__' and "
+            "type(getattr(hp, n)).__name__ == 'module']; "
+            "print(bad); raise SystemExit(bool(bad))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hptransfer.train.optimizer import Lion
+from hptransfer.training.optimizer import Lion
 
 
 def _reference_lion(p, grads, lr, beta1, beta2, wd):

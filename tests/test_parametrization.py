@@ -17,8 +17,8 @@ from hptransfer.mup.sources import declared
 from hptransfer.mup.sources import role_table as assemble
 from hptransfer.mup.tensors import Declared, param_groups, tensor_rules
 from hptransfer.spec import AttentionScale, ModelSpec, ReadoutInit
-from hptransfer.train.loop import train
-from hptransfer.train.optimizer import build_optimizer
+from hptransfer.training.loop import train
+from hptransfer.training.optimizer import build_optimizer
 
 
 def _rules(spec: ModelSpec, hparams: HParams | None = None):

@@ -15,7 +15,7 @@ from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
 from hptransfer.study.config import StudyConfig
 from hptransfer.study.ledger import TrialStatus, load_config, load_trials
-from hptransfer.study.search import Pruning, WarmStart, warm_start_lrs
+from hptransfer.study.search import Pruning, SamplerKind, WarmStart, warm_start_lrs
 from hptransfer.study.tune import tune
 from hptransfer.study.worker import LocalRunner
 
@@ -39,7 +39,8 @@ def _config(tiny_corpus, *, steps=24, lr=(2.0**-12, 2.0**-2)) -> StudyConfig:
 def test_pruners_stop_trials_only_in_the_second_half(tiny_corpus, tmp_path, pruning):
     config = _config(tiny_corpus)
     tune(config, study="p", widths=(32,), trials=10, pruning=pruning, corpus=tiny_corpus,
-         storage=str(tmp_path / "s.db"), runner=LocalRunner(threads=1))
+         storage=str(tmp_path / "s.db"), runner=LocalRunner(workers=1, threads=1),
+         sampler=SamplerKind.TPE)
     records = load_trials("p", str(tmp_path / "s.db"))
     pruned = [r for r in records if r.status is TrialStatus.PRUNED]
     half = config.tokens_per_trial() // 2
@@ -55,7 +56,8 @@ def test_pruners_stop_trials_only_in_the_second_half(tiny_corpus, tmp_path, prun
 def test_pruned_trials_are_not_optima(tiny_corpus, tmp_path):
     config = _config(tiny_corpus)
     result = tune(config, study="p", widths=(32,), trials=10, pruning=Pruning.MEDIAN,
-                  corpus=tiny_corpus, storage=str(tmp_path / "s.db"), runner=LocalRunner(threads=1))
+                  corpus=tiny_corpus, storage=str(tmp_path / "s.db"),
+                  runner=LocalRunner(workers=1, threads=1), sampler=SamplerKind.TPE)
     best = result.best(32)
     records = load_trials("p", str(tmp_path / "s.db"))
     assert records[best.best_number].status is TrialStatus.COMPLETE
@@ -66,7 +68,8 @@ def test_warm_start_previous_enqueues_the_best_lrs_of_the_previous_width(tiny_co
     config = _config(tiny_corpus, steps=6, lr=(2.0**-8, 2.0**-4))
     storage = str(tmp_path / "s.db")
     tune(config, study="w", widths=(32, 64), trials=5, corpus=tiny_corpus, storage=storage,
-         warm_start=WarmStart.OCTAVES_AND_PREVIOUS, runner=LocalRunner(threads=1))
+         warm_start=WarmStart.OCTAVES_AND_PREVIOUS, runner=LocalRunner(workers=1, threads=1),
+         sampler=SamplerKind.TPE)
     records = load_trials("w", storage)
     w32 = sorted((r for r in records if r.width == 32 and r.status is TrialStatus.COMPLETE),
                  key=lambda r: r.final_val_loss)
@@ -81,7 +84,8 @@ def test_warm_start_previous_enqueues_the_best_lrs_of_the_previous_width(tiny_co
 def test_no_warm_start_enqueues_nothing(tiny_corpus, tmp_path):
     config = _config(tiny_corpus, steps=4)
     tune(config, study="n", widths=(32,), trials=2, corpus=tiny_corpus,
-         storage=str(tmp_path / "s.db"), warm_start=WarmStart.NONE, runner=LocalRunner(threads=1))
+         storage=str(tmp_path / "s.db"), warm_start=WarmStart.NONE,
+         runner=LocalRunner(workers=1, threads=1), sampler=SamplerKind.TPE)
     records = load_trials("n", str(tmp_path / "s.db"))
     assert len(records) == 2 and all(r.status is TrialStatus.COMPLETE for r in records)
 
@@ -123,14 +127,14 @@ def test_more_widths_later_resume_the_same_study(tiny_corpus, tmp_path):
                           budget=budget, corpus=tiny_corpus)
     assert first == second
     run = dict(study="m", trials=1, corpus=tiny_corpus, storage=storage,
-               warm_start=WarmStart.NONE, runner=LocalRunner(threads=1))
-    tune(first, widths=(32,), **run)
-    tune(second, widths=(32, 64), **run)
+               warm_start=WarmStart.NONE, runner=LocalRunner(workers=1, threads=1))
+    tune(first, widths=(32,), **run, sampler=SamplerKind.TPE)
+    tune(second, widths=(32, 64), **run, sampler=SamplerKind.TPE)
     assert {r.width for r in load_trials("m", storage)} == {32, 64}
     other = study_config(spec=spec.model_copy(update={"depth": 2}), space=space,
                          budget=budget, corpus=tiny_corpus)
     with pytest.raises(StudyError, match="different spec"):
-        tune(other, widths=(128,), **run)
+        tune(other, widths=(128,), **run, sampler=SamplerKind.TPE)
     assert {r.width for r in load_trials("m", storage)} == {32, 64}  # nothing ran
 
 

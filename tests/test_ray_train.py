@@ -20,8 +20,9 @@ from click.testing import CliRunner
 
 from hptransfer.backends import Backend
 from hptransfer.cli import main
-from hptransfer.confirm.runs import confirm
+from hptransfer.confirmation.runs import confirm
 from hptransfer.study.ledger import TrialStatus, confirmation_study_name
+from hptransfer.study.search import SamplerKind
 
 OFFSETS = (-1.0, 0.0, 1.0)
 API_OFFSETS = (0.0, 1.0)  # through confirm(); the CLI then adds -1
@@ -39,7 +40,7 @@ def tuned(tmp_path_factory, tiny_corpus, tiny_study_config):
         patch.setenv("HPTRANSFER_HOME", str(folder / "home"))
         tune(tiny_study_config, study="tiny", widths=(32, 64), trials=4,
              storage=f"sqlite:///{folder / 'local.db'}", corpus=tiny_corpus,
-             runner=LocalRunner(threads=1))
+             runner=LocalRunner(workers=1, threads=1), sampler=SamplerKind.TPE)
     return folder
 
 
@@ -103,7 +104,7 @@ def test_ray_runs_are_recorded_like_local_runs(confirmed):
         same = ("width", "spec", "hparams", "corpus_hash", "offset", "predicted_lr", "role",
                 "status", "steps", "tokens_seen", "flops")
         assert {k: mine.user_attrs[k] for k in same} == {k: theirs.user_attrs[k] for k in same}
-    from hptransfer.confirm.runs import load_confirmation
+    from hptransfer.confirmation.runs import load_confirmation
 
     assert load_confirmation("tiny", 64, ray_url).verdict is load_confirmation(
         "tiny", 64, local_url).verdict
@@ -141,7 +142,7 @@ def runner(tmp_path, monkeypatch) -> CliRunner:
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--workers", "2"], "workers train each run data parallel on a Ray cluster"),
+    (["--workers", "0"], "positive number of workers"),
     (["--cpus-per-worker", "2"], "apply only with --backend ray"),
     (["--backend", "ray", "--threads", "2"], "each worker trains with --cpus-per-worker"),
 ])
@@ -163,6 +164,6 @@ def test_cli_without_ray_names_the_install_line(runner, tuned, monkeypatch):
 
 
 def test_importing_the_ray_train_module_does_not_import_ray():
-    code = ("import sys, hptransfer.backends.ray_train, hptransfer.confirm.runs, hptransfer.cli; "
-            "sys.exit('ray' in sys.modules)")
+    code = ("import sys, hptransfer.backends.ray_train, hptransfer.confirmation.runs, "
+            "hptransfer.cli; sys.exit('ray' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

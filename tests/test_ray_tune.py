@@ -22,6 +22,7 @@ from hptransfer.budget import Budget
 from hptransfer.errors import StudyError
 from hptransfer.study.config import StudyConfig
 from hptransfer.study.ledger import TrialStatus, load_trials
+from hptransfer.study.search import SamplerKind
 from hptransfer.study.storage import open_storage
 from hptransfer.study.tune import tune
 from hptransfer.study.worker import LocalRunner
@@ -37,7 +38,7 @@ def home(monkeypatch, tmp_path):
 
 def _ray_tune(config, url, cluster, **kwargs):
     options = RayOptions(address=cluster.address, **kwargs.pop("ray", {}))
-    return tune(config, storage=url, runner=RayTune(options), **kwargs)
+    return tune(config, storage=url, runner=RayTune(options), **kwargs, sampler=SamplerKind.TPE)
 
 
 def test_ray_trials_land_in_the_optuna_record_and_feed_the_predictor(
@@ -73,7 +74,7 @@ def test_same_losses_as_local_trials(tiny_study_config, tiny_corpus, ray_cluster
     _ray_tune(tiny_study_config, ray_url, ray_cluster, study="same", widths=(32,), trials=3,
               corpus=tiny_corpus)
     tune(tiny_study_config, storage=local_url, study="same", widths=(32,), trials=3,
-         corpus=tiny_corpus, runner=LocalRunner(threads=1))
+         corpus=tiny_corpus, runner=LocalRunner(workers=1, threads=1), sampler=SamplerKind.TPE)
     on_ray = {r.hparams.lr: r.final_val_loss for r in load_trials("same", ray_url)}
     local = {r.hparams.lr: r.final_val_loss for r in load_trials("same", local_url)}
     assert on_ray == local
@@ -161,7 +162,7 @@ def test_without_ray_the_error_is_the_install_line(monkeypatch, tiny_study_confi
     url = tmp_path / "none.db"
     with pytest.raises(StudyError, match=r'pip install "hptransfer\[ray\]"'):
         tune(tiny_study_config, storage=str(url), runner=RayTune(), corpus=tiny_corpus,
-             widths=(32,), trials=1)
+             widths=(32,), trials=1, sampler=SamplerKind.TPE)
     assert not url.exists()  # refused before any storage was created
 
 

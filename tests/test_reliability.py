@@ -258,7 +258,7 @@ def test_a_confirmation_whose_runs_all_fail_exits_1_and_is_retried(study, tmp_pa
     def broken(*_, **__):
         raise RuntimeError("the node went away")
 
-    monkeypatch.setattr("hptransfer.train.loop.train", broken)
+    monkeypatch.setattr("hptransfer.training.loop.train", broken)
     result = run(args, code=1)
     assert "every confirmation run failed" in result.output and "node went away" in result.output
     monkeypatch.undo()

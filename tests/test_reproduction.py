@@ -114,7 +114,7 @@ def test_run_records_json_table_and_rerun_trains_nothing(folder, tmp_path, monke
     def no_training(*args, **kwargs):
         raise AssertionError("a finished cell was trained again")
 
-    monkeypatch.setattr("hptransfer.train.loop.train", no_training)
+    monkeypatch.setattr("hptransfer.training.loop.train", no_training)
     again = runner.invoke(main, run)
     assert again.exit_code == 0, again.output
     assert "6/6 cells recorded" in again.output

@@ -17,9 +17,9 @@ from hptransfer.mup.roles import Role
 from hptransfer.mup.tensors import declared_parameters, param_groups
 from hptransfer.record import RunRecord, Status, Verdict
 from hptransfer.spec import Activation, ModelSpec, NormGain, ReadoutInit
-from hptransfer.train.loop import token_loss, train
-from hptransfer.train.optimizer import Lion, build_optimizer
-from hptransfer.train.schedule import lr_factor
+from hptransfer.training.loop import token_loss, train
+from hptransfer.training.optimizer import Lion, build_optimizer
+from hptransfer.training.schedule import lr_factor
 
 BUDGET = Budget(steps=12, eval_every=4, eval_tokens=1024)
 
@@ -352,7 +352,7 @@ def test_scaled_eps_and_weight_decay_take_effect(tiny_spec, short_run):
 def test_device_is_checked_before_any_work(tiny_spec, tiny_corpus):
     import torch
 
-    from hptransfer.train.device import resolve_device
+    from hptransfer.training.device import resolve_device
 
     assert resolve_device(None) == torch.device("cpu")
     with pytest.raises(ValueError, match="cpu or cuda"):

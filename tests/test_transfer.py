@@ -24,6 +24,7 @@ from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
 from hptransfer.study.config import StudyConfig
 from hptransfer.study.ledger import CONFIG_ATTR, TrialRecord, TrialStatus
+from hptransfer.study.search import SamplerKind
 from hptransfer.transfer import (
     HORIZON_EXPONENT,
     Prediction,
@@ -99,6 +100,35 @@ def test_constant_optimum_is_recovered_within_its_intervals():
     assert all(abs(err) < 0.25 for err in fit.leave_one_out.values())
     assert [r.name for r in prediction.rules] == ["width-constant:lr"]
     assert not any("not holding" in w for w in prediction.warnings)
+
+
+def test_a_mup_finite_width_correction_converges_instead_of_drifting_forever():
+    """Under µP the optimum has an infinite-width limit: a modest drift between two proxies
+    is extrapolated as a 1/width correction (towards the limit), not log-linearly."""
+    limit, c = -6.0, -40.0  # log2 opt = limit + c / width: -7.25 at 32, -6.63 at 64
+    converging = lambda w: limit + c / w  # noqa: E731
+    prediction = predict_from_trials(bowl([32, 64], converging, noise=0.001), make_config(),
+                                     1024)
+    fit = prediction.evidence.fits["lr"]
+    assert fit.model is TransferModel.CONVERGING and fit.slope > 0.25
+    assert fit.limit == pytest.approx(limit, abs=0.25)
+    assert abs(octaves(prediction.hparams.lr) - converging(1024)) < 0.3
+    low, high = prediction.intervals["lr"]
+    assert octaves(low) <= converging(1024) <= octaves(high)
+    assert [r.name for r in prediction.rules][0] == "width-converging:lr"
+    assert not any("not holding" in w or "not established" in w for w in prediction.warnings)
+    # the same drift under SP is no finite-width correction: log-linear, and the alarm
+    sp = predict_from_trials(bowl([32, 64], converging, noise=0.001), make_config(param="sp"),
+                             1024)
+    assert sp.evidence.fits["lr"].model is TransferModel.LOG_LINEAR
+    assert any("not holding" in w for w in sp.warnings)
+
+
+def test_a_steep_mup_drift_is_no_finite_width_correction():
+    steep = lambda w: TRUE_OPT - 1.0 * math.log2(w / 32)  # noqa: E731  (SP-like)
+    prediction = predict_from_trials(bowl([32, 64], steep, noise=0.001), make_config(), 1024)
+    assert prediction.evidence.fits["lr"].model is TransferModel.LOG_LINEAR
+    assert any("not holding" in w for w in prediction.warnings)
 
 
 def test_known_drift_is_detected_and_extrapolated():
@@ -392,7 +422,7 @@ def tiny_study(tmp_path_factory, tiny_corpus, tiny_study_config):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HPTRANSFER_HOME", str(folder / "home"))
         tune(config, study="tiny", widths=(32, 64), trials=3, storage=url, corpus=tiny_corpus,
-             runner=LocalRunner(threads=1))
+             runner=LocalRunner(workers=1, threads=1), sampler=SamplerKind.TPE)
     return url
 
 

@@ -101,7 +101,7 @@ def tune_args(text_file: str, tiny_toml: str, *extra: str) -> list[str]:
     return ["tune", "--config", tiny_toml, "--data", text_file, "--depth", "1",
             "--seq-len", "32", "--head-dim", "16", "--base-width", "32",
             "--lr-range", "2^-8,2^-4", "--weight-decay-range", "off", "--batch-sizes", "off",
-            "--steps", "4", "--json", *extra]
+            "--steps", "4", "--sampler", "tpe", "--workers", "1", "--json", *extra]
 
 
 def invoke(runner: CliRunner, args: list[str], code: int = 0):
@@ -127,7 +127,8 @@ def test_tune_records_every_trial(config, tiny_corpus, tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     seen: list[TrialRecord] = []
     result = tune(config, study="t", widths=(32, 64), trials=4, storage=url,
-                  corpus=tiny_corpus, on_trial=seen.append, runner=LocalRunner(threads=1))
+                  corpus=tiny_corpus, on_trial=seen.append,
+                  runner=LocalRunner(workers=1, threads=1), sampler=SamplerKind.TPE)
 
     assert result.storage == url and [s.width for s in result.widths] == [32, 64]
     assert [s.finished for s in result.widths] == [4, 4] and len(seen) == 8
@@ -165,33 +166,35 @@ def test_tune_records_every_trial(config, tiny_corpus, tmp_path):
 def test_resume_tops_up_and_keeps_finished_trials(config, tiny_corpus, tmp_path):
     url = str(tmp_path / "s.log")
     run = dict(study="t", widths=(32,), storage=url, corpus=tiny_corpus,
-               runner=LocalRunner(threads=1))
-    tune(config, trials=2, **run)
+               runner=LocalRunner(workers=1, threads=1))
+    tune(config, trials=2, **run, sampler=SamplerKind.TPE)
     first = records_of("t", url)
     assert [r.number for r in finished(first)] == [0, 1]
     assert [r.status for r in first[2:]] == [TrialStatus.WAITING]  # the last grid point
 
-    tune(config, trials=4, **run)
+    tune(config, trials=4, **run, sampler=SamplerKind.TPE)
     second = records_of("t", url)
     assert len(second) == 4 and len(finished(second)) == 4
     assert second[:2] == first[:2]  # same numbers, params, values, curves, timings
     assert [r.hparams.lr for r in second[:3]] == ENQUEUED  # the grid was not enqueued twice
 
-    tune(config, trials=4, **run)
+    tune(config, trials=4, **run, sampler=SamplerKind.TPE)
     assert records_of("t", url) == second
 
 
 def test_a_study_refuses_a_different_config(config, tiny_corpus, tmp_path):
     url = str(tmp_path / "s.log")
     tune(config, study="t", widths=(32,), trials=1, storage=url, corpus=tiny_corpus,
-         runner=LocalRunner(threads=1))
+         runner=LocalRunner(workers=1, threads=1), sampler=SamplerKind.TPE)
     longer = config.model_copy(update={"budget": Budget(steps=5, eval_every=2,
                                                          eval_tokens=1024)})
     with pytest.raises(StudyError, match="different budget"):
-        tune(longer, study="t", widths=(32,), trials=2, storage=url, corpus=tiny_corpus)
+        tune(longer, study="t", widths=(32,), trials=2, storage=url, corpus=tiny_corpus,
+             sampler=SamplerKind.TPE)
     reseeded = config.model_copy(update={"seed": 1})
     with pytest.raises(StudyError, match="different seed"):
-        tune(reseeded, study="t", widths=(32,), trials=2, storage=url, corpus=tiny_corpus)
+        tune(reseeded, study="t", widths=(32,), trials=2, storage=url, corpus=tiny_corpus,
+             sampler=SamplerKind.TPE)
     assert len(records_of("t", url)) == 3  # one finished, two grid points waiting
 
 
@@ -211,7 +214,7 @@ def test_diverged_trials_are_recorded_and_counted(config, tiny_corpus, tmp_path)
     huge = config.model_copy(update={"space": space})
     url = str(tmp_path / "s.log")
     result = tune(huge, study="d", widths=(32,), trials=5, storage=url, corpus=tiny_corpus,
-                  runner=LocalRunner(threads=1))
+                  runner=LocalRunner(workers=1, threads=1), sampler=SamplerKind.TPE)
     records = records_of("d", url)
     assert len(finished(records)) == 5 == result.best(32).finished
     diverged = [r for r in records if r.status is TrialStatus.DIVERGED]
@@ -463,7 +466,7 @@ def test_status_and_plot(runner, text_file, tiny_toml, tmp_path, home):
 def test_worker_joins_and_tops_up(config, tiny_corpus, runner, tmp_path):
     url = normalize(str(tmp_path / "s.log"))
     tune(config, study="j", widths=(32, 64), trials=2, storage=url, corpus=tiny_corpus,
-         runner=LocalRunner(threads=1))
+         runner=LocalRunner(workers=1, threads=1), sampler=SamplerKind.TPE)
     invoke(runner, ["worker", "--study", "j", "--storage", url, "--trials", "4", "--quiet"])
     records = records_of("j", url)
     assert [len(finished(records, w)) for w in (32, 64)] == [4, 4]
@@ -480,8 +483,11 @@ def test_worker_joins_and_tops_up(config, tiny_corpus, runner, tmp_path):
 SAMPLER_NEEDS = {SamplerKind.CMAES: "cmaes", SamplerKind.GP: "scipy", SamplerKind.QMC: "scipy"}
 
 
-@pytest.mark.parametrize("sampler", list(SamplerKind), ids=lambda s: s.value)
-def test_every_sampler_runs(sampler, config, tiny_corpus, tmp_path):
+OPTUNA_SAMPLERS = [s for s in SamplerKind if s is not SamplerKind.LADDER]  # test_ladder.py
+
+
+@pytest.mark.parametrize("sampler", OPTUNA_SAMPLERS, ids=lambda s: s.value)
+def test_every_optuna_sampler_runs(sampler, config, tiny_corpus, tmp_path):
     needs = SAMPLER_NEEDS.get(sampler)
     missing = needs is not None and importlib.util.find_spec(needs) is None
     if sampler is SamplerKind.CMAES and missing:
@@ -491,7 +497,7 @@ def test_every_sampler_runs(sampler, config, tiny_corpus, tmp_path):
     trials = 6 if sampler is SamplerKind.GP else 3
     run = dict(study="x", widths=(32,), trials=trials, storage=str(tmp_path / "s.log"),
                sampler=sampler, warm_start=WarmStart.NONE, corpus=tiny_corpus,
-               runner=LocalRunner(threads=1))
+               runner=LocalRunner(workers=1, threads=1))
     if missing:
         with pytest.raises(StudyError, match=f"pip install {needs}"):
             tune(config, **run)
@@ -512,7 +518,7 @@ def test_grid_sampler_runs_the_whole_grid_once(config, tiny_corpus, tmp_path):
     points = len(config.space.lr_octaves())
     run = dict(study="g", widths=(32,), sampler=SamplerKind.GRID, warm_start=WarmStart.NONE,
                storage=str(tmp_path / "s.log"), corpus=tiny_corpus,
-               runner=LocalRunner(threads=1))
+               runner=LocalRunner(workers=1, threads=1))
     result = tune(config, trials=points, **run)
     assert result.best(32).finished == points
     lrs = sorted(r.hparams.lr for r in records_of("g", str(tmp_path / "s.log")))

@@ -1,9 +1,9 @@
 """One training run as a Ray Train job: N data-parallel workers, one :class:`RunRecord`.
 
-:func:`train_on_ray` submits :func:`hptransfer.train.loop.train` through
+:func:`train_on_ray` submits :func:`hptransfer.training.loop.train` through
 ``ray.train.torch.TorchTrainer``: Ray places the N workers, sets up their process group
 (gloo) and can restart the job after a worker dies (``max_failures``); the loop turns data
-parallel when it finds the process group (:mod:`hptransfer.train.ranks`), so the record is
+parallel when it finds the process group (:mod:`hptransfer.training.ranks`), so the record is
 the one a local run returns, up to float rounding. The workers get the spec, hparams,
 budget and seed by value and the corpus by *path*: each loads it and checks its content hash
 (:func:`~hptransfer.data.corpus.check_hash`), so every node must see the same data at the
@@ -36,7 +36,7 @@ _RECORD = "hptransfer_record"  # the key of the reported metrics (and returned d
 
 
 class RayRun(FrozenConfig):
-    """What one job trains: :func:`hptransfer.train.loop.train`'s inputs, by value, and the
+    """What one job trains: :func:`hptransfer.training.loop.train`'s inputs, by value, and the
     corpus by path (module docstring)."""
 
     spec: ModelSpec
@@ -74,7 +74,7 @@ def train_on_ray(run: RayRun, *, scaling: RayScaling | None = None, name: str = 
     """
     from hptransfer.backends.cluster import connect
     from hptransfer.study.storage import home
-    from hptransfer.train.ranks import rows_per_worker
+    from hptransfer.training.ranks import rows_per_worker
 
     scaling = scaling or RayScaling()
     rows_per_worker(run.hparams.batch_size, scaling.workers)  # refuse before submitting
@@ -115,7 +115,7 @@ def _train_loop(config: dict[str, Any]) -> str:
     import ray.train
 
     from hptransfer.data.corpus import check_hash, load_corpus
-    from hptransfer.train.loop import train
+    from hptransfer.training.loop import train
 
     run = RayRun.model_validate_json(config["run"])
     corpus = load_corpus(run.data)

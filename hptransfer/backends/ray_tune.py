@@ -11,7 +11,7 @@ trial of ``NAME.wW`` exactly as a local worker makes it.
 Who writes what: the **driver** (this process) asks Optuna for the trial, holds its lease
 (Ray, not hptransfer, retries a dead Ray worker, so the lease must outlive the worker) and
 tells Optuna the final state; the **Ray worker** (:func:`_train_trial`) writes what it
-trains, trains with :func:`hptransfer.train.loop.train` reporting each validation point to
+trains, trains with :func:`hptransfer.training.loop.train` reporting each validation point to
 Ray (for ASHA) and to Optuna (the curve), and writes the outcome. A killed worker is
 restarted by Ray with the same Optuna trial, up to ``max_failures`` times; a killed driver's
 leases lapse and the same command run again reclaims them. ASHA, like the local pruners,
@@ -37,13 +37,16 @@ from hptransfer.study.config import StudyConfig
 from hptransfer.study.ledger import (
     Attr,
     TrialStatus,
+    enqueue,
     finished_count,
+    mark_ladder_done,
     recorded_state,
     running_count,
     trial_record,
+    waiting_count,
     write_status,
 )
-from hptransfer.study.search import Pruning, make_sampler
+from hptransfer.study.search import Pruning, SamplerKind, make_sampler
 
 if TYPE_CHECKING:
     from hptransfer.study.tune import WidthJob
@@ -91,9 +94,9 @@ def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
     from hptransfer.record import CurvePoint, Verdict
     from hptransfer.study.config import check_roles
     from hptransfer.study.leases import record_worker
-    from hptransfer.study.ledger import write_inputs, write_outcome
+    from hptransfer.study.ledger import trial_seed, write_inputs, write_outcome
     from hptransfer.study.storage import Access, open_storage
-    from hptransfer.train.loop import train
+    from hptransfer.training.loop import train
 
     config = StudyConfig.model_validate_json(job["config"])
     storage = open_storage(job["storage"], Access.UPDATE)
@@ -101,6 +104,7 @@ def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
     params = {k: v for k, v in ray_config.items() if k != "optuna_trial_id"}
     record_worker(storage, trial_id)
     spec, hparams = config.spec_at(job["width"]), _hparams_of(config, params)
+    seed = trial_seed(storage.get_trial_user_attrs(trial_id), config)
 
     def on_eval(point: CurvePoint) -> Verdict:
         storage.set_trial_intermediate_value(trial_id, point.tokens, point.loss)
@@ -112,11 +116,11 @@ def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
         # retry on the same node would fail the same way)
         corpus = load_corpus(config.data)
         write_inputs(storage, trial_id, spec=spec, hparams=hparams,
-                     corpus_hash=corpus.content_hash, threads=job["threads"],
+                     corpus_hash=corpus.content_hash, threads=job["threads"], seed=seed,
                      attrs=((Attr.BACKEND, Backend.RAY.value),))
         check_hash(corpus, config.corpus_hash)
         check_roles(job["name"], config)
-        outcome = train(spec, hparams, config.budget, corpus, seed=config.seed,
+        outcome = train(spec, hparams, config.budget, corpus, seed=seed,
                         on_eval=on_eval, threads=job["threads"], device=job["device"])
     except Exception as error:
         outcome = error
@@ -219,26 +223,58 @@ class RayTune:
     def __init__(self, options: RayOptions | None = None) -> None:
         self.options = options or RayOptions()
 
-    def prepare(self, storage_url: str, pruning: Pruning) -> None:
+    def prepare(self, storage_url: str, pruning: Pruning, sampler: SamplerKind) -> None:
         require_ray()
         if pruning is not Pruning.NONE:
             raise StudyError("--pruner applies to local workers; on Ray use --scheduler "
                              "asha (it also never stops a trial before half its budget)")
+        if sampler is SamplerKind.LADDER and self.options.scheduler is not Scheduler.FIFO:
+            raise StudyError("--scheduler asha stops trials early, and each of the ladder's "
+                             "few trials is needed whole: use --scheduler fifo, or an Optuna "
+                             "--sampler")
         connect(self.options.address)
         check_shared_storage(storage_url, self.options.address)
 
     def run_width(self, job: WidthJob) -> None:
-        """Run trials of one width on Ray until the study holds ``job.trials`` finished."""
+        """Run trials of one width on Ray: until the study holds ``job.trials`` finished, or
+        with the ladder, round by round until its planner says the width is done (this
+        driver plans; each round's trials run on the cluster side by side)."""
+        from hptransfer.study.leases import PlannerLease, reclaim_lost
+
+        if job.ladder is None:
+            reclaim_lost(job.study)
+            missing = job.trials - finished_count(job.study) - running_count(job.study)
+            if missing > 0:
+                self._fit(job, missing)
+            return
+        lease = PlannerLease(job.study)
+        try:
+            while True:
+                reclaim_lost(job.study)
+                waiting = waiting_count(job.study)
+                if not waiting:
+                    rows = [trial_record(job.study.study_name, t)
+                            for t in job.study.get_trials(deepcopy=False)]
+                    plan = job.ladder.plan(rows)
+                    if plan.done is not None:
+                        mark_ladder_done(job.study, plan.done)
+                        return
+                    for point in plan.points:
+                        enqueue(job.study, point.params(job.config),
+                                **{Attr.SEED: point.seed, Attr.LADDER: point.step.value})
+                    waiting = len(plan.points)
+                # Ray's OptunaSearch asks the study, which hands out the waiting trials
+                self._fit(job, waiting)
+        finally:
+            lease.stop()
+
+    def _fit(self, job: WidthJob, samples: int) -> None:
+        """One Ray Tune experiment of ``samples`` trials of the width's study."""
         from ray import tune as ray_tune
 
-        from hptransfer.study.leases import reclaim_lost
         from hptransfer.study.storage import home
 
         options, config = self.options, job.config
-        reclaim_lost(job.study)
-        missing = job.trials - finished_count(job.study) - running_count(job.study)
-        if missing <= 0:
-            return
         tokens = config.tokens_per_trial()
         scheduler = None
         if options.scheduler is Scheduler.ASHA:
@@ -258,9 +294,11 @@ class RayTune:
             trainable,
             tune_config=ray_tune.TuneConfig(
                 search_alg=searcher, scheduler=scheduler, metric=METRIC, mode="min",
-                num_samples=missing, max_concurrent_trials=options.concurrent),
+                num_samples=samples, max_concurrent_trials=options.concurrent),
             run_config=ray_tune.RunConfig(
-                name=f"{job.name}.w{job.width}-{time.strftime('%Y%m%d-%H%M%S')}",
+                # a ladder runs one experiment per round, often several a second
+                name=f"{job.name}.w{job.width}-{time.strftime('%Y%m%d-%H%M%S')}-"
+                     f"{len(job.study.get_trials(deepcopy=False))}",
                 storage_path=str(home() / "ray"), verbose=0,
                 failure_config=ray_tune.FailureConfig(max_failures=options.max_failures)))
         try:

@@ -29,9 +29,9 @@ from hptransfer.hparams import HParams
 from hptransfer.models.registry import build_model, family_of, role_table
 from hptransfer.mup.rules import alpha_for_base_lr, logits_shrink_at_init
 from hptransfer.spec import FrozenConfig, ModelSpec, Parametrization
-from hptransfer.train.device import autocast, resolve_threads
-from hptransfer.train.loop import token_loss
-from hptransfer.train.optimizer import build_optimizer
+from hptransfer.training.device import autocast, resolve_threads
+from hptransfer.training.loop import token_loss
+from hptransfer.training.optimizer import build_optimizer
 
 __all__ = ["DEFAULT_LR", "CoordCheckReport", "CoordPoint", "Growth", "coord_check"]
 

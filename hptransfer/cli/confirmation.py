@@ -17,8 +17,9 @@ from hptransfer.cli.options import (
     model_option,
     storage_option,
     threads_option,
+    workers_option,
 )
-from hptransfer.confirm.verdict import DEFAULT_OFFSETS
+from hptransfer.confirmation.verdict import DEFAULT_OFFSETS
 from hptransfer.errors import explain_fields
 
 
@@ -59,9 +60,10 @@ def _existing_storage_or_fail(storage: str | None, study: str) -> None:
               help="where each run trains: this process, or a Ray Train job on a Ray cluster "
                    "(pip install \"hptransfer[ray]\")")
 @address_option
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="--backend ray: data-parallel workers per run; the predicted batch size "
-                   "must be divisible by it")
+@click.option("--workers", default="auto", show_default=True, callback=workers_option,
+              help="local: runs side by side, or 'auto' (one thread per run at small widths, "
+                   "as many as the CPUs allow); --backend ray: data-parallel workers per run "
+                   "('auto': 1), which the predicted batch size must be divisible by")
 @click.option("--cpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
               help="--backend ray: CPUs (= training threads) per worker")
 @model_option
@@ -78,7 +80,7 @@ def confirm(target_width, study_name, storage, offsets, as_json, threads, backen
     With --backend ray each run is a Ray Train job of --workers data-parallel workers; the
     runs are recorded, by this process, exactly like local ones.
     """
-    from hptransfer.confirm.runs import confirm as run_confirm
+    from hptransfer.confirmation.runs import confirm as run_confirm
 
     _existing_storage_or_fail(storage, study_name)
 
@@ -115,7 +117,9 @@ def print_confirmation(result) -> None:
     color = {"CONFIRMED": "green", "INCONCLUSIVE": "yellow"}.get(result.verdict.value, "red")
     echo("")
     echo(click.style(f"verdict: {result.verdict.value}", fg=color, bold=True)
-         + f"  (regret {regret}, tolerance {100 * result.tolerance:.2g}%)")
+         + f"  (regret {regret}, tolerance {100 * result.tolerance:.2g}%"
+         + ("" if result.noise is None else f", seed noise {100 * result.noise:.2f}% per run")
+         + ")")
     for note in result.notes:
         echo(f"  - {note}")
 

@@ -164,6 +164,21 @@ def batch_sizes_option(ctx, param, text: str | None):
     return _number_list(text, int)
 
 
+def workers_option(ctx, param, text: str | None):
+    """``--workers``: a positive number, or ``auto``; None when not given."""
+    if text is None:
+        return None
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise click.BadParameter(f"give a positive number of workers or 'auto', got {text!r}")
+    return workers
+
+
 def widths_option(minimum: int = 1):
     """A click callback parsing comma-separated positive widths, at least ``minimum``."""
 

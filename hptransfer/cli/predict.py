@@ -40,6 +40,14 @@ def print_prediction(prediction, *, baselines: bool = False) -> None:
         echo(f"  {name:<13} {_value(name, value):<22} {shown}")
     echo(f"  {'':<13} hidden matrices at the target: {p.hidden_lr()}; weight decay rule "
          f"{h.weight_decay_rule.value}")
+    if p.regret is not None:
+        from hptransfer.transfer.regret import describe
+
+        echo(f"  {'':<13} {describe(p.regret)}")
+    if p.evidence.seed_noise is not None:
+        noise = p.evidence.seed_noise
+        echo(f"  {'':<13} seed noise {100 * noise.shape:.2f}% of a run's loss ({noise.points} "
+             f"LRs with two seeds), included in every LR interval")
     echo("")
     echo("evidence (per proxy width):")
     echo(f"  {'width':>6} {'complete':>8} {'diverged':>8} {'best loss':>10} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from hptransfer.cli.options import (
 )
 from hptransfer.hparams import HParams
 from hptransfer.spec import DepthRule, ModelSpec, Parametrization, RoleSource
-from hptransfer.study.config import PROXY_SPEC
+from hptransfer.study.config import PROXY_BUDGET, PROXY_SPEC
 
 
 @main.command()
@@ -42,7 +43,7 @@ def train(seed: int, data: str | None, threads: int | None, out: str | None, as_
     """Train one model and print its record (validation loss, cost, status)."""
     from hptransfer.data.corpus import load_corpus
     from hptransfer.report.files import write_atomic
-    from hptransfer.train.loop import train as run
+    from hptransfer.training.loop import train as run
 
     # Validate every option before touching the corpus or torch; the vocabulary, when not
     # given, is the corpus's and is filled in once the corpus is loaded.
@@ -162,58 +163,81 @@ def coord_check_command(widths: tuple[int, ...], param: str, steps: int, lr: flo
     sys.exit(0 if report.passed else 1)
 
 
+QUICKSTART_WIDTHS = (32, 64)  # the µP proxies: cheap on 2 CPU cores
+QUICKSTART_TARGET = 128  # the width it predicts and then confirms, within a few minutes
+QUICKSTART_HORIZON = 1024  # the wider width whose compute it also prices
+GRID_POINTS = 7  # the LR grid a target would need without transfer (2^-11 … 2^-5)
+
+
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="quickstart",
-              show_default=True, help="folder for the study, the coord check and the plot")
-@click.option("--steps", type=click.IntRange(min=2), default=60, show_default=True,
-              help="training steps per trial")
-@click.option("--target-width", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="the width to predict hparams for")
+              show_default=True, help="folder for the study, the coord check and the report")
+@click.option("--steps", type=click.IntRange(min=2), default=PROXY_BUDGET["steps"],
+              show_default=True, help="training steps per trial and per confirmation run")
+@click.option("--target-width", type=click.IntRange(min=1), default=QUICKSTART_TARGET,
+              show_default=True, help="the width to predict, then confirm")
 @threads_option
 def quickstart(out: str, steps: int, target_width: int, threads: int | None) -> None:
-    """The README's first job: coord check, tune widths 32 and 64, predict a wide model.
+    """The README's first job: coord check, tune µP proxies with the ladder, predict a wider
+    model, confirm the prediction there, and say what it cost.
 
-    Everything lands in --out (the study in studies.db); running it again resumes. It calls
-    the public Python API, the same functions a user would.
+    Everything lands in --out (the study in studies.db, the report and pictures); running it
+    again resumes. It calls the public Python API, the same functions a user would.
     """
     import hptransfer as hp
+    from hptransfer.cli.confirmation import print_confirmation
     from hptransfer.cli.predict import print_prediction
-    from hptransfer.cli.studies import TrialProgress
+    from hptransfer.cli.studies import TrialProgress, print_search
     from hptransfer.report.files import write_atomic
 
     check_out(out, folder=True)
     build(ModelSpec, {**PROXY_SPEC, "width": target_width})  # a target it can predict for
     folder = Path(out).resolve()
     storage = f"sqlite:///{folder / 'studies.db'}"
-    click.echo("1/3 coord check, µP, widths 32..256")
+    started = time.perf_counter()
+    click.echo("1/4 coord check, µP, widths 32..256")
     report = hp.coord_check(threads=threads)
     _, png_path = hp.write_coord_check(report, folder)
     click.echo(f"    {'PASS' if report.passed else 'FAIL'}: {png_path}")
 
-    widths, trials = (32, 64), 6
-    click.echo(f"2/3 tune the base LR of µP proxies at widths {widths[0]} and {widths[1]}: "
-               f"{trials} trials each (the LR grid 2^-12 … 2^-2), {steps} steps per trial")
+    widths = QUICKSTART_WIDTHS
+    runner = hp.LocalRunner(threads=threads)
+    click.echo(f"2/4 tune the base LR of µP proxies at widths {widths[0]} and {widths[1]} with "
+               f"the ladder search, {steps} steps per trial; "
+               f"{runner.placement(widths[0]).describe()}")
     config = hp.study_config(space=hp.SearchSpace(weight_decay=None, batch_sizes=None,
                                                   base=hp.HParams(batch_size=16)),
                              budget=hp.Budget(steps=steps, eval_every=steps))
-    progress = TrialProgress(len(widths) * trials, quiet=False)
+    progress = TrialProgress(None, quiet=False)
     try:
-        result = hp.tune(config, study="quickstart", widths=widths, trials=trials,
-                         storage=storage, runner=hp.LocalRunner(threads=threads),
-                         on_trial=progress.update)
+        result = hp.tune(config, study="quickstart", widths=widths, storage=storage,
+                         runner=runner, on_trial=progress.update)
     finally:
         progress.close()
-    records = hp.load_trials("quickstart", storage)
-    plot_path, _ = hp.write_plot_page("quickstart", records, hp.summarize(records), folder)
-    for summary in result.widths:
-        lr = summary.best_hparams.lr if summary.best_hparams else float("nan")
-        click.echo(f"    width {summary.width}: best validation loss {summary.best_loss:.4f} at "
-                   f"lr {lr:.4g}; {summary.wall_time_s:.0f} s")
-    click.echo(f"    plot: {plot_path}")
+    print_search(result.search)
 
-    click.echo(f"3/3 predict the hparams of width {target_width}")
+    click.echo(f"3/4 predict the hparams of width {target_width}")
     prediction = hp.predict_hparams(target_width, study="quickstart", storage=storage)
     write_atomic(folder / "prediction.json", prediction.model_dump_json(indent=2))
     print_prediction(prediction)
-    click.echo(f"    prediction: {folder / 'prediction.json'}")
+
+    click.echo(f"4/4 confirm at width {target_width}: the predicted LR and ±½, ±1 octave")
+    confirmation = hp.confirm(target_width, study="quickstart", storage=storage,
+                              threads=threads)
+    print_confirmation(confirmation)
+    written = hp.write_report("quickstart", storage=storage, target_width=target_width,
+                              out_dir=folder)
+
+    records = hp.load_trials("quickstart", storage)
+    proxy_flops = sum(r.flops for r in records)
+    click.echo("")
+    click.echo("compute:")
+    for width in (target_width, QUICKSTART_HORIZON):
+        run = config.spec_at(width).flops_per_token() * config.tokens_per_trial()
+        click.echo(f"  the proxies cost {proxy_flops:.3g} FLOPs: "
+                   f"{100 * proxy_flops / (GRID_POINTS * run):.1f}% of a {GRID_POINTS}-point "
+                   f"LR grid at width {width} ({GRID_POINTS} × {run:.3g} FLOPs)")
+    click.echo(f"report: {written.markdown} (and .html; the µTransfer plot with the width "
+               f"{target_width} runs: {folder / 'quickstart_transfer.png'})")
+    click.echo(f"{time.perf_counter() - started:.0f} s")
     sys.exit(0 if report.passed else 1)

@@ -11,6 +11,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Literal
 
 import click
 from pydantic import Field, ValidationError, model_validator
@@ -30,13 +31,16 @@ from hptransfer.cli.options import (
     storage_option,
     threads_option,
     widths_option,
+    workers_option,
 )
 from hptransfer.spec import FrozenConfig, ModelSpec
-from hptransfer.study.config import DEFAULT_TRIALS, PROXY_BUDGET, PROXY_SPEC
+from hptransfer.study.config import DEFAULT_TRIALS, LADDER_TRIALS, PROXY_BUDGET, PROXY_SPEC
+from hptransfer.study.ladder import PRECISION
 from hptransfer.study.ledger import check_name
 from hptransfer.study.search import Pruning, SamplerKind, WarmStart
+from hptransfer.study.worker import AUTO
 
-__all__ = ["TrialProgress", "TuneOptions"]
+__all__ = ["TrialProgress", "TuneOptions", "print_search"]
 
 
 class TuneOptions(FrozenConfig):
@@ -45,13 +49,14 @@ class TuneOptions(FrozenConfig):
 
     study: str = "proxy"  # checked by study.ledger.check_name
     widths: tuple[int, ...] = Field((128,), min_length=1)
-    trials: int = Field(DEFAULT_TRIALS, ge=1)
+    trials: int | None = Field(None, ge=1)  # None: the sampler's (tune's own default)
     storage: str | None = None
-    sampler: SamplerKind = SamplerKind.TPE
+    sampler: SamplerKind = SamplerKind.LADDER
     pruner: Pruning = Pruning.NONE
-    workers: int = Field(1, ge=1)
+    workers: int | Literal["auto"] = AUTO
+    lr_precision: float = Field(PRECISION, gt=0)
     seed: int = 0
-    warm_start: WarmStart = WarmStart.OCTAVES
+    warm_start: WarmStart | None = None  # None: the sampler's (tune's own default)
     data: str | None = None
     backend: Backend = Backend.LOCAL
     # --backend ray only (hptransfer.backends.ray_tune.RayOptions)
@@ -69,9 +74,12 @@ class TuneOptions(FrozenConfig):
                      if name in self.model_fields_set]
             if given:
                 raise ValueError(f"{', '.join(given)} apply only with --backend ray")
-        elif self.workers > 1:
+        elif "workers" in self.model_fields_set:
             raise ValueError("--workers starts local worker processes; on Ray, trials run as "
                              "the cluster's resources allow (limit them with --concurrent)")
+        if isinstance(self.workers, int) and self.workers < 1:
+            raise ValueError(f"workers must be a positive number or 'auto', got "
+                             f"{self.workers}")
         if any(w < 1 for w in self.widths):
             raise ValueError(f"widths must be positive, got {list(self.widths)}")
         return self
@@ -96,8 +104,10 @@ class TuneOptions(FrozenConfig):
 @click.option("--widths", default=None, callback=widths_option(),
               help="comma-separated proxy widths, tuned in order [default: 128]")
 @click.option("--trials", type=click.IntRange(min=1), default=None,
-              help=f"finished trials wanted per width; running the command again tops the "
-                   f"study up to this number [default: {DEFAULT_TRIALS}]")
+              help=f"the ladder: at most this many trials per width (it stops a width "
+                   f"earlier once its LR optimum is pinned) [default: {LADDER_TRIALS}]; an "
+                   f"Optuna sampler: finished trials wanted per width, and running the "
+                   f"command again tops the study up [default: {DEFAULT_TRIALS}]")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help=f"training steps per trial at the base batch size; with batch size "
                    f"searched, the budget is the same number of tokens "
@@ -105,11 +115,18 @@ class TuneOptions(FrozenConfig):
 @click.option("--study", "study_name", default=None, help="study name [default: proxy]")
 @storage_option()
 @click.option("--sampler", type=click.Choice([s.value for s in SamplerKind]), default=None,
-              help="search algorithm [default: tpe]")
+              help=f"search algorithm: the ladder (widths cheapest first, each steered by the "
+                   f"ones before; docs/tuning.md) or an Optuna sampler "
+                   f"[default: {SamplerKind.LADDER.value}]")
+@click.option("--lr-precision", type=click.FloatRange(min=0, min_open=True), default=None,
+              help=f"the ladder: stop a width when its LR optimum's 95% interval is this many "
+                   f"octaves wide (wider for costlier widths) [default: {PRECISION}]")
 @click.option("--pruner", type=click.Choice([p.value for p in Pruning]), default=None,
               help="stop poor trials early, never before half the budget [default: none]")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="processes on this machine sharing each width [default: 1]")
+@click.option("--workers", default=None, callback=workers_option,
+              help="processes on this machine sharing each width, or 'auto': one thread per "
+                   "trial and as many side by side as the CPUs allow at proxy widths "
+                   "[default: auto]")
 @click.option("--backend", type=click.Choice([b.value for b in Backend]), default=None,
               help="where trials run: this machine, or a Ray cluster (pip install "
                    "\"hptransfer[ray]\"; docs/ray.md) [default: local]")
@@ -127,7 +144,8 @@ class TuneOptions(FrozenConfig):
               help="--backend ray: retries of a trial whose worker died [default: 2]")
 @click.option("--seed", type=int, default=None, help="init, data and sampler seed [default: 0]")
 @click.option("--warm-start", type=click.Choice([w.value for w in WarmStart]), default=None,
-              help="trials enqueued first [default: octaves, the LR grid 2 octaves apart]")
+              help="an Optuna sampler: trials enqueued first [default: octaves, the LR grid 2 "
+                   "octaves apart]")
 @click.option("--lr-range", default=None, callback=range_option,
               help="LOW,HIGH of the log-uniform base LR [default: 2^-12,2^-2]")
 @click.option("--weight-decay-range", default=None, callback=range_option,
@@ -141,14 +159,16 @@ class TuneOptions(FrozenConfig):
 @data_option
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, pruner, workers,
-         backend, address, cpus_per_trial, gpus_per_trial, concurrent, scheduler, max_failures,
-         seed, warm_start, lr_range, weight_decay_range, batch_sizes, config_path, data,
-         threads, as_json, **spec_values) -> None:
+def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, lr_precision, pruner,
+         workers, backend, address, cpus_per_trial, gpus_per_trial, concurrent, scheduler,
+         max_failures, seed, warm_start, lr_range, weight_decay_range, batch_sizes,
+         config_path, data, threads, as_json, **spec_values) -> None:
     """Tune lr, weight decay and batch size of µP proxies, recorded in an Optuna storage.
 
-    With no flag: width 128, depth 4, seq 128, 8 trials of 150 steps on the built-in corpus,
-    about 7 minutes on 2 cores. Running the same command again resumes the study.
+    With no flag: width 128, depth 4, seq 128, trials of 150 steps on the built-in corpus,
+    chosen by the ladder search (the LR bowl first, a second seed, then weight decay and
+    batch; docs/tuning.md). Widths run cheapest first, each steered by the ones before.
+    Running the same command again resumes the study.
     """
     from hptransfer.data.corpus import load_corpus
     from hptransfer.study.config import ConfigFile, from_sources
@@ -158,7 +178,8 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, prune
     if proxy_width is not None and widths is not None:
         fail("give --proxy-width or --widths, not both")
     flags = dict(study=study_name, storage=storage, sampler=sampler, pruner=pruner,
-                 workers=workers, seed=seed, warm_start=warm_start, data=data, trials=trials,
+                 workers=workers, lr_precision=lr_precision, seed=seed, warm_start=warm_start,
+                 data=data, trials=trials,
                  backend=backend, address=address, cpus_per_trial=cpus_per_trial,
                  gpus_per_trial=gpus_per_trial, concurrent=concurrent, scheduler=scheduler,
                  max_failures=max_failures,
@@ -179,27 +200,49 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, prune
         fail(explain(error))
     corpus = load_corpus(opts.data)
     config = template.config(corpus, seed=opts.seed, data=opts.data)
-    progress = TrialProgress(len(opts.widths) * opts.trials, quiet=as_json)
+    runner = opts.runner(threads)
+    ladder = opts.sampler is SamplerKind.LADDER
+    # the ladder stops each width when it is pinned: its total is not known in advance
+    progress = TrialProgress(None if ladder else len(opts.widths) * (opts.trials or
+                                                                     DEFAULT_TRIALS),
+                             quiet=as_json)
+    if not as_json and hasattr(runner, "placement"):
+        for width in opts.widths:
+            click.echo(f"width {width}: {runner.placement(width).describe()}", err=True)
     try:
         result = run_tune(config, study=opts.study, widths=opts.widths, trials=opts.trials,
                           storage=opts.storage, sampler=opts.sampler, pruning=opts.pruner,
-                          warm_start=opts.warm_start, corpus=corpus,
-                          runner=opts.runner(threads), on_trial=progress.update)
+                          warm_start=opts.warm_start, lr_precision=opts.lr_precision, corpus=corpus,
+                          runner=runner, on_trial=progress.update)
     finally:
         progress.close()
     if as_json:
         click.echo(result.model_dump_json(indent=2))
         return
     _print_summary(opts.study, result.storage, list(result.widths))
+    if result.search:
+        print_search(result.search)
     click.echo(f"{result.wall_time_s:.0f} s. Resume or top up: run the same command again. "
                f"Plot: hptransfer plot --study {opts.study}"
                + ("" if opts.storage is None else f" --storage {result.storage}"))
 
 
-class TrialProgress:
-    """A rich progress bar: trials done, best loss so far, elapsed and ETA (on stderr)."""
+def print_search(search) -> None:
+    """What the ladder spent per width, and the LR interval it bought."""
+    click.echo("ladder search (compute spent → LR interval bought):")
+    for w in search:
+        low, high = (math.log2(v) for v in w.interval)
+        noise = "" if w.noise is None else f", seed noise {100 * w.noise:.2f}%"
+        click.echo(f"  width {w.width:>5}: {w.trials:>2} trials, {w.flops:.3g} FLOPs → lr "
+                   f"2^{math.log2(w.lr):.2f}, 95% interval 2^{low:.2f} … 2^{high:.2f} "
+                   f"({high - low:.2f} octaves{noise}); {w.stopped}")
 
-    def __init__(self, total: int, *, quiet: bool) -> None:
+
+class TrialProgress:
+    """A rich progress bar: trials done, best loss so far, elapsed and ETA (on stderr);
+    ``total`` None: trials done and elapsed only (the ladder decides when a width stops)."""
+
+    def __init__(self, total: int | None, *, quiet: bool) -> None:
         self._bar = None
         self._best = math.inf
         self._started = False
@@ -283,7 +326,7 @@ def worker(study_name, storage, width, trials, sampler, pruner, threads, quiet) 
     from hptransfer.study.ledger import load_config, widths_of
     from hptransfer.study.storage import Access, open_storage
     from hptransfer.study.worker import run_worker
-    from hptransfer.train.device import resolve_threads
+    from hptransfer.training.device import resolve_threads
 
     optuna_storage = open_storage(storage, Access.UPDATE)
     config = load_config(study_name, optuna_storage)

@@ -46,6 +46,7 @@ def _sections(name: str, prediction, problem: str | None, confirmation) -> list[
                    ("p", f"lr {h.lr:.4g} (2^{math.log2(h.lr):.2f}), 95% interval "
                          f"{low:.4g} … {high:.4g}; weight decay {h.weight_decay:.3g}; batch "
                          f"{h.batch_size}; hidden matrices: {prediction.hidden_lr()}"),
+                   *_expectations(prediction),
                    ("image", "optimum"),
                    ("h3", "Rules applied"),
                    ("list", [f"{r.name}: {r.detail}" for r in prediction.rules] or ["none"]),
@@ -67,6 +68,22 @@ def _sections(name: str, prediction, problem: str | None, confirmation) -> list[
                    ("p", f"No confirmation runs yet: hptransfer confirm --target-width "
                          f"{prediction.target_width} --study {name}")]
     return blocks
+
+
+def _expectations(prediction) -> list[tuple]:
+    """The expected regret and the seed noise behind the interval, as paragraphs."""
+    from hptransfer.transfer.regret import describe
+
+    out = []
+    if prediction.regret is not None:
+        out.append(("p", describe(prediction.regret).capitalize() + "."))
+    noise = prediction.evidence.seed_noise
+    if noise is not None:
+        out.append(("p", f"Seed noise {100 * noise.shape:.2f}% of a run's loss (measured on "
+                         f"{noise.points} LRs run with two seeds at width "
+                         f"{', '.join(map(str, noise.widths))}; the seeds' levels differ by "
+                         f"{100 * noise.level:.2f}%), included in every LR interval."))
+    return out
 
 
 def _markdown(name: str, blocks: list[tuple], images: dict[str, Path]) -> str:
@@ -118,7 +135,7 @@ def write_report(study: str = "proxy", *, storage: Any = None,
     prediction gets a report saying why. Raises :class:`~hptransfer.errors.StudyError` when
     there is no such study.
     """
-    from hptransfer.confirm.runs import load_confirmation
+    from hptransfer.confirmation.runs import load_confirmation
     from hptransfer.errors import PredictionError
     from hptransfer.study.ledger import confirmation_widths, load_trials, open_storage_arg
     from hptransfer.transfer import predict_hparams
@@ -137,7 +154,8 @@ def write_report(study: str = "proxy", *, storage: Any = None,
         confirmation = load_confirmation(study, target_width, storage)
 
     out = Path(out_dir)
-    pngs = {"transfer": figure_png(transfer_figure(study, records))}
+    pngs = {"transfer": figure_png(transfer_figure(study, records, prediction=prediction,
+                                                   confirmation=confirmation))}
     if prediction is not None:
         pngs["optimum"] = figure_png(optimum_figure(study, prediction, confirmation))
     images = {key: out / f"{study}_{key}.png" for key in pngs}

@@ -22,7 +22,7 @@ from hptransfer.spec import FrozenConfig, ModelSpec
 if TYPE_CHECKING:
     from hptransfer.data.corpus import Corpus
 
-__all__ = ["DEFAULT_TRIALS", "OFF", "PROXY_BUDGET", "PROXY_HPARAMS", "PROXY_SPACE",
+__all__ = ["DEFAULT_TRIALS", "LADDER_TRIALS", "OFF", "PROXY_BUDGET", "PROXY_HPARAMS", "PROXY_SPACE",
            "PROXY_SPEC", "ConfigFile", "StudyConfig", "StudyTemplate", "check_roles",
            "from_sources", "refuse_different", "roles_digest", "study_config"]
 
@@ -33,7 +33,8 @@ PROXY_HPARAMS = {"batch_size": 16}
 PROXY_BUDGET = {"steps": 150, "eval_every": 50}
 PROXY_SPACE = {"lr": (2.0**-12, 2.0**-2), "weight_decay": (1e-5, 1e-1),
                "batch_sizes": (8, 16, 32)}
-DEFAULT_TRIALS = 8
+DEFAULT_TRIALS = 8  # finished trials per width with an Optuna sampler
+LADDER_TRIALS = 24  # the ladder's cap per width; it usually stops before (study/ladder.py)
 OFF = "off"  # a [space] range (or flag) set to this is not searched (TOML has no null)
 
 

@@ -17,12 +17,13 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from hptransfer.study.ledger import enqueue_retry, mark_lost
+from hptransfer.study.ledger import enqueue_retry, mark_lost, read_planner, write_planner
 
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["GRACE_S", "HEARTBEAT_S", "Heartbeat", "is_lost", "reclaim_lost", "record_worker"]
+__all__ = ["GRACE_S", "HEARTBEAT_S", "Heartbeat", "PlannerLease", "is_lost", "planner_alive",
+           "reclaim_lost", "record_worker"]
 
 HEARTBEAT_S = float(os.environ.get("HPTRANSFER_HEARTBEAT_S", 10))
 GRACE_S = float(os.environ.get("HPTRANSFER_GRACE_S", 60))
@@ -53,6 +54,43 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class PlannerLease:
+    """Says, every ``HEARTBEAT_S`` from a daemon thread, that this process plans a ladder
+    width's rounds (its followers wait for rounds while it lives) until :meth:`stop`."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study, self._stop = study, threading.Event()
+        self._beat()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        write_planner(self._study, socket.gethostname(), os.getpid(), time.time())
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._beat()
+            except Exception:  # a storage blip: the next beat retries
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def planner_alive(study: optuna.Study) -> bool | None:
+    """Whether another process plans this ladder width now: True, False (it stopped or
+    died), or None when no process ever planned it."""
+    planner = read_planner(study)
+    if planner is None:
+        return None
+    if planner.get("host") == socket.gethostname() and planner.get("pid") != os.getpid():
+        if not _process_alive(int(planner["pid"])):
+            return False
+    return time.time() - float(planner.get("beat", 0.0)) <= GRACE_S
 
 
 def record_worker(storage, trial_id: int) -> None:

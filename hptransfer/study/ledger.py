@@ -18,6 +18,8 @@ import re
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from pydantic import Field
+
 from hptransfer.errors import StudyError
 from hptransfer.hparams import HParams
 from hptransfer.record import CurvePoint, RunRecord, Status
@@ -28,17 +30,21 @@ from hptransfer.study.storage import Access
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["Attr", "TrialRecord", "TrialStatus", "WidthSummary", "bind_config",
-           "check_existing", "check_name", "confirmation_study_name", "confirmation_widths",
+__all__ = ["Attr", "TrialRecord", "TrialStatus", "WidthSummary", "bind_config", "check_existing",
+           "check_name", "claim_waiting", "confirmation_study_name", "confirmation_widths",
            "enqueue", "enqueue_retry", "finish_trial", "finished_count", "is_warm_started",
-           "load_config", "load_trials", "mark_lost", "mark_warm_started", "open_storage_arg",
-           "optuna_state", "read_plan", "recorded_state", "running_count", "study_names",
-           "summarize", "trial_record", "width_study_name", "widths_of", "write_inputs",
-           "write_outcome", "write_plan", "write_status"]
+           "ladder_done", "load_config", "load_trials", "mark_ladder_done", "mark_lost",
+           "mark_warm_started", "open_storage_arg", "optuna_state", "read_plan", "read_planner",
+           "recorded_state", "running_count", "study_names", "summarize", "trial_record",
+           "trial_seed", "waiting_count", "width_study_name", "widths_of", "write_inputs",
+           "write_outcome", "write_placement", "write_plan", "write_planner", "write_status"]
 
 CONFIG_ATTR = "hptransfer_config"  # study attribute of a width study: its StudyConfig
 PLAN_ATTR = "hptransfer_confirmation"  # study attribute of a confirmation study: its plan
 WARM_ATTR = "warm_started"  # study attribute: the warm-start trials were enqueued
+LADDER_DONE_ATTR = "ladder_done"  # study attribute: why the ladder needs no more trials
+PLANNER_ATTR = "ladder_planner"  # study attribute: host, pid, heartbeat of the planning tune
+PLACEMENT_ATTR = "placement"  # study attribute: workers × threads of its last local tune
 _WIDTH_SUFFIX = re.compile(r"^(?P<name>.+)\.w(?P<width>\d+)$")
 
 
@@ -50,6 +56,7 @@ class Attr:
     SPEC = "spec"
     HPARAMS = "hparams"
     CORPUS_HASH = "corpus_hash"
+    SEED = "seed"  # init and data seed; enqueued with the trial when not the study's own
     PROVENANCE = "provenance"
     # what came of it
     STATUS = "status"
@@ -65,6 +72,7 @@ class Attr:
     RETRY_OF = "retry_of"  # the lost trial this one retries
     GRID_POINT = "grid_point"  # a warm-start grid trial
     FROM_WIDTH = "from_width"  # a warm-start point copied from a narrower width
+    LADDER = "ladder"  # the ladder search's step that chose the trial (study.ladder.Step)
     BACKEND = "backend"
     WORKERS = "workers"
     # confirmation runs
@@ -115,6 +123,9 @@ class TrialRecord(FrozenConfig):
     wall_time_s: float = 0.0
     tokens_per_s: float = 0.0
     retry_of: int | None = None
+    seed: int | None = Field(None, description="the run's seed; None in trials recorded "
+                                               "before seeds were per trial (the study's)")
+    ladder: str | None = Field(None, description="the ladder step that chose it, if any")
 
     @property
     def finished(self) -> bool:
@@ -233,6 +244,32 @@ def mark_warm_started(study: optuna.Study) -> None:
     study.set_user_attr(WARM_ATTR, True)
 
 
+def ladder_done(study: optuna.Study) -> str | None:
+    """Why the ladder search of this width study needs no more trials, or None."""
+    return study.user_attrs.get(LADDER_DONE_ATTR)
+
+
+def mark_ladder_done(study: optuna.Study, reason: str | None) -> None:
+    """Say why the width is done (its followers stop), or None: its planner starts again
+    (a re-run may allow more trials than the run that marked it done)."""
+    study.set_user_attr(LADDER_DONE_ATTR, reason)
+
+
+def write_planner(study: optuna.Study, host: str, pid: int, beat: float) -> None:
+    """The process planning this width's ladder rounds, and when it last said so."""
+    study.set_user_attr(PLANNER_ATTR, {"host": host, "pid": pid, "beat": beat})
+
+
+def read_planner(study: optuna.Study) -> dict[str, Any] | None:
+    return study.user_attrs.get(PLANNER_ATTR)
+
+
+def write_placement(study: optuna.Study, placement: dict[str, Any]) -> None:
+    """How the last local tune of this width placed its trials (workers, threads, auto);
+    each trial's own threads are in its provenance."""
+    study.set_user_attr(PLACEMENT_ATTR, placement)
+
+
 def write_plan(study: optuna.Study, plan: str) -> None:
     """Store what a confirmation study confirms (JSON: the prediction, offsets, tolerance)."""
     study.set_user_attr(PLAN_ATTR, plan)
@@ -251,15 +288,39 @@ def enqueue(study: optuna.Study, params: dict[str, Any], **attrs: Any) -> None:
     study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
 
 
+def trial_seed(user_attrs: dict[str, Any], config: StudyConfig) -> int:
+    """The seed a trial trains with: enqueued with it (a seed replicate), else the study's."""
+    return int(user_attrs.get(Attr.SEED, config.seed))
+
+
+def claim_waiting(study: optuna.Study) -> optuna.Trial | None:
+    """Take the oldest enqueued trial of ``study`` for this process, or None when none is
+    waiting. Never creates a trial: the ladder's workers run only what was planned. The
+    WAITING → RUNNING state change is the compare-and-set, as in Optuna's own ``ask``."""
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    for trial in storage.get_all_trials(study._study_id, deepcopy=False,
+                                        states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(study, trial._trial_id)
+        except UpdateFinishedTrialError:
+            continue
+    return None
+
+
 def write_inputs(storage, trial_id: int, *, spec: ModelSpec, hparams: HParams,
-                 corpus_hash: str, threads: int,
+                 corpus_hash: str, threads: int, seed: int,
                  attrs: tuple[tuple[str, Any], ...] = ()) -> None:
     """What a trial trains, before the run: a lost run still says what it was."""
     from hptransfer.provenance import collect
 
     for key, value in ((Attr.WIDTH, spec.width), (Attr.SPEC, spec.model_dump_json()),
                        (Attr.HPARAMS, hparams.model_dump_json()),
-                       (Attr.CORPUS_HASH, corpus_hash),
+                       (Attr.CORPUS_HASH, corpus_hash), (Attr.SEED, seed),
                        (Attr.PROVENANCE, collect(threads).model_dump_json()), *attrs):
         storage.set_trial_user_attr(trial_id, key, value)
 
@@ -340,7 +401,8 @@ def mark_lost(storage, trial: optuna.trial.FrozenTrial) -> bool:
 
 def enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Enqueue a lost trial's exact parameters once more, keeping where it came from."""
-    kept = {k: v for k, v in trial.user_attrs.items() if k in (Attr.WIDTH, Attr.GRID_POINT)}
+    kept = {k: v for k, v in trial.user_attrs.items()
+            if k in (Attr.WIDTH, Attr.GRID_POINT, Attr.FROM_WIDTH, Attr.SEED, Attr.LADDER)}
     enqueue(study, trial.params, **kept, **{Attr.RETRY_OF: trial.number})
 
 
@@ -365,7 +427,8 @@ def trial_record(study_name: str, trial: optuna.trial.FrozenTrial) -> TrialRecor
                  else None),
         final_val_loss=attrs.get(Attr.FINAL_VAL_LOSS), val_curve=curve,
         flops=attrs.get(Attr.FLOPS, 0.0), wall_time_s=attrs.get(Attr.WALL_TIME_S, 0.0),
-        tokens_per_s=attrs.get(Attr.TOKENS_PER_S, 0.0), retry_of=attrs.get(Attr.RETRY_OF))
+        tokens_per_s=attrs.get(Attr.TOKENS_PER_S, 0.0), retry_of=attrs.get(Attr.RETRY_OF),
+        seed=attrs.get(Attr.SEED), ladder=attrs.get(Attr.LADDER))
 
 
 def load_trials(name: str, storage: optuna.storages.BaseStorage | str | None = None,
@@ -394,6 +457,12 @@ def running_count(study: optuna.Study) -> int:
     from optuna.trial import TrialState
 
     return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def waiting_count(study: optuna.Study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 class WidthSummary(FrozenConfig):

@@ -26,7 +26,8 @@ from hptransfer.spec import FrozenConfig
 from hptransfer.study.config import StudyConfig
 from hptransfer.study.ledger import TrialRecord, TrialStatus
 
-__all__ = ["Estimate", "WidthEvidence", "WidthFit", "fit_width", "percentiles", "zero_code"]
+__all__ = ["Estimate", "SeedNoise", "WidthEvidence", "WidthFit", "fit_width", "percentiles",
+           "seed_noise", "zero_code"]
 
 # ---- the choices, each with its reason ------------------------------------------------------
 
@@ -63,6 +64,9 @@ class WidthEvidence(FrozenConfig):
     ignored: int = Field(description="pruned, lost, error, running or waiting trials")
     best_loss: float
     loss_at_optimum: float = Field(description="the fitted loss at the LR optimum")
+    curvature: float | None = Field(
+        None, description="the bowl's curvature at the optimum: relative loss per octave² "
+                          "of LR (None when no parabola was fitted)")
     diverged_lr: float | None = Field(description="smallest diverged LR: bounds the optimum")
     optima: dict[str, Estimate]
     flags: tuple[str, ...] = Field((), description="fallbacks and caps (each also a warning) "
@@ -80,46 +84,83 @@ def _resample_counts(n: int, bootstrap: int, rng: np.random.Generator) -> np.nda
     return rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(float)
 
 
-def _vertex(x: np.ndarray, y: np.ndarray) -> float:
-    """Vertex of the least-squares parabola through (x, y); nan when it opens downward."""
-    c, b, _ = np.polyfit(x, y, 2)
-    return -b / (2 * c) if c > 0 else math.nan
+def _design(x: np.ndarray, groups: np.ndarray, centre: float) -> np.ndarray:
+    """The bowl's design matrix: one level per seed (a seed shifts the whole bowl up or
+    down), then the shared slope and curvature in log2 lr around ``centre``."""
+    levels = (groups[:, None] == np.unique(groups)[None, :]).astype(float)
+    return np.concatenate([levels, (x - centre)[:, None], ((x - centre) ** 2)[:, None]], axis=1)
 
 
-def _bootstrap_vertices(x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def _vertex(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> float:
+    """Vertex of the least-squares parabola through (x, y), one level per seed group; nan
+    when it opens downward."""
+    groups = np.zeros(x.size) if groups is None else groups
+    centre = float(x.mean())
+    coef = np.linalg.lstsq(_design(x, groups, centre), y, rcond=None)[0]
+    b, c = coef[-2], coef[-1]
+    return centre - b / (2 * c) if c > 0 else math.nan
+
+
+def _bootstrap_vertices(x: np.ndarray, y: np.ndarray, groups: np.ndarray, counts: np.ndarray,
+                        jitter: np.ndarray | None) -> np.ndarray:
     """The parabola vertex of every resample at once (weighted normal equations). A resample
     with fewer than three distinct LRs, or whose parabola opens downward, takes its best
-    point instead: the vertex is then undefined, the best point is what the data says."""
+    point instead: the vertex is then undefined, the best point is what the data says.
+    ``jitter`` (B, n), when given, is added to the losses: the measured seed noise."""
     centre = x.mean()
-    design = np.stack([np.ones_like(x), x - centre, (x - centre) ** 2], axis=1)  # (n, 3)
-    normal = np.einsum("bn,ni,nj->bij", counts, design, design)  # (B, 3, 3)
-    moment = np.einsum("bn,ni,n->bi", counts, design, y)  # (B, 3)
+    design = _design(x, groups, centre)  # (n, k)
+    ys = y[None, :] if jitter is None else y[None, :] + jitter  # (1 or B, n)
+    normal = np.einsum("bn,ni,nj->bij", counts, design, design)  # (B, k, k)
+    moment = np.einsum("bn,ni,bn->bi", counts, design, np.broadcast_to(ys, counts.shape))
+    levels = design.shape[1] - 2
+    # a seed absent from a resample leaves its level's row empty: pin that level to 0
+    for g in range(levels):
+        empty = normal[:, g, g] == 0
+        normal[empty, g, g] = 1.0
     distinct_x = np.unique(x)
-    groups = (x[:, None] == distinct_x[None, :]).astype(float)  # (n, u)
-    distinct = ((counts @ groups) > 0).sum(axis=1)
+    members = (x[:, None] == distinct_x[None, :]).astype(float)  # (n, u)
+    distinct = ((counts @ members) > 0).sum(axis=1)
     ok = distinct >= 3
-    normal[~ok] = np.eye(3)
+    if levels > 1:  # seeds can leave a resample's curvature undetermined even then
+        ok &= np.linalg.matrix_rank(normal) == design.shape[1]
+    normal[~ok] = np.eye(design.shape[1])
     coef = np.linalg.solve(normal, moment[..., None])[..., 0]
-    c, b = coef[:, 2], coef[:, 1]
+    b, c = coef[:, -2], coef[:, -1]
     ok &= c > 0
     vertex = np.where(ok, centre - b / (2 * np.where(ok, c, 1.0)), np.nan)
-    best = x[np.argmin(np.where(counts > 0, y[None, :], np.inf), axis=1)]
+    scored = np.broadcast_to(ys, counts.shape)
+    best = x[np.argmin(np.where(counts > 0, scored, np.inf), axis=1)]
     return np.where(ok, vertex, best)
 
 
-def _lr_optimum(x: np.ndarray, y: np.ndarray, diverged: float | None, *, window: float,
-                bootstrap: int, rng: np.random.Generator
-                ) -> tuple[Estimate, np.ndarray, float, list[str]]:
-    """LR optimum in log2 units: (estimate, bootstrap samples, loss there, flags)."""
-    best = int(np.argmin(y))
+def _bowl(x: np.ndarray, y: np.ndarray, groups: np.ndarray, vertex: float, primary: float
+          ) -> tuple[float, float]:
+    """(loss at ``vertex`` on the primary seed's level, curvature per octave² relative to
+    that loss) of the least-squares parabola."""
+    centre = float(x.mean())
+    coef = np.linalg.lstsq(_design(x, groups, centre), y, rcond=None)[0]
+    levels = np.unique(groups)
+    level = coef[int(np.flatnonzero(levels == primary)[0])] if primary in levels else coef[0]
+    loss = float(level + coef[-2] * (vertex - centre) + coef[-1] * (vertex - centre) ** 2)
+    return loss, float(coef[-1] / loss)
+
+
+def _lr_optimum(x: np.ndarray, y: np.ndarray, groups: np.ndarray, diverged: float | None, *,
+                window: float, bootstrap: int, rng: np.random.Generator, noise: float | None,
+                primary: float) -> tuple[Estimate, np.ndarray, float, float | None, list[str]]:
+    """LR optimum in log2 units: (estimate, bootstrap samples, loss there, relative
+    curvature of the bowl, flags). The best trial and the bracketing are read on the
+    primary seed's trials (levels differ between seeds); the parabola uses every seed."""
+    on_primary = groups == primary if (groups == primary).any() else np.ones(x.size, bool)
+    best = int(np.flatnonzero(on_primary)[np.argmin(y[on_primary])])
     xb, yb = float(x[best]), float(y[best])
-    distinct = np.unique(x)
+    distinct = np.unique(x[on_primary])
     below, above = distinct[distinct < xb], distinct[distinct > xb]
     flags: list[str] = []
     if below.size and above.size:
         keep = (np.abs(x - xb) <= window + 1e-9) | (x == below.max()) | (x == above.min())
-        xw, yw = x[keep], y[keep]
-        vertex = _vertex(xw, yw)
+        xw, yw, gw = x[keep], y[keep], groups[keep]
+        vertex = _vertex(xw, yw, gw)
         if math.isnan(vertex):
             flags.append(f"no bowl: the parabola through the LRs near the best opens "
                          f"downward; using the best trial's LR 2^{xb:.2f}, interval "
@@ -130,13 +171,17 @@ def _lr_optimum(x: np.ndarray, y: np.ndarray, diverged: float | None, *, window:
                 flags.append(f"the parabola's vertex 2^{vertex:.2f} lies outside the fitted "
                              f"LRs; clamped to them")
             vertex = float(np.clip(vertex, xw.min(), xw.max()))
-            samples = np.clip(_bootstrap_vertices(xw, yw, _resample_counts(
-                xw.size, bootstrap, rng)), xw.min(), xw.max())
+            counts = _resample_counts(xw.size, bootstrap, rng)
+            jitter = None
+            if noise:  # each resample's losses redrawn with the seed noise measured
+                jitter = rng.normal(0.0, noise, size=counts.shape) * yw[None, :]
+            samples = np.clip(_bootstrap_vertices(xw, yw, gw, counts, jitter),
+                              xw.min(), xw.max())
             low, high = percentiles(samples)
             estimate = Estimate(value=vertex, interval=(min(low, vertex), max(high, vertex)),
                                 method="quadratic", trials=int(xw.size))
-            loss = float(np.polyval(np.polyfit(xw, yw, 2), vertex))
-            return _cap(estimate, samples, loss, x, diverged, flags)
+            loss, curvature = _bowl(xw, yw, gw, vertex, primary)
+            return _cap(estimate, samples, loss, curvature, x, diverged, flags)
     elif above.size:  # best at the lowest sampled LR
         flags.append(f"not bracketed below: the best LR 2^{xb:.2f} is the smallest sampled; "
                      f"the optimum may be lower (widen --lr-range down)")
@@ -158,15 +203,13 @@ def _lr_optimum(x: np.ndarray, y: np.ndarray, diverged: float | None, *, window:
     samples = rng.uniform(low, high, size=bootstrap)
     estimate = Estimate(value=xb, interval=(low, high), method="best-point",
                         trials=int(x.size))
-    return _cap(estimate, samples, yb, x, diverged, flags)
-
-
-def _cap(estimate: Estimate, samples: np.ndarray, loss: float, x: np.ndarray,
-         diverged: float | None, flags: list[str]):
+    return _cap(estimate, samples, yb, None, x, diverged, flags)
+def _cap(estimate: Estimate, samples: np.ndarray, loss: float, curvature: float | None,
+         x: np.ndarray, diverged: float | None, flags: list[str]):
     """Keep the optimum below the smallest diverged LR: at most the largest LR known to be
     stable (a completed trial below it)."""
     if diverged is None:
-        return estimate, samples, loss, flags
+        return estimate, samples, loss, curvature, flags
     stable = x[x < diverged]
     cap = float(stable.max()) if stable.size else diverged - 1.0
     if estimate.value > cap:
@@ -175,7 +218,7 @@ def _cap(estimate: Estimate, samples: np.ndarray, loss: float, x: np.ndarray,
     low, high = estimate.interval
     estimate = estimate.model_copy(update={"value": min(estimate.value, cap),
                                            "interval": (min(low, cap), min(high, diverged))})
-    return estimate, np.minimum(samples, diverged), loss, flags
+    return estimate, np.minimum(samples, diverged), loss, curvature, flags
 
 
 def _band_median(codes: np.ndarray, losses: np.ndarray, *, band: float, bootstrap: int,
@@ -217,13 +260,21 @@ def zero_code(config: StudyConfig) -> float:
 
 
 def fit_width(width: int, rows: list[TrialRecord], config: StudyConfig, *, band: float,
-              window: float, bootstrap: int, rng: np.random.Generator) -> WidthFit:
+              window: float, bootstrap: int, rng: np.random.Generator,
+              noise: float | None = None) -> WidthFit:
+    """What width ``width``'s trials ``rows`` say. ``noise`` is the seed noise of one run's
+    loss, relative (:func:`seed_noise`); when given, every bootstrap resample redraws the
+    losses with it, so the LR interval covers what another seed would have found."""
     complete = [r for r in rows if r.status is TrialStatus.COMPLETE and r.hparams is not None
                 and r.final_val_loss is not None and math.isfinite(r.final_val_loss)]
     diverged_rows = [r for r in rows if r.status is TrialStatus.DIVERGED and r.hparams]
     diverged_lr = min((r.hparams.lr for r in diverged_rows), default=None)
     losses = np.array([r.final_val_loss for r in complete])
     lrs = np.log2([r.hparams.lr for r in complete])
+    seeds = np.array([config.seed if r.seed is None else r.seed for r in complete], float)
+    # seed replicates sit on their own level of loss: the flat hparams' band is read on the
+    # study seed's trials only, the LR bowl on all of them with one level per seed
+    primary = seeds == config.seed
     searched = config.space.searched
     optima: dict[str, Estimate] = {}
     codes: dict[str, tuple[float, np.ndarray]] = {}
@@ -232,8 +283,8 @@ def fit_width(width: int, rows: list[TrialRecord], config: StudyConfig, *, band:
     batch = config.space.base.batch_size
     batches = np.log2([r.hparams.batch_size for r in complete])
     if "batch_size" in searched:
-        value, interval, samples, used = _band_median(batches, losses, band=band,
-                                                      bootstrap=bootstrap, rng=rng)
+        value, interval, samples, used = _band_median(batches[primary], losses[primary],
+                                                      band=band, bootstrap=bootstrap, rng=rng)
         batch = round(2.0**value)
         optima["batch_size"] = Estimate(value=batch, interval=tuple(2.0**v for v in interval),
                                         method="band-median", trials=used)
@@ -243,7 +294,7 @@ def fit_width(width: int, rows: list[TrialRecord], config: StudyConfig, *, band:
         zero = zero_code(config)
         wds = np.array([math.log2(r.hparams.weight_decay) if r.hparams.weight_decay > 0
                         else zero for r in complete])
-        value, interval, samples, used = _band_median(wds, losses, band=band,
+        value, interval, samples, used = _band_median(wds[primary], losses[primary], band=band,
                                                       bootstrap=bootstrap, rng=rng)
         optima["weight_decay"] = Estimate(
             value=_from_wd_code(value, zero), interval=tuple(_from_wd_code(v, zero)
@@ -256,11 +307,11 @@ def fit_width(width: int, rows: list[TrialRecord], config: StudyConfig, *, band:
     # span three LRs, else every trial with its LR moved to the optimum batch by the √k rule.
     # Weight decay adds loss: trials within `window` octaves of its optimum when they still
     # bracket the best LR.
-    x, y = lrs, losses
+    x, y, g = lrs, losses, seeds
     if "batch_size" in searched:
         at_batch = batches == math.log2(batch)
         if np.unique(lrs[at_batch]).size >= 3:
-            x, y = lrs[at_batch], losses[at_batch]
+            x, y, g = lrs[at_batch], losses[at_batch], seeds[at_batch]
             wds = wds[at_batch] if "weight_decay" in searched else wds
         else:
             x = lrs + 0.5 * (math.log2(batch) - batches)
@@ -269,13 +320,14 @@ def fit_width(width: int, rows: list[TrialRecord], config: StudyConfig, *, band:
     if "weight_decay" in searched:
         near = np.abs(wds - codes["weight_decay"][0]) <= window
         if _brackets(x[near], y[near]):
-            x, y = x[near], y[near]
+            x, y, g = x[near], y[near], g[near]
         else:
             flags.append("note: the trials near the optimum weight decay do not bracket the "
                          "best LR: the LR bowl is read across every weight decay")
     diverged_code = math.log2(diverged_lr) if diverged_lr is not None else None
-    estimate, samples, loss, lr_flags = _lr_optimum(x, y, diverged_code, window=window,
-                                                    bootstrap=bootstrap, rng=rng)
+    estimate, samples, loss, curvature, lr_flags = _lr_optimum(
+        x, y, g, diverged_code, window=window, bootstrap=bootstrap, rng=rng, noise=noise,
+        primary=float(config.seed))
     flags += lr_flags
     codes["lr"] = (estimate.value, samples)
     optima = {"lr": Estimate(value=2.0**estimate.value,
@@ -284,9 +336,65 @@ def fit_width(width: int, rows: list[TrialRecord], config: StudyConfig, *, band:
     evidence = WidthEvidence(
         width=width, complete=len(complete), diverged=len(diverged_rows),
         ignored=len(rows) - len(complete) - len(diverged_rows),
-        best_loss=float(losses.min()), loss_at_optimum=loss, diverged_lr=diverged_lr,
-        optima=optima, flags=tuple(flags))
+        best_loss=float(losses[primary].min() if primary.any() else losses.min()),
+        loss_at_optimum=loss, curvature=curvature, diverged_lr=diverged_lr, optima=optima,
+        flags=tuple(flags))
     return WidthFit(evidence, codes)
+
+
+class SeedNoise(FrozenConfig):
+    """How much one run's loss depends on its seed, measured on LRs run with two seeds.
+
+    Paired runs (one seed) share their init and batches, so their bowl is smooth and its
+    bootstrap interval says nothing about another seed. Another seed moves the bowl in two
+    ways: a *level* shift of every LR alike (moves no optimum) and a *shape* change that
+    differs from LR to LR (moves the vertex). ``shape`` is what the intervals use.
+    """
+
+    widths: tuple[int, ...] = Field(description="widths with seed replicates")
+    points: int = Field(description="LRs run with more than one seed")
+    shape: float = Field(description="σ of one run's loss about its seed's level, relative")
+    level: float = Field(description="mean |offset| between the seeds' levels, relative")
+
+
+def seed_noise(rows: list[TrialRecord], config: StudyConfig) -> SeedNoise | None:
+    """The seed noise of ``rows`` (any widths): for each trial at another seed than the
+    study's, its loss minus the study seed's at the same point; per width and seed, the
+    spread of those differences about their mean is the shape noise (a difference holds two
+    runs' noise: σ² = var/2), their mean the level. None without two shared points."""
+    by_point: dict[tuple, dict[int, float]] = {}
+    for r in rows:
+        if r.completed_loss is None or r.hparams is None:
+            continue
+        key = (r.width, r.hparams.model_copy(update={"lr": 0.0}), round(math.log2(r.hparams
+                                                                                .lr), 6))
+        by_point.setdefault(key, {})[config.seed if r.seed is None else r.seed] = \
+            r.completed_loss
+    diffs: dict[tuple, list[tuple[float, float]]] = {}  # (width, flat, seed) → (Δ, mean)
+    for (width, flat, _), losses in by_point.items():
+        if config.seed not in losses:
+            continue
+        for seed, loss in losses.items():
+            if seed != config.seed:
+                reference = losses[config.seed]
+                diffs.setdefault((width, flat, seed), []).append(
+                    ((loss - reference), (loss + reference) / 2))
+    squares, dof, levels, widths, points = 0.0, 0, [], set(), 0
+    for (width, _, _), pairs in diffs.items():
+        if len(pairs) < 2:
+            continue
+        delta = np.array([d for d, _ in pairs])
+        mean = np.array([m for _, m in pairs])
+        relative = delta / mean
+        squares += float(((relative - relative.mean()) ** 2).sum())
+        dof += len(pairs) - 1
+        levels.append(abs(float(relative.mean())))
+        widths.add(width)
+        points += len(pairs)
+    if dof == 0:
+        return None
+    return SeedNoise(widths=tuple(sorted(widths)), points=points,
+                     shape=math.sqrt(squares / dof / 2), level=float(np.mean(levels)))
 
 
 def _brackets(x: np.ndarray, y: np.ndarray) -> bool:

@@ -37,6 +37,7 @@ __all__ = ["Pruning", "SamplerKind", "WarmStart", "enqueue_warm_start", "grid_si
 
 
 class SamplerKind(str, Enum):
+    LADDER = "ladder"  # hptransfer's transfer-aware search (study/ladder.py): the default
     TPE = "tpe"  # Optuna 5 default: multivariate, constant liar
     GP = "gp"  # Gaussian process with log EI: strong for 2-4 continuous hparams
     CMAES = "cmaes"
@@ -68,6 +69,10 @@ def quiet_optuna() -> None:
 def make_sampler(kind: SamplerKind, config: StudyConfig, seed: int):
     import optuna
 
+    if kind is SamplerKind.LADDER:
+        # the ladder enqueues every trial it wants and its workers never ask the sampler
+        # for a new one (ledger.claim_waiting); Optuna still needs one per study
+        return optuna.samplers.RandomSampler(seed=seed)
     if kind is SamplerKind.TPE:
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
     if kind in (SamplerKind.GP, SamplerKind.QMC):

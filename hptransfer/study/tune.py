@@ -15,14 +15,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from pydantic import Field
+
 from hptransfer.errors import StudyError
 from hptransfer.spec import FrozenConfig
-from hptransfer.study.config import DEFAULT_TRIALS, StudyConfig, study_config
+from hptransfer.study.config import DEFAULT_TRIALS, LADDER_TRIALS, StudyConfig, study_config
+from hptransfer.study.ladder import PRECISION, WidthSearch
 from hptransfer.study.ledger import (
     TrialRecord,
     WidthSummary,
     check_existing,
     check_name,
+    ladder_done,
     load_trials,
     summarize,
 )
@@ -40,6 +44,7 @@ if TYPE_CHECKING:
     import optuna
 
     from hptransfer.data.corpus import Corpus
+    from hptransfer.study.ladder import Ladder
 
 __all__ = ["TrialRunner", "TuneResult", "WidthJob", "tune"]
 
@@ -59,13 +64,14 @@ class WidthJob:
     pruning: Pruning
     corpus: Corpus
     on_trial: Callable[[TrialRecord], None] | None
+    ladder: Ladder | None = None  # the ladder search's planner of this width, if it is one
 
 
 class TrialRunner(Protocol):
     """Where a tune's trials run. ``prepare`` refuses, before anything is created, what
     this runner cannot do; ``run_width`` runs one width's trials."""
 
-    def prepare(self, storage_url: str, pruning: Pruning) -> None: ...
+    def prepare(self, storage_url: str, pruning: Pruning, sampler: SamplerKind) -> None: ...
 
     def run_width(self, job: WidthJob) -> None: ...
 
@@ -77,6 +83,9 @@ class TuneResult(FrozenConfig):
     storage: str
     widths: tuple[WidthSummary, ...]
     wall_time_s: float
+    search: tuple[WidthSearch, ...] = Field(
+        (), description="the ladder search: per width, the trials and FLOPs it spent and the "
+                        "LR interval they bought (empty with an Optuna sampler)")
 
     def best(self, width: int) -> WidthSummary:
         for summary in self.widths:
@@ -86,12 +95,20 @@ class TuneResult(FrozenConfig):
 
 
 def tune(config: StudyConfig | None = None, *, study: str = "proxy",
-         widths: tuple[int, ...] = (128,), trials: int = DEFAULT_TRIALS,
-         storage: str | None = None, sampler: SamplerKind = SamplerKind.TPE,
-         pruning: Pruning = Pruning.NONE, warm_start: WarmStart = WarmStart.OCTAVES,
-         corpus: Corpus | None = None, runner: TrialRunner | None = None,
+         widths: tuple[int, ...] = (128,), trials: int | None = None,
+         storage: str | None = None, sampler: SamplerKind = SamplerKind.LADDER,
+         pruning: Pruning = Pruning.NONE, warm_start: WarmStart | None = None,
+         lr_precision: float = PRECISION, corpus: Corpus | None = None,
+         runner: TrialRunner | None = None,
          on_trial: Callable[[TrialRecord], None] | None = None) -> TuneResult:
-    """Tune every width of ``widths`` (in order) until each holds ``trials`` finished trials.
+    """Tune every width of ``widths``; re-running the same call resumes.
+
+    With the default ``sampler=SamplerKind.LADDER`` (:mod:`hptransfer.study.ladder`) the
+    widths are searched cheapest first, each steered by the narrower ones, and a width
+    stops when its LR optimum's 95% interval is narrower than ``lr_precision`` octaves (scaled
+    up for costlier widths, below) or at ``trials`` trials (default ``LADDER_TRIALS``).
+    With an Optuna sampler each width runs until it holds ``trials`` finished trials
+    (default ``DEFAULT_TRIALS``), starting with ``warm_start`` (default the LR octaves).
 
     ``config`` defaults to :func:`~hptransfer.study.config.study_config` (the built-in proxy
     setting and corpus). ``runner`` defaults to one local process
@@ -109,23 +126,71 @@ def tune(config: StudyConfig | None = None, *, study: str = "proxy",
     runner = runner or LocalRunner()
     if config is None:
         config = study_config(corpus=corpus)
+    ladder = sampler is SamplerKind.LADDER
+    if ladder:
+        _check_ladder(config, pruning, warm_start, lr_precision)
+        widths = tuple(sorted(set(widths), key=lambda w: config.spec_at(w).flops_per_token()))
+    trials = trials if trials is not None else LADDER_TRIALS if ladder else DEFAULT_TRIALS
+    warm_start = WarmStart.NONE if ladder else warm_start or WarmStart.OCTAVES
     corpus = corpus if corpus is not None else load_corpus(config.data)
     check_hash(corpus, config.corpus_hash)
     if sampler is SamplerKind.GRID and trials > grid_size(config):
         raise StudyError(f"--sampler grid has {grid_size(config)} points (LR octaves × batch "
                          f"sizes); ask for at most that many --trials or widen --lr-range")
-    runner.prepare(url, pruning)  # e.g. the Ray install line, not a half-made study
+    runner.prepare(url, pruning, sampler)  # e.g. the Ray install line, not a half-made study
     optuna_storage = open_storage(url)
     check_existing(study, config, optuna_storage)
     previous: list[TrialRecord] = []
+    earlier: list[tuple[int, Ladder, list[TrialRecord]]] = []
+    searches: list[WidthSearch] = []
     for width in widths:
         width_study = open_width_study(study, width, config, optuna_storage, sampler=sampler,
                                        pruning=pruning)
         enqueue_warm_start(width_study, config, warm_start, previous)
+        planner = _ladder(config, width, earlier, trials, lr_precision) if ladder else None
         runner.run_width(WidthJob(study=width_study, name=study, width=width, config=config,
                                   storage_url=url, trials=trials, sampler=sampler,
-                                  pruning=pruning, corpus=corpus, on_trial=on_trial))
+                                  pruning=pruning, corpus=corpus, on_trial=on_trial,
+                                  ladder=planner))
         previous = load_trials(study, optuna_storage, [width])
+        if planner is not None:
+            earlier.append((width, planner, previous))
+            searches.append(planner.summary(previous, ladder_done(width_study)))
     summaries = summarize(load_trials(study, optuna_storage, list(widths)))
     return TuneResult(study=study, storage=url, widths=tuple(summaries),
-                      wall_time_s=time.perf_counter() - started)
+                      wall_time_s=time.perf_counter() - started, search=tuple(searches))
+
+
+def _check_ladder(config: StudyConfig, pruning: Pruning, warm_start: WarmStart | None,
+                  precision: float) -> None:
+    if config.space.lr is None:
+        raise StudyError("the ladder search steers by the LR optimum, and this study fixes "
+                         "the LR: give an --lr-range, or pick an Optuna --sampler")
+    if pruning is not Pruning.NONE:
+        raise StudyError("--pruner stops trials early, and each of the ladder's few trials "
+                         "is needed whole: use --pruner none, or an Optuna --sampler")
+    if warm_start not in (None, WarmStart.NONE):
+        raise StudyError("--warm-start enqueues points for an Optuna sampler; the ladder "
+                         "chooses its own first points: leave --warm-start out")
+    if not precision > 0:
+        raise StudyError(f"lr_precision (--lr-precision) is the width in octaves of the LR "
+                         f"interval at which a width stops, a positive number; got "
+                         f"{precision}")
+
+
+def _ladder(config: StudyConfig, width: int, earlier, trials: int, precision: float) -> Ladder:
+    """The planner of ``width``: its prior from the widths before it, and its precision.
+
+    A costlier width is allowed a wider interval: the target's prediction weighs each
+    width's optimum by its precision, and buying precision costs trials × FLOPs per trial,
+    so the cheapest total for a given target interval gives width w an interval
+    ∝ cost_w^¼ (each width's variance falls as 1/trials; Neyman allocation).
+    """
+    from hptransfer.study.ladder import Ladder, prior_from
+
+    if not earlier:
+        return Ladder(config, width, prior=None, max_trials=trials, precision=precision)
+    cost = config.spec_at(width).flops_per_token() / config.spec_at(earlier[0][0]) \
+        .flops_per_token()
+    return Ladder(config, width, prior=prior_from(config, width, earlier), max_trials=trials,
+                  precision=precision * cost**0.25)

@@ -39,7 +39,7 @@ def optimizer_for(model: nn.Module, spec: ModelSpec, hparams: HParams
                   ) -> torch.optim.Optimizer:
     """The optimizer hptransfer trains ``spec``'s model with (AdamW or Lion, µP groups)."""
     from hptransfer.models.registry import role_table
-    from hptransfer.train.optimizer import build_optimizer
+    from hptransfer.training.optimizer import build_optimizer
 
     return build_optimizer(model, role_table(spec), spec, hparams)
 
@@ -55,7 +55,7 @@ def scheduler_for(optimizer: torch.optim.Optimizer, hparams: HParams, steps: int
     steps, as a ``LambdaLR`` that multiplies every group's own peak LR."""
     import torch
 
-    from hptransfer.train.schedule import lr_factor
+    from hptransfer.training.schedule import lr_factor
 
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(min(step, steps - 1), total_steps=steps,

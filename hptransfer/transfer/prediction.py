@@ -16,9 +16,10 @@ from pydantic import Field
 from hptransfer.hparams import HParams
 from hptransfer.mup.rules import describe_hidden_lr
 from hptransfer.spec import FrozenConfig, ModelSpec
-from hptransfer.study.optimum import WidthEvidence
+from hptransfer.study.optimum import SeedNoise, WidthEvidence
 from hptransfer.transfer.baselines import Baseline
 from hptransfer.transfer.fit import TransferFit
+from hptransfer.transfer.regret import ExpectedRegret
 from hptransfer.transfer.rules import Rule
 
 if TYPE_CHECKING:
@@ -38,6 +39,9 @@ class Evidence(FrozenConfig):
     seed: int
     band: float
     window_octaves: float
+    seed_noise: SeedNoise | None = Field(
+        None, description="the seed noise measured on the study's seed replicates, which "
+                          "every width's LR interval includes; None: the study has none")
 
 
 class Prediction(FrozenConfig):
@@ -56,6 +60,9 @@ class Prediction(FrozenConfig):
     warnings: tuple[str, ...]
     evidence: Evidence
     baselines: dict[str, Baseline] = Field(default_factory=dict)
+    regret: ExpectedRegret | None = Field(
+        None, description="the loss expected to be lost at the predicted LR, from the bowls' "
+                          "curvature and the LR interval (transfer/regret.py)")
 
     def hidden_lr(self) -> str:
         """The per-step LR of the hidden matrices at the target, in words."""

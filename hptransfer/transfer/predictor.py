@@ -20,10 +20,11 @@ from hptransfer.models.registry import family_of
 from hptransfer.spec import DepthRule, ModelSpec
 from hptransfer.study.config import StudyConfig
 from hptransfer.study.ledger import TrialRecord, TrialStatus
-from hptransfer.study.optimum import BAND, BOOTSTRAP, WINDOW_OCTAVES, fit_width
+from hptransfer.study.optimum import BAND, BOOTSTRAP, WINDOW_OCTAVES, fit_width, seed_noise
 from hptransfer.transfer.baselines import baselines
 from hptransfer.transfer.fit import transfer_fits
 from hptransfer.transfer.prediction import Evidence, Prediction
+from hptransfer.transfer.regret import expected_regret
 from hptransfer.transfer.rules import (
     HORIZON_EXPONENT,
     HORIZON_EXPONENT_RANGE,
@@ -113,8 +114,10 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
             raise PredictionError(f"target width {target_width}: {error}") from None
     usable, left_out = _usable_widths(records, study)
     rng = np.random.default_rng(seed)
+    noise = seed_noise(records, config)
     fits = [fit_width(w, rows, config, band=band, window=window, bootstrap=bootstrap,
-                       rng=rng) for w, rows in sorted(usable.items())]
+                      rng=rng, noise=noise.shape if noise is not None else None)
+            for w, rows in sorted(usable.items())]
     notes = Notes()
     if target_width < min(usable):
         notes.warnings.append(
@@ -173,12 +176,13 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
     evidence = Evidence(widths=tuple(f.evidence for f in fits), fits=transfer,
                         searched=tuple(transfer), proxy_depth=config.spec.depth,
                         proxy_tokens=proxy_tokens, proxy_batch=proxy_batch,
-                        bootstrap=bootstrap, seed=seed, band=band, window_octaves=window)
+                        bootstrap=bootstrap, seed=seed, band=band, window_octaves=window,
+                        seed_noise=noise)
     return Prediction(study=study, target_width=target_width, target_depth=spec.depth,
                       target_tokens=tokens, spec=spec, hparams=hparams, intervals=intervals,
                       rules=tuple(notes.rules), warnings=tuple(notes.warnings),
-                      evidence=evidence,
-                      baselines=baselines(records, fits, spec, tokens))
+                      evidence=evidence, baselines=baselines(records, fits, spec, tokens),
+                      regret=expected_regret(evidence.widths, lr, (lr_low, lr_high)))
 
 
 def check_model(study: str, config: StudyConfig, model: str | None) -> None:

@@ -2,10 +2,10 @@
 
 Every rule applied is recorded with its reason and every doubt becomes a warning:
 
-- the width rule of each hparam: constant (no drift established) or log-linear drift,
-  announced loudly beyond ``DRIFT_THRESHOLD`` (and a constant whose slope estimate is that
-  large gets a loud "not established" warning), with loose slopes and leave-one-width-out
-  misses;
+- the width rule of each hparam: constant (no drift established), converging (µP's
+  finite-width correction) or log-linear drift, announced loudly beyond
+  ``DRIFT_THRESHOLD`` (and a constant whose slope estimate is that large gets a loud "not
+  established" warning), with loose slopes and leave-one-width-out misses;
 - the stability bound: the LR stays below the smallest LR that diverged at any width;
 - beyond width: weight decay by the study's convention (docs/spec.md §3), a different
   target batch (√k) and a longer horizon (η* ∝ D^−β). Depth: a study whose spec uses the
@@ -36,6 +36,9 @@ DRIFT_THRESHOLD = 0.25
 # optimum to move more than this many octaves (the proxies do not pin the slope down).
 EXTRAPOLATION_SPREAD_WARN = 1.0
 LOO_WARN = 0.5  # octaves: a leave-one-width-out miss beyond this is reported
+# The converging model (transfer/fit.py) extrapolates a correction the proxies only saw
+# the start of: beyond half an octave past the widest proxy that is worth a warning.
+CONVERGING_SHIFT_WARN = 0.5
 # Horizon: at fixed batch the optimal LR falls like D^−β as training gets longer. β = 0.3 is
 # a *default*, not fitted: Bjorck et al. 2025 ("Scaling Optimal LR Across Token Horizons",
 # ICLR 2025, arXiv 2409.19913) fit LR*(D) = B·D^−β with β of about 0.3 on their LLMs, and
@@ -98,6 +101,18 @@ def judge_width_fits(transfer: dict[str, TransferFit], config: StudyConfig,
                     f"per doubling; over the {doublings:.1f} doublings to width {target_width} "
                     f"that allows the optimum to move up to {spread:.1f} octaves: add a "
                     f"wider proxy width or more trials to narrow it")
+        elif fit.model is TransferModel.CONVERGING:
+            shift = fit.target - fit.at_widest
+            notes.rule(f"width-converging:{hparam}",
+                       f"{what}: the optimum moves {fit.slope:+.2f} octave per doubling "
+                       f"between the proxies (interval [{low:+.2f}, {high:+.2f}]); under µP "
+                       f"that is a finite-width correction, shrinking like 1/width towards "
+                       f"2^{fit.limit:.2f} at infinite width: {shift:+.2f} octave from the "
+                       f"widest proxy to width {target_width}")
+            if abs(shift) > CONVERGING_SHIFT_WARN:
+                notes.warnings.append(
+                    f"the finite-width correction moves the LR {shift:+.2f} octaves beyond the "
+                    f"widest proxy ({largest}): a wider proxy width would pin it")
         else:
             notes.rule(f"width-log-linear:{hparam}",
                        f"{what}: the optimum drifts {fit.slope:+.2f} octave per doubling "
@@ -111,7 +126,10 @@ def judge_width_fits(transfer: dict[str, TransferFit], config: StudyConfig,
                     f"[{low:+.2f}, {high:+.2f}]); the prediction extrapolates this drift"
                     + _drift_causes(config.spec, config.space.base))
         width, miss = max(fit.leave_one_out.items(), key=lambda kv: abs(kv[1]))
-        if hparam == "lr" and abs(miss) > LOO_WARN:
+        # a two-parameter model left with one width cannot be refitted: its leave-one-out
+        # falls back to a constant and only restates the drift the rule already names
+        testable = fit.model is TransferModel.CONSTANT or len(fit.leave_one_out) >= 3
+        if hparam == "lr" and testable and abs(miss) > LOO_WARN:
             notes.warnings.append(f"leave-one-width-out: predicting width {width}'s LR optimum "
                                   f"from the other widths misses by {miss:+.2f} octaves")
 

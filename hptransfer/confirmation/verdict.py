@@ -5,7 +5,10 @@ With ``regret = (loss at the prediction − best loss) / best loss`` over the co
 - ``CONFIRMED``: the prediction's regret is at most ``tolerance`` (:data:`TOLERANCE`, 0.5%:
   the regret target of docs/spec.md §5, and several times the loss difference half an
   octave of LR makes near the optimum of a short proxy bowl, so a prediction inside the
-  flat bottom passes);
+  flat bottom passes), or, when the study measured its seed noise, within the regret that
+  noise alone makes between two runs (:func:`noise_margin`, with a note saying so: short
+  runs near the edge of stability differ by more than 0.5% from seed to seed, and a
+  verdict must not claim what the runs cannot show);
 - ``OPTIMUM HIGHER`` / ``OPTIMUM LOWER``: the best run sits at a positive / negative offset
   and beats the prediction by more than the tolerance. When it is the largest / smallest
   offset tried the direction is still established (the runs are paired), but the optimum
@@ -26,15 +29,19 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import NamedTuple
 
+from pydantic import Field
+
 from hptransfer.hparams import HParams
 from hptransfer.spec import FrozenConfig
 from hptransfer.study.ledger import TrialStatus
 
-__all__ = ["DEFAULT_OFFSETS", "OFFSET_MATCH", "TOLERANCE", "Confirmation", "ConfirmationRun",
-           "ConfirmationVerdict", "Judgement", "judge", "summarize"]
+__all__ = ["DEFAULT_OFFSETS", "NOISE_SIGMAS", "OFFSET_MATCH", "TOLERANCE", "Confirmation",
+           "ConfirmationRun", "ConfirmationVerdict", "Judgement", "judge", "noise_margin",
+           "summarize"]
 
 DEFAULT_OFFSETS = (-1.0, -0.5, 0.0, 0.5, 1.0)  # octaves of LR around the prediction
 TOLERANCE = 0.005  # relative loss: see the module docstring
+NOISE_SIGMAS = 2.0  # a regret within 2σ of two runs' seed noise is noise (noise_margin)
 OFFSET_MATCH = 1e-6  # octaves: an lr is at an offset when log2(lr / α) is this close
 
 
@@ -67,6 +74,8 @@ class Confirmation(FrozenConfig):
     regret: float | None = None
     best_offset: float | None = None
     tolerance: float = TOLERANCE
+    noise: float | None = Field(None, description="the seed noise per run (relative) the "
+                                                  "verdict allowed for, if measured")
     notes: tuple[str, ...] = ()
 
 
@@ -77,8 +86,18 @@ class Judgement(NamedTuple):
     notes: tuple[str, ...]
 
 
-def judge(runs: Sequence[ConfirmationRun], tolerance: float = TOLERANCE) -> Judgement:
-    """The verdict, regret, best offset and notes of a list of runs (module docstring)."""
+def noise_margin(noise: float | None) -> float:
+    """The regret seed noise alone makes between two runs, at 2σ: a difference of two runs
+    holds two runs' noise (σ√2), and 2σ of it is what paired runs beat each other by one
+    time in forty-odd. 0 without a measured noise."""
+    return 0.0 if noise is None else NOISE_SIGMAS * math.sqrt(2.0) * noise
+
+
+def judge(runs: Sequence[ConfirmationRun], tolerance: float = TOLERANCE,
+          noise: float | None = None) -> Judgement:
+    """The verdict, regret, best offset and notes of a list of runs (module docstring).
+    ``noise``: the study's measured seed noise per run (relative); a regret inside its
+    :func:`noise_margin` is not evidence against the prediction."""
     done = [r for r in runs if r.status is TrialStatus.COMPLETE and r.loss is not None
             and math.isfinite(r.loss)]
     notes = [f"offset {r.offset:+g} {r.status.value}" + (f": {r.reason}" if r.reason else "")
@@ -96,6 +115,13 @@ def judge(runs: Sequence[ConfirmationRun], tolerance: float = TOLERANCE) -> Judg
     regret = max(0.0, (at_prediction.loss - best.loss) / best.loss)
     if regret <= tolerance:
         return Judgement(ConfirmationVerdict.CONFIRMED, regret, best.offset, tuple(notes))
+    margin = noise_margin(noise)
+    if regret <= margin:
+        notes.append(f"the regret {100 * regret:.2f}% is above the {100 * tolerance:.2g}% "
+                     f"tolerance but within the {100 * margin:.2f}% that seed noise alone "
+                     f"makes between two runs (2σ·√2, σ = {100 * noise:.2f}% measured on the "
+                     f"proxies): these runs cannot tell the prediction from the best one")
+        return Judgement(ConfirmationVerdict.CONFIRMED, regret, best.offset, tuple(notes))
     verdict = (ConfirmationVerdict.OPTIMUM_HIGHER if best.offset > 0
                else ConfirmationVerdict.OPTIMUM_LOWER)
     offsets = [r.offset for r in runs]
@@ -107,10 +133,11 @@ def judge(runs: Sequence[ConfirmationRun], tolerance: float = TOLERANCE) -> Judg
 
 
 def summarize(study: str, width: int, predicted: HParams, runs: list[ConfirmationRun],
-              tolerance: float, extra_notes: Sequence[str] = ()) -> Confirmation:
+              tolerance: float, extra_notes: Sequence[str] = (),
+              noise: float | None = None) -> Confirmation:
     """The :class:`Confirmation` of ``predicted`` at ``width`` from its runs."""
-    judgement = judge(runs, tolerance)
+    judgement = judge(runs, tolerance, noise)
     return Confirmation(study=study, target_width=width, predicted_lr=predicted.lr,
                         runs=tuple(runs), verdict=judgement.verdict, regret=judgement.regret,
                         best_offset=judgement.best_offset, tolerance=tolerance,
-                        notes=(*extra_notes, *judgement.notes))
+                        noise=noise, notes=(*extra_notes, *judgement.notes))

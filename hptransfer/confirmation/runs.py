@@ -11,7 +11,7 @@ The runs are trials of one more Optuna study in the study's storage,
 their offset, the predicted LR and where they ran (this process, or a Ray Train job of
 ``workers`` data-parallel workers: :mod:`hptransfer.backends.ray_train`). Re-running
 :func:`confirm` trains only the offsets that have no finished run for the same prediction.
-The verdict is :func:`hptransfer.confirm.verdict.judge`'s.
+The verdict is :func:`hptransfer.confirmation.verdict.judge`'s.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hptransfer.backends import Backend
-from hptransfer.confirm.verdict import (
+from hptransfer.confirmation.verdict import (
     DEFAULT_OFFSETS,
     OFFSET_MATCH,
     TOLERANCE,
@@ -35,12 +35,15 @@ from hptransfer.hparams import HParams
 from hptransfer.study.ledger import (
     Attr,
     TrialStatus,
+    claim_waiting,
     confirmation_study_name,
     enqueue,
     load_config,
     open_storage_arg,
     read_plan,
     trial_record,
+    waiting_count,
+    write_placement,
     write_plan,
     write_status,
 )
@@ -92,11 +95,14 @@ def _is_finished(run: ConfirmationRun) -> bool:
 
 
 class _Placement(NamedTuple):
-    """Where confirmation runs train: this process, or Ray Train jobs (``ray`` not None)."""
+    """Where confirmation runs train: ``processes`` local processes side by side, or Ray
+    Train jobs (``ray`` not None)."""
 
-    threads: int  # local: torch threads; Ray: each worker's (= its CPUs)
+    threads: int  # local: torch threads per run; Ray: each worker's (= its CPUs)
     ray: RayScaling | None = None
     address: str | None = None
+    processes: int = 1  # local runs side by side (one is this process)
+    auto: bool = False
 
     @property
     def attrs(self) -> tuple[tuple[str, Any], ...]:
@@ -126,22 +132,24 @@ def _run_one(optuna_study, trial, hparams: HParams, attrs: tuple[tuple[str, Any]
                threads=placement.threads, attrs=(*attrs, *placement.attrs), trainer=trainer)
 
 
-def _placement(backend: Backend, *, threads: int | None, workers: int, address: str | None,
-               cpus_per_worker: int) -> _Placement:
+def _placement(backend: Backend, *, threads: int | None, workers: int | str, width: int,
+               address: str | None, cpus_per_worker: int) -> _Placement:
     """Check the backend options against each other (before anything runs)."""
-    from hptransfer.train.device import resolve_threads
+    from hptransfer.study.worker import AUTO, auto_placement
+    from hptransfer.training.device import resolve_threads
 
-    if workers < 1 or cpus_per_worker < 1:
-        raise ConfigError(f"workers and cpus_per_worker must be at least 1, got {workers} and "
-                         f"{cpus_per_worker}")
+    if workers != AUTO and (not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers must be a positive number or 'auto', got {workers!r}")
+    if cpus_per_worker < 1:
+        raise ConfigError(f"cpus_per_worker must be at least 1, got {cpus_per_worker}")
     if backend is Backend.LOCAL:
-        if workers > 1:
-            raise ConfigError(f"{workers} workers train each run data parallel on a Ray "
-                             f"cluster: add --backend ray (backend=Backend.RAY); a local run "
-                             f"uses one process with --threads threads")
         if address is not None or cpus_per_worker != 1:
             raise ConfigError("--address and --cpus-per-worker apply only with --backend ray")
-        return _Placement(threads=resolve_threads(threads))
+        if workers == AUTO:  # side by side at small widths, one process with all CPUs wide
+            chosen = auto_placement(width, resolve_threads(), threads)
+            return _Placement(threads=chosen.threads, processes=chosen.workers, auto=True)
+        return _Placement(threads=threads or max(1, resolve_threads() // workers),
+                          processes=workers)
     from hptransfer.backends.cluster import require_ray
     from hptransfer.backends.ray_train import RayScaling
 
@@ -150,7 +158,8 @@ def _placement(backend: Backend, *, threads: int | None, workers: int, address: 
         raise ConfigError("--threads sets a local run's threads; on Ray each worker trains "
                          "with --cpus-per-worker threads")
     return _Placement(threads=cpus_per_worker, address=address,
-                      ray=RayScaling(workers=workers, cpus_per_worker=cpus_per_worker))
+                      ray=RayScaling(workers=1 if workers == AUTO else workers,
+                                     cpus_per_worker=cpus_per_worker))
 
 
 def _storage_url(storage: Any) -> str | None:
@@ -167,7 +176,8 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
             offsets: Sequence[float] = DEFAULT_OFFSETS, threads: int | None = None,
             tolerance: float = TOLERANCE,
             on_run: Callable[[ConfirmationRun], None] | None = None,
-            backend: Backend = Backend.LOCAL, workers: int = 1, address: str | None = None,
+            backend: Backend = Backend.LOCAL, workers: int | str = "auto",
+            address: str | None = None,
             cpus_per_worker: int = 1, model: str | None = None) -> Confirmation:
     """Train the prediction for ``target_width`` and its LR neighbours α·2^offset, record
     them in ``storage`` and judge the prediction (module docstring).
@@ -180,21 +190,24 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     missing or the storage is a file that a multi-node cluster cannot share, and ValueError
     for options that do not fit together.
 
+    Locally, ``workers`` processes train runs side by side with ``threads`` threads each;
+    ``"auto"`` (the default) picks both from the target width and the CPUs
+    (:func:`hptransfer.study.worker.auto_placement`: at small widths one thread per run).
+    Each run's losses depend only on its own threads, so they equal one process's.
+
     ``backend=Backend.RAY`` trains each run as a Ray Train job on the cluster at ``address``
     (:func:`hptransfer.backends.cluster.connect`) with ``workers`` data-parallel workers of
-    ``cpus_per_worker`` CPUs (and threads) each; the predicted batch size must be divisible
-    by ``workers``. ``threads`` is for local runs only.
+    ``cpus_per_worker`` CPUs (and threads) each (``"auto"``: 1); the predicted batch size
+    must be divisible by ``workers``. ``threads`` is for local runs only.
     """
     import optuna
-    from optuna.distributions import FloatDistribution
-    from optuna.trial import TrialState
 
     from hptransfer.data.corpus import check_hash, load_corpus
     from hptransfer.models.registry import family_of
     from hptransfer.study.config import check_roles
     from hptransfer.study.leases import reclaim_lost
     from hptransfer.study.search import quiet_optuna
-    from hptransfer.train.device import check_memory, resolve_device
+    from hptransfer.training.device import check_memory, resolve_device
     from hptransfer.transfer import predict_hparams
 
     offsets = tuple(sorted({float(o) for o in offsets}))
@@ -202,11 +215,11 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
         raise ConfigError(f"offsets must include 0 (the predicted point), got {list(offsets)}")
     if not 0 < tolerance < 1:
         raise ConfigError(f"tolerance is a relative loss in (0, 1), got {tolerance}")
-    placement = _placement(backend, threads=threads, workers=workers, address=address,
-                           cpus_per_worker=cpus_per_worker)
+    placement = _placement(backend, threads=threads, workers=workers, width=target_width,
+                           address=address, cpus_per_worker=cpus_per_worker)
     quiet_optuna()
     prediction = predict_hparams(target_width, study=study, storage=storage, model=model)
-    url = _storage_url(storage) if placement.ray is not None else None
+    url = _storage_url(storage)
     storage = open_storage_arg(storage, Access.UPDATE)
     try:
         config = load_config(study, storage)
@@ -223,38 +236,77 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
                      f"the target model at width {target_width}")
     if placement.ray is not None:
         from hptransfer.backends.cluster import check_shared_storage, connect
-        from hptransfer.train.ranks import rows_per_worker
+        from hptransfer.training.ranks import rows_per_worker
 
-        rows_per_worker(predicted.batch_size, workers)  # before any run is created
+        rows_per_worker(predicted.batch_size, placement.ray.workers)  # before any run
         connect(address)
         if url is not None:
             check_shared_storage(url, address)
+    processes = placement.processes if url is not None and "memory" not in url else 1
     runs_study = optuna.create_study(
         study_name=confirmation_study_name(study, target_width), storage=storage,
         direction="minimize", load_if_exists=True)
     write_plan(runs_study, json.dumps(
         {"study": study, "target_width": target_width, "hparams": predicted.model_dump_json(),
-         "offsets": list(offsets), "tolerance": tolerance}))
+         "offsets": list(offsets), "tolerance": tolerance,
+         "spec": prediction.spec.model_dump_json(),
+         "noise": (prediction.evidence.seed_noise.shape
+                   if prediction.evidence.seed_noise is not None else None)}))
+    write_placement(runs_study, {"workers": processes, "threads": placement.threads,
+                                 "auto": placement.auto})
     reclaim_lost(runs_study)
-    low, high = predicted.lr * 2.0 ** offsets[0], predicted.lr * 2.0 ** offsets[-1]
-    distribution = FloatDistribution(low, high, log=True)
     # runs that errored in an earlier call are retried, once per call (an error that is
     # the run's own would only repeat within one call)
     retry = {r.offset for r in _runs(runs_study, predicted, offsets)
              if r.status is TrialStatus.ERROR}
-    while True:
-        runs = {r.offset: r for r in _runs(runs_study, predicted, offsets)}
-        pending = [o for o in offsets if o not in runs or o in retry]
-        waiting = [o for o, r in runs.items() if r.status is TrialStatus.WAITING]
-        if not pending and not waiting:
-            break
-        if not waiting:  # enqueue the next offset; ask() pops the oldest waiting trial
-            offset = pending[0]
-            retry.discard(offset)
+    runs = {r.offset: r for r in _runs(runs_study, predicted, offsets)}
+    for offset in offsets:  # every missing run at once, so that they can run side by side
+        if offset not in runs or offset in retry:
             enqueue(runs_study, {"lr": predicted.lr * 2.0 ** offset},
                     **{Attr.OFFSET: offset, Attr.ROLE: ROLE})
-        trial = runs_study.ask()
-        lr = trial.suggest_float("lr", distribution.low, distribution.high, log=True)
+    job = _Job(study=study, predicted=predicted, offsets=offsets, spec=prediction.spec,
+               config=config, corpus=corpus, placement=placement)
+    helpers = min(processes, waiting_count(runs_study)) - 1
+    if helpers > 0:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawned, not forked: torch and the storage's connections do not survive a fork
+        with ProcessPoolExecutor(helpers, mp_context=multiprocessing.get_context("spawn")
+                                 ) as pool:
+            futures = [pool.submit(_helper, url, study, target_width, placement.threads)
+                       for _ in range(helpers)]
+            _work(runs_study, job, on_run)
+            for future in futures:
+                future.result()
+    else:
+        _work(runs_study, job, on_run)
+    notes = [f"prediction warning: {w}" for w in prediction.warnings]
+    noise = prediction.evidence.seed_noise
+    return summarize(study, target_width, predicted, _runs(runs_study, predicted, offsets),
+                      tolerance, notes, noise=noise.shape if noise is not None else None)
+
+
+class _Job(NamedTuple):
+    """What a process training confirmation runs needs."""
+
+    study: str
+    predicted: HParams
+    offsets: tuple[float, ...]
+    spec: Any
+    config: Any
+    corpus: Any
+    placement: _Placement
+
+
+def _work(runs_study, job: _Job, on_run: Callable[[ConfirmationRun], None] | None) -> None:
+    """Train waiting confirmation runs until none is left (in this process)."""
+    from optuna.trial import TrialState
+
+    offsets, predicted = job.offsets, job.predicted
+    low, high = predicted.lr * 2.0 ** offsets[0], predicted.lr * 2.0 ** offsets[-1]
+    while (trial := claim_waiting(runs_study)) is not None:
+        lr = trial.suggest_float("lr", low, high, log=True)
         offset = _offset_of(lr, predicted.lr, offsets)
         if offset not in offsets:  # a waiting trial of an earlier prediction: retire it
             write_status(runs_study._storage, trial._trial_id, TrialStatus.ERROR,
@@ -263,13 +315,33 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
             continue
         hparams = HParams(**{**predicted.model_dump(), "lr": lr})
         attrs = ((Attr.OFFSET, offset), (Attr.PREDICTED_LR, predicted.lr), (Attr.ROLE, ROLE))
-        _run_one(runs_study, trial, hparams, attrs, prediction.spec, config, corpus, placement)
+        _run_one(runs_study, trial, hparams, attrs, job.spec, job.config, job.corpus,
+                 job.placement)
         if on_run is not None:
             on_run(next(r for r in _runs(runs_study, predicted, offsets)
                         if r.offset == offset))
-    notes = [f"prediction warning: {w}" for w in prediction.warnings]
-    return summarize(study, target_width, predicted, _runs(runs_study, predicted, offsets),
-                      tolerance, notes)
+
+
+def _helper(url: str, study: str, target_width: int, threads: int) -> None:
+    """A second process training the waiting runs of a confirmation (``workers`` > 1)."""
+    import optuna
+
+    from hptransfer.data.corpus import load_corpus
+    from hptransfer.spec import ModelSpec
+    from hptransfer.study.search import quiet_optuna
+    from hptransfer.study.storage import open_storage
+
+    quiet_optuna()
+    storage = open_storage(url, Access.UPDATE)
+    runs_study = optuna.load_study(study_name=confirmation_study_name(study, target_width),
+                                   storage=storage)
+    plan = json.loads(read_plan(runs_study))
+    config = load_config(study, storage)
+    job = _Job(study=study, predicted=HParams.model_validate_json(plan["hparams"]),
+               offsets=tuple(float(o) for o in plan["offsets"]),
+               spec=ModelSpec.model_validate_json(plan["spec"]), config=config,
+               corpus=load_corpus(config.data), placement=_Placement(threads=threads))
+    _work(runs_study, job, None)
 
 
 def load_confirmation(study: str, target_width: int, storage: Any = None
@@ -290,4 +362,4 @@ def load_confirmation(study: str, target_width: int, storage: Any = None
     predicted = HParams.model_validate_json(info["hparams"])
     offsets = [float(o) for o in info["offsets"]]
     return summarize(study, target_width, predicted, _runs(runs_study, predicted, offsets),
-                      float(info["tolerance"]))
+                      float(info["tolerance"]), noise=info.get("noise"))

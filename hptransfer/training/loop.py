@@ -4,7 +4,7 @@
 searches call it and read the record; pruners plug in through ``on_eval``. The same call on
 the CPU with the same thread count returns the same losses bit for bit (init and batches
 come from ``seed``, validation windows are fixed). Under ``torch.distributed`` it trains
-data parallel (:mod:`hptransfer.train.ranks`) and every rank returns the same record.
+data parallel (:mod:`hptransfer.training.ranks`) and every rank returns the same record.
 docs/foundation.md has the threads, precision and throughput measurements.
 """
 
@@ -28,10 +28,10 @@ from hptransfer.mup.rules import FORMULATION
 from hptransfer.provenance import collect
 from hptransfer.record import CurvePoint, RunRecord, Status, Verdict
 from hptransfer.spec import ModelSpec
-from hptransfer.train.device import autocast, check_memory, resolve_device, resolve_threads
-from hptransfer.train.optimizer import build_optimizer
-from hptransfer.train.ranks import Ranks, data_parallel, rows_per_worker
-from hptransfer.train.schedule import lr_factor
+from hptransfer.training.device import autocast, check_memory, resolve_device, resolve_threads
+from hptransfer.training.optimizer import build_optimizer
+from hptransfer.training.ranks import Ranks, data_parallel, rows_per_worker
+from hptransfer.training.schedule import lr_factor
 
 __all__ = ["EvalCallback", "evaluate", "token_loss", "train"]
 

@@ -1,0 +1,426 @@
+"""The ladder search: a study's widths tuned cheapest first, each steered by the ones before.
+
+Under µP the LR optimum does not move with width (docs/spec.md §1), so once the cheapest
+width has found its bowl, a wider width need not search the whole LR range again: it starts
+on a half-octave grid around the optimum the narrower widths predict and only walks away
+from it if its own trials say so. Trials go where the bowl is, and a width stops when its
+optimum is pinned, not after a fixed count.
+
+One width is searched in *rounds*: a round is a set of points chosen from the width's
+finished trials, run in parallel, and the next round is chosen only when every trial of the
+round has finished. A round is a function of finished trials alone, so a study run by one
+process or by many holds the same trials with the same losses. The steps, in order:
+
+1. **bracket**: LR points until the best one has a worse (or diverged) LR on each side:
+   the range's middle and ±2 octaves on the first width; the prior's half-octave grid
+   (±1 octave) on later widths; then further out on the side of the best.
+2. **bowl**: half-octave points within ±``BOWL_OCTAVES`` of the fitted optimum.
+3. **seed** (first width): the bowl's middle three LRs again with the next seed: the seed
+   noise (:func:`hptransfer.study.optimum.seed_noise`) that every width's interval uses.
+4. **widen** (any width): while the optimum's 95% interval is wider than ``precision``
+   octaves, half-octave points further out (the bowl's flanks pin its curvature).
+5. **flat** (first width, when searched): weight decay at the LR optimum (0 and the decades
+   of its range), then the batch sizes with the LR moved by √(b/b₀) (docs/spec.md §4).
+6. **recheck** (first width, when a weight decay or batch other than the base wins): the
+   bowl's middle at the chosen ones, so that the LR optimum is read where it will be used.
+
+Later widths hold the first width's weight decay and batch (µP transfers them; coupled λ is
+moved to the width by the ladder's own rule) and run steps 1, 2 and 4.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from enum import Enum
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from hptransfer.hparams import HParams
+from hptransfer.mup.rules import coupled_decay_scale, weight_decay_depends_on_width
+from hptransfer.spec import FrozenConfig
+from hptransfer.study.config import StudyConfig
+from hptransfer.study.ledger import TrialRecord, TrialStatus
+from hptransfer.study.optimum import BAND, WINDOW_OCTAVES, fit_width, seed_noise
+
+__all__ = ["BOWL_OCTAVES", "PRECISION", "Ladder", "LadderPoint", "Prior", "Round", "Step",
+           "WidthSearch", "prior_from"]
+
+SPACING = 0.5  # octaves between LR points of a bowl: about the noise-limited resolution
+COARSE = 2.0  # octaves between the first width's bracketing points: the paper's grid
+# Bowl: ±1 octave of the optimum. At the proxies' curvature (1–4% of the loss per octave²)
+# the loss rises 1–4% there, well above the per-run seed noise (~0.5–1%), so the parabola
+# is determined; farther out the bowl turns asymmetric.
+BOWL_OCTAVES = 1.0
+WIDEN_OCTAVES = 2.0  # the widen step goes at most this far from the optimum (the fit window)
+PRECISION = 0.75  # octaves: the width of a 95% LR interval at which a width stops widening
+SEED_POINTS = 3  # LRs run again with another seed on the first width
+FLAT_DECADES = 3  # weight decays tried besides 0 (decades inside the range)
+_FIT_BOOTSTRAP = 400  # resamples behind the ladder's own stopping decisions
+
+
+class Step(str, Enum):
+    """Which step of the ladder chose a trial (recorded as the trial's ``ladder`` attr)."""
+
+    BRACKET = "bracket"
+    BOWL = "bowl"
+    SEED = "seed"
+    WIDEN = "widen"
+    FLAT = "flat"
+    RECHECK = "recheck"
+
+
+class LadderPoint(FrozenConfig):
+    """One trial the ladder asks for."""
+
+    lr_code: float = Field(description="log2 of the base LR")
+    weight_decay: float
+    batch_size: int
+    seed: int
+    step: Step
+
+    @property
+    def lr(self) -> float:
+        return 2.0**self.lr_code
+
+    def params(self, config: StudyConfig) -> dict[str, Any]:
+        """The Optuna params of this point in the study's search space."""
+        space = config.space
+        params: dict[str, Any] = {"lr": self.lr}
+        if space.weight_decay is not None:
+            params["weight_decay_on"] = self.weight_decay > 0
+            if self.weight_decay > 0:
+                params["weight_decay"] = self.weight_decay
+        if space.batch_sizes is not None:
+            params["batch_size"] = self.batch_size
+        return params
+
+
+class Round(FrozenConfig):
+    """The next trials of a width, or why it is done (``points`` empty)."""
+
+    points: tuple[LadderPoint, ...] = ()
+    done: str | None = Field(None, description="why the width needs no more trials")
+    note: str = ""
+
+
+class Prior(FrozenConfig):
+    """Where the narrower widths put this width's LR optimum, and the flat hparams to hold."""
+
+    lr_code: float
+    interval: tuple[float, float]
+    weight_decay: float
+    batch_size: int
+    noise: float | None = Field(None, description="relative seed noise measured so far")
+    from_widths: tuple[int, ...]
+
+
+class WidthSearch(FrozenConfig):
+    """What the ladder spent on one width and the LR interval it bought."""
+
+    width: int
+    trials: int
+    flops: float
+    lr: float = Field(description="the width's LR optimum")
+    interval: tuple[float, float] = Field(description="its 95% interval, seed noise included")
+    noise: float | None = Field(description="the relative seed noise the interval used")
+    stopped: str = Field(description="why the width needs no more trials")
+
+
+def _half(code: float) -> float:
+    return round(code / SPACING) * SPACING
+
+
+def _same_flat(r: TrialRecord, weight_decay: float, batch: int) -> bool:
+    return (r.hparams is not None and math.isclose(r.hparams.weight_decay, weight_decay,
+                                                   rel_tol=1e-9, abs_tol=0.0)
+            and r.hparams.batch_size == batch)
+
+
+class Ladder:
+    """The planner of one width of a ladder study: :meth:`plan` reads the width's trials
+    and returns the next :class:`Round`."""
+
+    def __init__(self, config: StudyConfig, width: int, *, prior: Prior | None,
+                 max_trials: int, precision: float = PRECISION) -> None:
+        if config.space.lr is None:
+            raise ValueError("the ladder searches the LR: the study's space must have an "
+                             "lr range")
+        self.config, self.width, self.prior = config, width, prior
+        self.max_trials, self.precision = max_trials, precision
+        self.first = prior is None
+        base = config.space.base
+        self.weight_decay = base.weight_decay if prior is None else prior.weight_decay
+        self.batch = base.batch_size if prior is None else prior.batch_size
+        self.low = math.log2(config.space.lr[0])
+        self.high = math.log2(config.space.lr[1])
+
+    # ---- points --------------------------------------------------------------------------
+
+    def _point(self, code: float, step: Step, *, seed: int | None = None,
+               weight_decay: float | None = None, batch: int | None = None) -> LadderPoint:
+        return LadderPoint(lr_code=code, step=step,
+                           seed=self.config.seed if seed is None else seed,
+                           weight_decay=self.weight_decay if weight_decay is None
+                           else weight_decay,
+                           batch_size=self.batch if batch is None else batch)
+
+    def _inside(self, code: float, ceiling: float | None) -> bool:
+        top = self.high if ceiling is None else min(self.high, ceiling - SPACING / 2)
+        return self.low - 1e-9 <= code <= top + 1e-9
+
+    # ---- the plan ------------------------------------------------------------------------
+
+    def plan(self, rows: Sequence[TrialRecord]) -> Round:
+        """The next round for this width, from its trials (any status)."""
+        live = [r for r in rows if r.status is not TrialStatus.LOST]
+        if any(r.status in (TrialStatus.RUNNING, TrialStatus.WAITING) for r in live):
+            return Round(note="waiting for the round in flight")
+        finished = [r for r in live if r.finished]
+        if len(finished) >= self.max_trials:
+            return Round(done=f"reached its cap of {self.max_trials} trials")
+        tried = {self._key(r) for r in live if r.hparams is not None}
+        for step in (self._bracket, self._bowl, self._seed, self._widen, self._flat,
+                     self._recheck):
+            points = [p for p in step(finished) if self._key_of(p) not in tried]
+            points = list(dict.fromkeys(points))[:self.max_trials - len(finished)]
+            if points:
+                return Round(points=tuple(points), note=points[0].step.value)
+        return Round(done=self._done_note(finished))
+
+    @staticmethod
+    def _key(r: TrialRecord) -> tuple:
+        h = r.hparams
+        return (round(math.log2(h.lr), 6), round(h.weight_decay, 12), h.batch_size,
+                r.seed)
+
+    def _key_of(self, p: LadderPoint) -> tuple:
+        return (round(p.lr_code, 6), round(p.weight_decay, 12), p.batch_size, p.seed)
+
+    def _bowl_rows(self, finished: Sequence[TrialRecord], *, seed: int | None = None
+                   ) -> list[TrialRecord]:
+        """Trials on this width's LR bowl: at the held weight decay and batch (and seed)."""
+        seed = self.config.seed if seed is None else seed
+        return [r for r in finished if _same_flat(r, self.weight_decay, self.batch)
+                and (r.seed if r.seed is not None else self.config.seed) == seed]
+
+    def _fit(self, rows: Sequence[TrialRecord], noise: float | None = None):
+        """The predictor's own estimate of this width's LR optimum on ``rows``."""
+        config = self.config.model_copy(update={"space": self.config.space.model_copy(
+            update={"weight_decay": None, "batch_sizes": None})})
+        return fit_width(self.width, list(rows), config, band=BAND, window=WINDOW_OCTAVES,
+                         bootstrap=_FIT_BOOTSTRAP, rng=np.random.default_rng(self.width),
+                         noise=noise)
+
+    def _ceiling(self, rows: Sequence[TrialRecord]) -> float | None:
+        diverged = [math.log2(r.hparams.lr) for r in rows
+                    if r.status is TrialStatus.DIVERGED and r.hparams is not None]
+        return min(diverged, default=None)
+
+    def _bracket(self, finished: Sequence[TrialRecord]) -> list[LadderPoint]:
+        rows = [r for r in finished if _same_flat(r, self.weight_decay, self.batch)
+                and (r.seed if r.seed is not None else self.config.seed) == self.config.seed]
+        done = [r for r in rows if r.completed_loss is not None]
+        ceiling = self._ceiling(rows)
+        if not rows:
+            if self.prior is None:
+                middle = round((self.low + self.high) / 2)
+                codes = [middle - COARSE, middle, middle + COARSE]
+            else:
+                centre = _half(self.prior.lr_code)
+                codes = [centre + k * SPACING for k in range(-2, 3)]
+            return [self._point(c, Step.BRACKET) for c in codes if self._inside(c, None)]
+        # two points a round on the side of the best: the grid's own spacing further out
+        step = COARSE if self.prior is None else SPACING
+        if not done:  # everything diverged (or errored): go down
+            lowest = min(math.log2(r.hparams.lr) for r in rows)
+            return [self._point(c, Step.BRACKET) for c in (lowest - step, lowest - 2 * step)
+                    if self._inside(c, ceiling)]
+        codes = np.array([math.log2(r.hparams.lr) for r in done])
+        best = float(codes[int(np.argmin([r.completed_loss for r in done]))])
+        out = []
+        if best <= codes.min() and best - step >= self.low - 1e-9:
+            out = [best - step, best - 2 * step]
+        elif best >= codes.max():
+            if ceiling is None:
+                out = [best + step, best + 2 * step]
+            elif ceiling - best > SPACING + 1e-9:  # close in on the edge of stability
+                out = [_half((best + ceiling) / 2)]
+        return [self._point(c, Step.BRACKET) for c in out if self._inside(c, ceiling)]
+
+    def _centre(self, finished: Sequence[TrialRecord]) -> float:
+        fit = self._fit(self._bowl_rows(finished))
+        return math.log2(fit.evidence.optima["lr"].value)
+
+    def _around(self, centre: float, half_width: float, ceiling: float | None, step: Step,
+                **kwargs) -> list[LadderPoint]:
+        middle = _half(centre)
+        k = int(round(half_width / SPACING))
+        # nearest first, so a capped round keeps the points that matter most
+        offsets = sorted(range(-k, k + 1), key=lambda i: (abs(i), i))
+        return [self._point(middle + i * SPACING, step, **kwargs) for i in offsets
+                if self._inside(middle + i * SPACING, ceiling)]
+
+    def _bowl(self, finished: Sequence[TrialRecord]) -> list[LadderPoint]:
+        rows = self._bowl_rows(finished)
+        if not any(r.completed_loss is not None for r in rows):
+            return []
+        return self._around(self._centre(finished), BOWL_OCTAVES, self._ceiling(rows),
+                            Step.BOWL)
+
+    def _seed(self, finished: Sequence[TrialRecord]) -> list[LadderPoint]:
+        if not self.first or not self._bowl_rows(finished) or any(
+                r.seed is not None and r.seed != self.config.seed for r in finished):
+            return []  # once: the replicates measure the noise, they are not the search
+        centre = self._centre(finished)
+        points = self._around(centre, SPACING * (SEED_POINTS // 2),
+                              self._ceiling(self._bowl_rows(finished)), Step.SEED,
+                              seed=self.config.seed + 1)
+        return points[:SEED_POINTS]
+
+    def noise(self, finished: Sequence[TrialRecord]) -> float | None:
+        """The seed noise: measured on this width if it has replicates, else the prior's."""
+        measured = seed_noise(list(finished), self.config)
+        if measured is not None:
+            return measured.shape
+        return self.prior.noise if self.prior is not None else None
+
+    def interval(self, finished: Sequence[TrialRecord]) -> tuple[float, float]:
+        """This width's 95% LR interval (log2), with the seed noise, on its bowl trials."""
+        rows = [r for r in finished if _same_flat(r, self.weight_decay, self.batch)]
+        fit = self._fit(rows, self.noise(finished))
+        low, high = fit.evidence.optima["lr"].interval
+        return math.log2(low), math.log2(high)
+
+    def _widen(self, finished: Sequence[TrialRecord]) -> list[LadderPoint]:
+        rows = self._bowl_rows(finished)
+        if not any(r.completed_loss is not None for r in rows):
+            return []
+        low, high = self.interval(finished)
+        if high - low <= self.precision:
+            return []
+        centre = self._centre(finished)
+        ceiling = self._ceiling(rows)
+        tried = {round(math.log2(r.hparams.lr), 6) for r in rows}
+        # the next ring out that is not yet sampled, both sides at once
+        for half_width in np.arange(BOWL_OCTAVES + SPACING, WIDEN_OCTAVES + 1e-9, SPACING):
+            ring = [p for p in self._around(centre, float(half_width), ceiling, Step.WIDEN)
+                    if round(p.lr_code, 6) not in tried]
+            if ring:
+                return ring
+        return []
+
+    def _flat_choice(self, finished: Sequence[TrialRecord]) -> tuple[float, int]:
+        """The weight decay and batch the predictor's estimator picks on these trials."""
+        primary = [r for r in finished
+                   if (r.seed if r.seed is not None else self.config.seed) == self.config.seed]
+        fit = fit_width(self.width, primary, self.config, band=BAND, window=WINDOW_OCTAVES,
+                        bootstrap=_FIT_BOOTSTRAP, rng=np.random.default_rng(self.width))
+        optima = fit.evidence.optima
+        weight_decay = (optima["weight_decay"].value if "weight_decay" in optima
+                        else self.weight_decay)
+        batch = int(optima["batch_size"].value) if "batch_size" in optima else self.batch
+        return weight_decay, batch
+
+    def _flat(self, finished: Sequence[TrialRecord]) -> list[LadderPoint]:
+        space = self.config.space
+        if not self.first or not self._bowl_rows(finished):
+            return []
+        centre = _half(self._centre(finished))
+        if space.weight_decay is not None:
+            values = [0.0, *_decades(space.weight_decay, FLAT_DECADES)]
+            points = [self._point(centre, Step.FLAT, weight_decay=v) for v in values]
+            if any(self._key_of(p) not in {self._key(r) for r in finished if r.hparams}
+                   for p in points):
+                return points
+        if space.batch_sizes is not None:
+            weight_decay, _ = self._flat_choice(finished)
+            return [self._point(centre + 0.5 * math.log2(b / self.batch), Step.FLAT,
+                                weight_decay=weight_decay, batch=b)
+                    for b in space.batch_sizes
+                    if self._inside(centre + 0.5 * math.log2(b / self.batch), None)]
+        return []
+
+    def _recheck(self, finished: Sequence[TrialRecord]) -> list[LadderPoint]:
+        space = self.config.space
+        if not self.first or (space.weight_decay is None and space.batch_sizes is None):
+            return []
+        weight_decay, batch = self._flat_choice(finished)
+        if math.isclose(weight_decay, self.weight_decay) and batch == self.batch:
+            return []
+        centre = _half(self._centre(finished)) + 0.5 * math.log2(batch / self.batch)
+        return [self._point(centre + k * SPACING, Step.RECHECK, weight_decay=weight_decay,
+                            batch=batch) for k in (-1, 0, 1)
+                if self._inside(centre + k * SPACING, None)]
+
+    def _done_note(self, finished: Sequence[TrialRecord]) -> str:
+        if not self._bowl_rows(finished):
+            return "no trial of its LR bowl completed"
+        low, high = self.interval(finished)
+        return (f"LR optimum pinned to a 95% interval of {high - low:.2f} octaves with "
+                f"{len(finished)} trials")
+
+    def summary(self, rows: Sequence[TrialRecord], stopped: str | None) -> WidthSearch:
+        finished = [r for r in rows if r.finished]
+        low, high = self.interval(finished) if self._bowl_rows(finished) else (math.nan,) * 2
+        centre = self._centre(finished) if self._bowl_rows(finished) else math.nan
+        return WidthSearch(width=self.width, trials=len(finished),
+                           flops=sum(r.flops for r in rows), lr=2.0**centre,
+                           interval=(2.0**low, 2.0**high), noise=self.noise(finished),
+                           stopped=stopped or self._done_note(finished))
+
+    # ---- what the next width holds ---------------------------------------------------------
+
+    def flat_for_next(self, finished: Sequence[TrialRecord]) -> tuple[float, int]:
+        """The weight decay and batch the next widths hold (the first width's choice)."""
+        if not self.first:
+            return self.weight_decay, self.batch
+        return self._flat_choice(finished)
+
+
+def _decades(bounds: tuple[float, float], count: int) -> list[float]:
+    """Up to ``count`` powers of ten strictly inside ``bounds``, evenly spread."""
+    low, high = (math.log10(b) for b in bounds)
+    inside = [10.0**k for k in range(math.floor(low) + 1, math.ceil(high))]
+    if len(inside) <= count:
+        return inside
+    picks = np.linspace(0, len(inside) - 1, count).round().astype(int)
+    return [inside[i] for i in picks]
+
+
+def prior_from(config: StudyConfig, width: int, earlier: Sequence[tuple[int, Ladder,
+               Sequence[TrialRecord]]]) -> Prior:
+    """The prior of ``width`` from the widths searched before it (narrowest first): the
+    nearest width's optimum, moved by the drift the earlier widths show (two or more); the
+    first width's weight decay and batch (coupled λ under µP moved to this width)."""
+    fits = []
+    for earlier_width, ladder, rows in earlier:
+        rows = [r for r in rows if r.finished]
+        low, high = ladder.interval(rows)
+        centre = ladder._centre(rows)
+        fits.append((earlier_width, centre, (low, high), ladder.noise(rows)))
+    near_width, centre, interval, noise = fits[-1]
+    if len(fits) >= 2:
+        (w0, c0, _, _), (w1, c1, _, _) = fits[-2], fits[-1]
+        drift = (c1 - c0) / math.log2(w1 / w0)
+        shift = drift * math.log2(width / near_width)
+        centre, interval = centre + shift, (interval[0] + shift, interval[1] + shift)
+    first_width, first, first_rows = earlier[0]
+    weight_decay, batch = first.flat_for_next([r for r in first_rows if r.finished])
+    spec = config.spec
+    if weight_decay > 0 and weight_decay_depends_on_width(spec, config.space.base
+                                                          .weight_decay_rule):
+        weight_decay *= (coupled_decay_scale(config.spec_at(width))
+                         / coupled_decay_scale(config.spec_at(first_width)))
+    noises = [n for _, _, _, n in fits if n is not None]
+    return Prior(lr_code=centre, interval=interval, weight_decay=weight_decay,
+                 batch_size=batch, noise=noises[0] if noises else None,
+                 from_widths=tuple(w for w, _, _, _ in fits))
+
+
+def base_hparams(config: StudyConfig, point: LadderPoint) -> HParams:
+    """The HParams a ladder point trains (the study's base with the point's values)."""
+    return HParams(**{**config.space.base.model_dump(), "lr": point.lr,
+                      "weight_decay": point.weight_decay, "batch_size": point.batch_size})

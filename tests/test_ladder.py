@@ -1,0 +1,340 @@
+"""The ladder search (study/ladder.py): its rounds on synthetic bowls (no training), and the
+real thing: the same trials with one process or two, a kill and resume, a follower without
+a planner, the command line, and the seed noise and regret it feeds the prediction."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hptransfer.budget import Budget
+from hptransfer.errors import StudyError
+from hptransfer.hparams import HParams, WeightDecay
+from hptransfer.space import SearchSpace
+from hptransfer.spec import ModelSpec
+from hptransfer.study.config import StudyConfig
+from hptransfer.study.ladder import Ladder, Step, prior_from
+from hptransfer.study.ledger import TrialRecord, TrialStatus, load_trials
+from hptransfer.study.optimum import seed_noise
+from hptransfer.study.search import Pruning, SamplerKind, WarmStart
+from hptransfer.study.tune import tune
+from hptransfer.study.worker import LocalRunner, auto_placement
+
+# ---- the planner on synthetic bowls -----------------------------------------------------------
+
+
+def _config(*, weight_decay=None, batch_sizes=None, rule=WeightDecay.INDEPENDENT, seed=0,
+            lr=(2.0**-12, 2.0**-2)) -> StudyConfig:
+    return StudyConfig(
+        spec=ModelSpec(width=32, depth=1, head_dim=16, seq_len=32, base_width=32),
+        budget=Budget(steps=4, eval_every=2, eval_tokens=1024),
+        space=SearchSpace(lr=lr, weight_decay=weight_decay, batch_sizes=batch_sizes,
+                          base=HParams(batch_size=8, weight_decay_rule=rule)),
+        seed=seed, corpus_hash="sha256:test")
+
+
+def _bowl(optimum=-7.3, curvature=0.03, wall=None, noise=0.0, best_decay=0.0, best_batch=8):
+    """loss(point): a parabola in log2 lr around ``optimum`` (relative ``curvature``), a
+    per-seed level, deterministic per-point noise, a penalty away from the best weight decay
+    and batch, and divergence above ``wall``."""
+
+    def loss(code: float, seed: int, decay: float, batch: int) -> float | None:
+        if wall is not None and code >= wall:
+            return None
+        centre = optimum + 0.5 * math.log2(batch / 8)  # √k: the optimum moves with batch
+        value = 2.5 * (1 + curvature * (code - centre) ** 2) + 0.05 * seed
+        value += noise * math.sin(97.0 * code + 13.0 * seed)
+        value += 0.02 * abs(math.log10(decay + 1e-5) - math.log10(best_decay + 1e-5))
+        value += 0.02 * abs(math.log2(batch / best_batch))
+        return value
+
+    return loss
+
+
+def _run(ladder: Ladder, loss, width=32, max_rounds=40) -> list[TrialRecord]:
+    rows: list[TrialRecord] = []
+    for _ in range(max_rounds):
+        plan = ladder.plan(rows)
+        if plan.done is not None:
+            return rows
+        assert plan.points, plan
+        for p in plan.points:
+            value = loss(p.lr_code, p.seed, p.weight_decay, p.batch_size)
+            rows.append(TrialRecord(
+                study="s", number=len(rows), width=width,
+                status=TrialStatus.COMPLETE if value is not None else TrialStatus.DIVERGED,
+                hparams=HParams(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size,
+                                weight_decay_rule=ladder.config.space.base.weight_decay_rule),
+                final_val_loss=value, seed=p.seed, ladder=p.step.value, flops=1.0))
+    raise AssertionError("the ladder did not stop")
+
+
+def _codes(rows, step=None):
+    return [round(math.log2(r.hparams.lr), 2) for r in rows
+            if step is None or r.ladder == step.value]
+
+
+def test_first_width_brackets_fits_replicates_and_stops():
+    config = _config()
+    ladder = Ladder(config, 32, prior=None, max_trials=24)
+    rows = _run(ladder, _bowl(optimum=-7.3))
+    assert _codes(rows[:3]) == [-9.0, -7.0, -5.0]  # the range's middle, ±2 octaves
+    bowl = {c for c in _codes(rows) if c % 0.5 == 0}
+    assert {-8.0, -7.5, -7.0, -6.5} <= bowl  # half-octave points around the optimum
+    seeds = [r for r in rows if r.seed == 1]
+    assert len(seeds) == 3 and all(r.ladder == "seed" for r in seeds)  # once, three LRs
+    assert len(rows) < 24  # it stopped because the optimum was pinned, not at the cap
+    low, high = ladder.interval(rows)
+    assert low < -7.3 < high and high - low <= ladder.precision
+    assert abs(ladder._centre(rows) + 7.3) < 0.15
+    assert "pinned" in ladder.plan(rows).done
+
+
+def test_the_cap_stops_a_width():
+    ladder = Ladder(_config(), 32, prior=None, max_trials=5)
+    rows = _run(ladder, _bowl())
+    assert len(rows) == 5 and "cap of 5" in ladder.plan(rows).done
+
+
+def test_a_later_width_starts_on_the_prior_grid_and_holds_the_flat_hparams():
+    config = _config()
+    first = Ladder(config, 32, prior=None, max_trials=24)
+    first_rows = _run(first, _bowl(optimum=-7.3))
+    prior = prior_from(config, 64, [(32, first, first_rows)])
+    assert abs(prior.lr_code + 7.3) < 0.15 and prior.noise is not None
+    second = Ladder(config, 64, prior=prior, max_trials=24)
+    rows = _run(second, _bowl(optimum=-7.3), width=64)
+    assert _codes(rows[:5]) == [-8.5, -8.0, -7.5, -7.0, -6.5] or _codes(rows[:5]) == [
+        -8.0, -7.5, -7.0, -6.5, -6.0]  # half-octave grid ±1 octave of the prior
+    assert all(r.seed == 0 for r in rows)  # the noise is the first width's
+    assert len(rows) < len(first_rows)
+
+
+def test_the_bracket_walks_to_an_optimum_far_from_the_prior():
+    config = _config()
+    first = Ladder(config, 32, prior=None, max_trials=24)
+    first_rows = _run(first, _bowl(optimum=-7.0))
+    prior = prior_from(config, 64, [(32, first, first_rows)])
+    second = Ladder(config, 64, prior=prior, max_trials=24)
+    rows = _run(second, _bowl(optimum=-9.5), width=64)  # SP-like: a drift of 2.5 octaves
+    assert "bracket" in {r.ladder for r in rows[5:]}
+    assert abs(second._centre(rows) + 9.5) < 0.2
+
+
+def test_the_prior_extrapolates_the_drift_of_two_widths():
+    config = _config()
+    ladders = []
+    for width, optimum in ((32, -6.0), (64, -7.0)):
+        prior = prior_from(config, width, ladders) if ladders else None
+        ladder = Ladder(config, width, prior=prior, max_trials=24)
+        ladders.append((width, ladder, _run(ladder, _bowl(optimum=optimum), width=width)))
+    assert abs(prior_from(config, 256, ladders).lr_code + 9.0) < 0.3  # −1 octave per doubling
+
+
+def test_no_point_at_or_above_a_diverged_lr():
+    ladder = Ladder(_config(), 32, prior=None, max_trials=24)
+    rows = _run(ladder, _bowl(optimum=-5.8, wall=-5.0))
+    diverged = [r for r in rows if r.status is TrialStatus.DIVERGED]
+    assert _codes(diverged) == [-5.0]  # the bracket's first high point, and nothing above
+    assert max(_codes(rows, None)) == -5.0
+    assert ladder._centre(rows) < -5.0
+
+
+def test_noise_widens_the_interval_and_the_ladder_widens_the_bowl():
+    quiet, noisy = (Ladder(_config(), 32, prior=None, max_trials=24) for _ in range(2))
+    quiet_rows = _run(quiet, _bowl(noise=0.0))
+    noisy_rows = _run(noisy, _bowl(noise=0.1))
+    assert seed_noise(noisy_rows, noisy.config).shape > seed_noise(quiet_rows,
+                                                                    quiet.config).shape
+    assert {r.ladder for r in noisy_rows} >= {"widen"}
+    low, high = noisy.interval(noisy_rows)
+    assert high - low > noisy.precision  # it widened to ±2 octaves, and the noise is real
+
+
+def test_flat_hparams_after_the_lr_then_a_recheck_at_the_choice():
+    config = _config(weight_decay=(1e-5, 1e-1), batch_sizes=(4, 8, 16))
+    ladder = Ladder(config, 32, prior=None, max_trials=30)
+    rows = _run(ladder, _bowl(optimum=-7.0, best_decay=1e-3, best_batch=16))
+    flat = [r for r in rows if r.ladder == Step.FLAT.value]
+    # λ = 0 (the base) at the LR optimum is a bowl trial already: the decades join it
+    assert {r.hparams.weight_decay for r in flat} >= {1e-4, 1e-3, 1e-2}
+    batches = {r.hparams.batch_size: math.log2(r.hparams.lr) for r in flat
+               if r.hparams.weight_decay == 1e-3}
+    centre = batches[8]
+    assert batches[16] == pytest.approx(centre + 0.5) and batches[4] == pytest.approx(
+        centre - 0.5)  # the √k rule moved each batch's LR
+    recheck = [r for r in rows if r.ladder == Step.RECHECK.value]
+    assert recheck and {(r.hparams.weight_decay, r.hparams.batch_size) for r in recheck} == {
+        (1e-3, 16)}
+    assert ladder.flat_for_next(rows) == (1e-3, 16)
+    prior = prior_from(config, 64, [(32, ladder, rows)])
+    assert (prior.weight_decay, prior.batch_size) == (1e-3, 16)
+
+
+def test_coupled_weight_decay_is_moved_to_the_next_width():
+    config = _config(weight_decay=(1e-5, 1e-1), rule=WeightDecay.COUPLED)
+    ladder = Ladder(config, 32, prior=None, max_trials=30)
+    rows = _run(ladder, _bowl(best_decay=1e-3))
+    decay, _ = ladder.flat_for_next(rows)
+    # coupled λ under µP decays hidden matrices by α·λ/m: the same decay at 4× the width
+    # takes 4× the λ (mup.rules.coupled_decay_scale)
+    assert prior_from(config, 128, [(32, ladder, rows)]).weight_decay == pytest.approx(
+        4 * decay)
+
+
+def test_a_round_waits_for_the_trials_in_flight():
+    ladder = Ladder(_config(), 32, prior=None, max_trials=24)
+    running = TrialRecord(study="s", number=0, width=32, status=TrialStatus.RUNNING)
+    plan = ladder.plan([running])
+    assert not plan.points and plan.done is None
+
+
+def test_auto_placement():
+    assert auto_placement(64, 2).model_dump() == {"workers": 2, "threads": 1, "auto": True}
+    assert auto_placement(64, 16).workers == 4 and auto_placement(64, 16).threads == 1
+    assert auto_placement(64, 16, threads=4).workers == 4
+    assert auto_placement(1024, 2).model_dump() == {"workers": 1, "threads": 2, "auto": True}
+    assert auto_placement(64, 1).workers == 1
+
+
+# ---- the real thing ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def lr_config(tiny_study_config):
+    """The tiny study with the LR only, on a range the ladder can walk."""
+    space = SearchSpace(lr=(2.0**-10, 2.0**-2), base=HParams(batch_size=4))
+    return tiny_study_config.model_copy(update={"space": space})
+
+
+def _trials(name: str, url: str) -> list[tuple]:
+    return sorted((r.width, r.number, r.hparams.lr, r.seed, r.ladder, r.status.value,
+                   r.final_val_loss) for r in load_trials(name, url))
+
+
+def test_one_process_or_two_hold_the_same_trials(lr_config, tiny_corpus, tmp_path):
+    """A round depends on finished trials only, and each trial's threads are fixed: two
+    workers side by side record exactly the trials and losses of one process."""
+    one, two = f"sqlite:///{tmp_path / 'one.db'}", f"sqlite:///{tmp_path / 'two.db'}"
+    run = dict(study="l", widths=(32, 64), trials=10, corpus=tiny_corpus)
+    first = tune(lr_config, storage=one, runner=LocalRunner(workers=1, threads=1), **run)
+    tune(lr_config, storage=two, runner=LocalRunner(workers=2, threads=1), **run)
+    assert _trials("l", one) == _trials("l", two)
+    assert [s.width for s in first.search] == [32, 64]
+    assert all(s.trials <= 10 and s.flops > 0 for s in first.search)
+    seeds = {r.seed for r in load_trials("l", one) if r.width == 32}
+    assert seeds == {0, 1}
+    # running it again plans nothing new
+    again = tune(lr_config, storage=one, runner=LocalRunner(workers=1, threads=1), **run)
+    assert _trials("l", one) == _trials("l", two)
+    assert [s.trials for s in again.search] == [s.trials for s in first.search]
+
+
+def test_a_killed_ladder_resumes_to_the_same_trials(text_file, tmp_path):
+    """SIGKILL mid-width, run again: the lost trial is retried and the width ends with the
+    very trials (points, seeds, losses) of a run that was never interrupted."""
+    config_file = tmp_path / "k.toml"
+    config_file.write_text(f"""\
+[spec]
+depth = 1
+head_dim = 16
+seq_len = 32
+base_width = 32
+
+[hparams]
+batch_size = 4
+
+[space]
+lr = [{2.0**-10}, {2.0**-2}]
+weight_decay = "off"
+batch_sizes = "off"
+
+[budget]
+steps = 4
+eval_every = 2
+eval_tokens = 1024
+""")
+
+    def command(db):
+        return [sys.executable, "-m", "hptransfer.cli", "tune", "--config", str(config_file),
+                "--data", text_file, "--widths", "32", "--trials", "8", "--study", "k",
+                "--storage", str(db), "--workers", "1", "--threads", "1", "--json"]
+
+    env = {**os.environ, "HPTRANSFER_GRACE_S": "2", "HPTRANSFER_HEARTBEAT_S": "0.5"}
+    reference, db = tmp_path / "ref.db", tmp_path / "k.db"
+    subprocess.run(command(reference), env=env, check=True, stdout=subprocess.DEVNULL,
+                   timeout=300)
+    process = subprocess.Popen(command(db), env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline, done = time.time() + 120, []
+    while time.time() < deadline and len(done) < 3:
+        time.sleep(0.1)
+        try:
+            done = [r for r in load_trials("k", str(db)) if r.finished]
+        except Exception:  # not created yet
+            continue
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 3 <= len(done) < len(load_trials("k", str(reference)))  # killed mid-width
+    subprocess.run(command(db), env=env, check=True, stdout=subprocess.DEVNULL, timeout=300)
+
+    def points(path):
+        return sorted(t[2:] for t in _trials("k", str(path)) if t[5] != "lost")
+
+    assert points(db) == points(reference)
+
+
+def test_a_follower_without_a_planner_says_what_to_run(lr_config, tiny_corpus, tmp_path,
+                                                       monkeypatch):
+    from hptransfer.study import worker
+
+    monkeypatch.setattr(worker, "GRACE_S", 0.5)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    tune(lr_config, study="f", widths=(32,), trials=3, storage=url, corpus=tiny_corpus,
+         runner=LocalRunner(workers=1, threads=1))
+    with pytest.raises(StudyError, match="no tune is planning it"):
+        # the width is done; a fresh follower on a new width with no planner waits, then says
+        worker.run_worker("f", 64, lr_config, url, tiny_corpus, trials=3,
+                          sampler=SamplerKind.LADDER, threads=1)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (dict(pruning=Pruning.MEDIAN), "--pruner"),
+    (dict(warm_start=WarmStart.OCTAVES), "--warm-start"),
+    (dict(lr_precision=0.0), "lr-precision"),
+])
+def test_the_ladder_refuses_options_it_cannot_honour(flags, message, lr_config, tiny_corpus,
+                                                     tmp_path):
+    url = tmp_path / "s.db"
+    with pytest.raises(StudyError, match=message):
+        tune(lr_config, study="r", widths=(32,), storage=str(url), corpus=tiny_corpus,
+             **flags)
+    assert not url.exists()
+
+
+def test_the_prediction_uses_the_measured_seed_noise(lr_config, tiny_corpus, tmp_path):
+    from hptransfer.transfer import predict_from_trials
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    tune(lr_config, study="n", widths=(32, 64), trials=12, storage=url, corpus=tiny_corpus,
+         runner=LocalRunner(workers=1, threads=1))
+    records = load_trials("n", url)
+    noisy = predict_from_trials(records, lr_config, 256, study="n")
+    assert noisy.evidence.seed_noise is not None and noisy.evidence.seed_noise.widths == (32,)
+    quiet = predict_from_trials([r for r in records if r.seed == 0], lr_config, 256,
+                                study="n")
+    assert quiet.evidence.seed_noise is None
+
+    def span(p):
+        low, high = p.evidence.widths[0].optima["lr"].interval
+        return math.log2(high / low)
+
+    assert span(noisy) >= span(quiet)
+    assert noisy.regret is not None and noisy.regret.expected >= 0
+    assert noisy.regret.at_low >= 0 and noisy.regret.at_high >= 0
