@@ -38,7 +38,8 @@ def home(monkeypatch, tmp_path):
 
 def _ray_tune(config, url, cluster, **kwargs):
     options = RayOptions(address=cluster.address, **kwargs.pop("ray", {}))
-    return tune(config, storage=url, runner=RayTune(options), **kwargs, sampler=SamplerKind.TPE)
+    kwargs.setdefault("sampler", SamplerKind.TPE)
+    return tune(config, storage=url, runner=RayTune(options), **kwargs)
 
 
 def test_ray_trials_land_in_the_optuna_record_and_feed_the_predictor(
@@ -78,6 +79,41 @@ def test_same_losses_as_local_trials(tiny_study_config, tiny_corpus, ray_cluster
     on_ray = {r.hparams.lr: r.final_val_loss for r in load_trials("same", ray_url)}
     local = {r.hparams.lr: r.final_val_loss for r in load_trials("same", local_url)}
     assert on_ray == local
+
+
+def test_the_ladder_on_ray_makes_the_trials_of_a_local_ladder(tiny_study_config, tiny_corpus,
+                                                              ray_cluster, tmp_path):
+    """Round by round on the cluster (this driver plans, Ray runs each round side by side):
+    the same points, seeds, steps and losses as the local ladder."""
+    from hptransfer.hparams import HParams
+    from hptransfer.space import SearchSpace
+
+    config = tiny_study_config.model_copy(update={"space": SearchSpace(
+        lr=(2.0**-10, 2.0**-2), base=HParams(batch_size=4))})
+    ray_url = f"sqlite:///{tmp_path / 'ray.db'}"
+    local_url = f"sqlite:///{tmp_path / 'local.db'}"
+    run = dict(study="lad", widths=(32,), trials=4, corpus=tiny_corpus,
+               sampler=SamplerKind.LADDER)
+    result = _ray_tune(config, ray_url, ray_cluster, ray={"concurrent": 2}, **run)
+    tune(config, storage=local_url, runner=LocalRunner(workers=1, threads=1), **run)
+
+    def trials(url):
+        return sorted((r.hparams.lr, r.seed, r.ladder, r.final_val_loss)
+                      for r in load_trials("lad", url))
+
+    assert trials(ray_url) == trials(local_url) and len(trials(ray_url)) == 4
+    assert result.search[0].trials == 4  # two rounds: the bracket, then the bowl (capped)
+    study = optuna.load_study(study_name="lad.w32", storage=open_storage(ray_url))
+    assert {t.user_attrs["backend"] for t in study.trials} == {"ray"}
+
+
+def test_the_ladder_refuses_asha(tiny_study_config, tiny_corpus, ray_cluster, tmp_path):
+    url = tmp_path / "s.db"
+    with pytest.raises(StudyError, match="--scheduler asha"):
+        _ray_tune(tiny_study_config, str(url), ray_cluster, study="a", widths=(32,),
+                  corpus=tiny_corpus, sampler=SamplerKind.LADDER,
+                  ray={"scheduler": Scheduler.ASHA})
+    assert not url.exists()
 
 
 def _kill_first_worker(url: str, name: str, killed: list[int]) -> None:

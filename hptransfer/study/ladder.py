@@ -263,6 +263,11 @@ class Ladder:
         return [self._point(middle + i * SPACING, step, **kwargs) for i in offsets
                 if self._inside(middle + i * SPACING, ceiling)]
 
+    def _best_code(self, finished: Sequence[TrialRecord]) -> float:
+        """log2 α of the best completed trial on this width's LR bowl (study seed)."""
+        done = [r for r in self._bowl_rows(finished) if r.completed_loss is not None]
+        return math.log2(min(done, key=lambda r: r.completed_loss).hparams.lr)
+
     def _bowl(self, finished: Sequence[TrialRecord]) -> list[LadderPoint]:
         rows = self._bowl_rows(finished)
         if not any(r.completed_loss is not None for r in rows):
@@ -326,9 +331,12 @@ class Ladder:
 
     def _flat(self, finished: Sequence[TrialRecord]) -> list[LadderPoint]:
         space = self.config.space
-        if not self.first or not self._bowl_rows(finished):
+        if not self.first or not any(r.completed_loss is not None
+                                     for r in self._bowl_rows(finished)):
             return []
-        centre = _half(self._centre(finished))
+        # at the bowl's best trial: each weight decay is then paired with a trial at the
+        # same LR, and the near-optimal band compares them, not two LRs
+        centre = self._best_code(finished)
         if space.weight_decay is not None:
             values = [0.0, *_decades(space.weight_decay, FLAT_DECADES)]
             points = [self._point(centre, Step.FLAT, weight_decay=v) for v in values]
@@ -345,12 +353,13 @@ class Ladder:
 
     def _recheck(self, finished: Sequence[TrialRecord]) -> list[LadderPoint]:
         space = self.config.space
-        if not self.first or (space.weight_decay is None and space.batch_sizes is None):
+        if not self.first or (space.weight_decay is None and space.batch_sizes is None) or \
+                not any(r.completed_loss is not None for r in self._bowl_rows(finished)):
             return []
         weight_decay, batch = self._flat_choice(finished)
         if math.isclose(weight_decay, self.weight_decay) and batch == self.batch:
             return []
-        centre = _half(self._centre(finished)) + 0.5 * math.log2(batch / self.batch)
+        centre = self._best_code(finished) + 0.5 * math.log2(batch / self.batch)
         return [self._point(centre + k * SPACING, Step.RECHECK, weight_decay=weight_decay,
                             batch=batch) for k in (-1, 0, 1)
                 if self._inside(centre + k * SPACING, None)]
