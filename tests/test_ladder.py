@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+from tiny import TINY_MODEL_TOML
 
 from hptransfer.budget import Budget
 from hptransfer.errors import StudyError
@@ -241,15 +242,7 @@ def test_a_killed_ladder_resumes_to_the_same_trials(text_file, tmp_path):
     very trials (points, seeds, losses) of a run that was never interrupted."""
     config_file = tmp_path / "k.toml"
     config_file.write_text(f"""\
-[spec]
-depth = 1
-head_dim = 16
-seq_len = 32
-base_width = 32
-
-[hparams]
-batch_size = 4
-
+{TINY_MODEL_TOML}
 [space]
 lr = [{2.0**-10}, {2.0**-2}]
 weight_decay = "off"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tiny import TINY_MODEL_TOML
 
 from hptransfer.cli import main
 from hptransfer.errors import AblationError
@@ -29,15 +30,7 @@ steps = 4
 eval_tokens = 1024
 data = "{data}"
 
-[spec]
-depth = 1
-head_dim = 16
-seq_len = 32
-base_width = 32
-
-[hparams]
-batch_size = 4
-"""
+""" + TINY_MODEL_TOML
 
 
 @pytest.fixture

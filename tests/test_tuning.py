@@ -27,6 +27,7 @@ import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
 from processes import PID_ATTR, console_script, wait_for_another_worker
+from tiny import TINY_MODEL_TOML
 
 from hptransfer.budget import Budget
 from hptransfer.cli import main
@@ -404,15 +405,7 @@ trials = 2
 storage = "{tmp_path / 's.log'}"
 data = "{text_file}"
 
-[spec]
-depth = 1
-head_dim = 16
-seq_len = 32
-base_width = 32
-
-[hparams]
-batch_size = 4
-warmup_fraction = 0.25
+{TINY_MODEL_TOML}warmup_fraction = 0.25
 
 [space]
 lr = [0.00390625, 0.0625]
