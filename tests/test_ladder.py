@@ -40,19 +40,21 @@ def _config(*, weight_decay=None, batch_sizes=None, rule=WeightDecay.INDEPENDENT
         seed=seed, corpus_hash="sha256:test")
 
 
-def _bowl(optimum=-7.3, curvature=0.03, wall=None, noise=0.0, best_decay=0.0, best_batch=8):
-    """loss(point): a parabola in log2 lr around ``optimum`` (relative ``curvature``), a
-    per-seed level, deterministic per-point noise, a penalty away from the best weight decay
-    and batch, and divergence above ``wall``."""
+def _bowl(optimum=-7.3, curvature=0.03, wall=None, noise=0.0, best_decay=0.0, best_batch=8,
+          batch_exponent=0.5, batch_penalty=0.02):
+    """loss(point): a parabola in log2 lr around ``optimum`` (relative ``curvature``) that
+    moves with batch as b^``batch_exponent``, a per-seed level, deterministic per-point
+    noise, a penalty away from the best weight decay and batch, and divergence above
+    ``wall``."""
 
     def loss(code: float, seed: int, decay: float, batch: int) -> float | None:
         if wall is not None and code >= wall:
             return None
-        centre = optimum + 0.5 * math.log2(batch / 8)  # √k: the optimum moves with batch
+        centre = optimum + batch_exponent * math.log2(batch / 8)  # √k by default
         value = 2.5 * (1 + curvature * (code - centre) ** 2) + 0.05 * seed
         value += noise * math.sin(97.0 * code + 13.0 * seed)
         value += 0.02 * abs(math.log10(decay + 1e-5) - math.log10(best_decay + 1e-5))
-        value += 0.02 * abs(math.log2(batch / best_batch))
+        value += batch_penalty * abs(math.log2(batch / best_batch))
         return value
 
     return loss
@@ -176,6 +178,23 @@ def test_flat_hparams_after_the_lr_then_a_recheck_at_the_choice():
     assert ladder.flat_for_next(rows) == (1e-3, 16)
     prior = prior_from(config, 64, [(32, ladder, rows)])
     assert (prior.weight_decay, prior.batch_size) == (1e-3, 16)
+
+
+def test_the_recheck_brackets_the_lr_where_the_sqrt_rule_guessed_wrong():
+    """On a corpus where the LR optimum does not move with batch, the √k guess puts the
+    chosen batch's points below the optimum: the recheck walks up until the best of them
+    has a worse LR on each side, so the width's optimum is never read off an edge."""
+    config = _config(batch_sizes=(4, 8, 16))
+    ladder = Ladder(config, 32, prior=None, max_trials=30)
+    rows = _run(ladder, _bowl(optimum=-7.0, best_batch=4, batch_exponent=0.0,
+                                batch_penalty=0.2))
+    recheck = [r for r in rows if r.ladder == Step.RECHECK.value]
+    assert {r.hparams.batch_size for r in recheck} == {4}
+    at_choice = {round(math.log2(r.hparams.lr), 2): r.final_val_loss for r in rows
+                 if r.hparams.batch_size == 4}
+    best = min(at_choice, key=at_choice.get)
+    assert best == -7.0 and min(at_choice) < best < max(at_choice)
+    assert max(at_choice) > -7.0  # it went above the √k guess (-7.5) to find the bowl
 
 
 def test_coupled_weight_decay_is_moved_to_the_next_width():

@@ -22,7 +22,8 @@ process or by many holds the same trials with the same losses. The steps, in ord
 5. **flat** (first width, when searched): weight decay at the LR optimum (0 and the decades
    of its range), then the batch sizes with the LR moved by √(b/b₀) (docs/spec.md §4).
 6. **recheck** (first width, when a weight decay or batch other than the base wins): the
-   bowl's middle at the chosen ones, so that the LR optimum is read where it will be used.
+   bowl's middle at the chosen ones, then further out on the side of the best until it has
+   a worse LR on each side, so that the LR optimum is read where it will be used.
 
 Later widths hold the first width's weight decay and batch (µP transfers them; coupled λ is
 moved to the width by the ladder's own rule) and run steps 1, 2 and 4.
@@ -359,10 +360,24 @@ class Ladder:
         weight_decay, batch = self._flat_choice(finished)
         if math.isclose(weight_decay, self.weight_decay) and batch == self.batch:
             return []
+        flat = dict(weight_decay=weight_decay, batch=batch)
+        rows = [r for r in finished if _same_flat(r, weight_decay, batch)
+                and (r.seed if r.seed is not None else self.config.seed) == self.config.seed]
+        done = [r for r in rows if r.completed_loss is not None]
+        ceiling = self._ceiling(rows)
         centre = self._best_code(finished) + 0.5 * math.log2(batch / self.batch)
-        return [self._point(centre + k * SPACING, Step.RECHECK, weight_decay=weight_decay,
-                            batch=batch) for k in (-1, 0, 1)
-                if self._inside(centre + k * SPACING, None)]
+        points = [self._point(centre + k * SPACING, Step.RECHECK, **flat) for k in (-1, 0, 1)
+                  if self._inside(centre + k * SPACING, ceiling)]
+        if done:
+            # the √k rule is a first guess: bracket the LR where the choice will be used, so
+            # that the predictor never reads this width's optimum off the edge of its points
+            codes = [math.log2(r.hparams.lr) for r in done]
+            best = codes[int(np.argmin([r.completed_loss for r in done]))]
+            if best >= max(codes):
+                points.append(self._point(best + SPACING, Step.RECHECK, **flat))
+            elif best <= min(codes):
+                points.append(self._point(best - SPACING, Step.RECHECK, **flat))
+        return [p for p in points if self._inside(p.lr_code, ceiling)]
 
     def _done_note(self, finished: Sequence[TrialRecord]) -> str:
         if not self._bowl_rows(finished):
