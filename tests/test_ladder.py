@@ -158,6 +158,8 @@ def test_noise_widens_the_interval_and_the_ladder_widens_the_bowl():
     assert {r.ladder for r in noisy_rows} >= {"widen"}
     low, high = noisy.interval(noisy_rows)
     assert high - low > noisy.precision  # it widened to ±2 octaves, and the noise is real
+    done = noisy.plan(noisy_rows).done  # and it says the precision was not bought
+    assert "wider than the 0.75 asked" in done and "pinned" not in done
 
 
 def test_flat_hparams_after_the_lr_then_a_recheck_at_the_choice():

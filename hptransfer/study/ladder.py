@@ -383,6 +383,13 @@ class Ladder:
         if not self._bowl_rows(finished):
             return "no trial of its LR bowl completed"
         low, high = self.interval(finished)
+        if high - low > self.precision + 1e-9:
+            # widen ran out of rings (±2 octaves): say the interval was not bought, and why
+            noise = self.noise(finished)
+            why = "" if noise is None else f"; seed noise {100 * noise:.2f}% of the loss"
+            return (f"LR optimum left at a 95% interval of {high - low:.2f} octaves, wider "
+                    f"than the {self.precision:.2f} asked, after {len(finished)} trials: "
+                    f"its bowl is sampled out to ±{WIDEN_OCTAVES:g} octaves{why}")
         return (f"LR optimum pinned to a 95% interval of {high - low:.2f} octaves with "
                 f"{len(finished)} trials")
 
