@@ -58,6 +58,10 @@ def _rank(rank: int, rendezvous: str, corpus_path: str, out: str) -> None:
                                     threads=1).model_dump_json()
         Path(out, f"rank{rank}.json").write_text(json.dumps(results))
     finally:
+        # every rank's last collective done before any rank tears gloo down: a rank that
+        # exits first can leave its peer's gloo threads aborting (seen once: SIGABRT,
+        # 'terminate called without an active exception')
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -67,8 +71,16 @@ def ranks(tmp_path_factory, text_file) -> list[dict]:
 
     folder = tmp_path_factory.mktemp("ddp")
     rendezvous = f"file://{folder / 'rendezvous'}"
-    mp.spawn(_rank, args=(rendezvous, text_file, str(folder)), nprocs=WORKERS, join=True)
-    return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(WORKERS)]
+    files = [folder / f"rank{r}.json" for r in range(WORKERS)]
+    try:
+        mp.spawn(_rank, args=(rendezvous, text_file, str(folder)), nprocs=WORKERS, join=True)
+    except mp.ProcessExitedException:
+        # Rarely (about 1 run in 30 on a loaded 2-core machine) a rank aborts in gloo's
+        # teardown after the barrier, with every result already written: what this module
+        # tests is the training, so accept complete results and re-raise anything else.
+        if not all(f.exists() for f in files):
+            raise
+    return [json.loads(f.read_text()) for f in files]
 
 
 def _record(result: dict, case: str) -> RunRecord:
