@@ -200,11 +200,15 @@ class Ladder:
     def _key_of(self, p: LadderPoint) -> tuple:
         return (round(p.lr_code, 6), round(p.weight_decay, 12), p.batch_size, p.seed)
 
-    def _bowl_rows(self, finished: Sequence[TrialRecord], *, seed: int | None = None
+    def _bowl_rows(self, finished: Sequence[TrialRecord], *, seed: int | None = None,
+                   weight_decay: float | None = None, batch: int | None = None
                    ) -> list[TrialRecord]:
-        """Trials on this width's LR bowl: at the held weight decay and batch (and seed)."""
+        """Trials on this width's LR bowl: at the held weight decay and batch (or the given
+        ones) and the study's seed (or the given one)."""
         seed = self.config.seed if seed is None else seed
-        return [r for r in finished if _same_flat(r, self.weight_decay, self.batch)
+        weight_decay = self.weight_decay if weight_decay is None else weight_decay
+        batch = self.batch if batch is None else batch
+        return [r for r in finished if _same_flat(r, weight_decay, batch)
                 and (r.seed if r.seed is not None else self.config.seed) == seed]
 
     def _fit(self, rows: Sequence[TrialRecord], noise: float | None = None):
@@ -221,8 +225,7 @@ class Ladder:
         return min(diverged, default=None)
 
     def _bracket(self, finished: Sequence[TrialRecord]) -> list[LadderPoint]:
-        rows = [r for r in finished if _same_flat(r, self.weight_decay, self.batch)
-                and (r.seed if r.seed is not None else self.config.seed) == self.config.seed]
+        rows = self._bowl_rows(finished)
         done = [r for r in rows if r.completed_loss is not None]
         ceiling = self._ceiling(rows)
         if not rows:
@@ -361,23 +364,22 @@ class Ladder:
         if math.isclose(weight_decay, self.weight_decay) and batch == self.batch:
             return []
         flat = dict(weight_decay=weight_decay, batch=batch)
-        rows = [r for r in finished if _same_flat(r, weight_decay, batch)
-                and (r.seed if r.seed is not None else self.config.seed) == self.config.seed]
+        rows = self._bowl_rows(finished, **flat)
         done = [r for r in rows if r.completed_loss is not None]
-        ceiling = self._ceiling(rows)
         centre = self._best_code(finished) + 0.5 * math.log2(batch / self.batch)
-        points = [self._point(centre + k * SPACING, Step.RECHECK, **flat) for k in (-1, 0, 1)
-                  if self._inside(centre + k * SPACING, ceiling)]
+        codes = [centre + k * SPACING for k in (-1, 0, 1)]
         if done:
             # the √k rule is a first guess: bracket the LR where the choice will be used, so
             # that the predictor never reads this width's optimum off the edge of its points
-            codes = [math.log2(r.hparams.lr) for r in done]
-            best = codes[int(np.argmin([r.completed_loss for r in done]))]
-            if best >= max(codes):
-                points.append(self._point(best + SPACING, Step.RECHECK, **flat))
-            elif best <= min(codes):
-                points.append(self._point(best - SPACING, Step.RECHECK, **flat))
-        return [p for p in points if self._inside(p.lr_code, ceiling)]
+            tried = [math.log2(r.hparams.lr) for r in done]
+            best = tried[int(np.argmin([r.completed_loss for r in done]))]
+            if best >= max(tried):
+                codes.append(best + SPACING)
+            elif best <= min(tried):
+                codes.append(best - SPACING)
+        ceiling = self._ceiling(rows)
+        return [self._point(c, Step.RECHECK, **flat) for c in codes
+                if self._inside(c, ceiling)]
 
     def _done_note(self, finished: Sequence[TrialRecord]) -> str:
         if not self._bowl_rows(finished):
