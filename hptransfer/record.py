@@ -53,6 +53,9 @@ class RunRecord(FrozenConfig):
     flops: float  # training FLOPs, see ModelSpec.flops_per_token
     wall_time_s: float  # whole run, including model build and evaluations
     tokens_per_s: float  # training tokens / time spent in training steps
+    resumed_at: tuple[int, ...] = Field(
+        (), description="steps this run resumed from a checkpoint at (empty: trained in one "
+                        "go); wall_time_s is the last attempt's, tokens_per_s all attempts'")
     spec: ModelSpec
     hparams: HParams
     budget: Budget

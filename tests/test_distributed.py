@@ -1,4 +1,5 @@
-"""Data-parallel training: two gloo processes on CPU follow the single-process run.
+"""Data-parallel training: two gloo processes on CPU follow the single-process run,
+replicated (DDP) and sharded (FSDP2), and resume from checkpoints.
 
 One module fixture spawns two ranks once (torch.multiprocessing, no Ray); each rank trains
 the same few tiny runs and writes its records as JSON, which the tests compare with the
@@ -16,6 +17,7 @@ from hptransfer.budget import Budget
 from hptransfer.hparams import HParams
 from hptransfer.record import RunRecord, Status, Verdict
 from hptransfer.spec import ModelSpec
+from hptransfer.training.execution import Checkpointing, Execution, Sharding
 from hptransfer.training.loop import train
 
 WORKERS = 2
@@ -24,6 +26,31 @@ BUDGET = Budget(steps=12, eval_every=4, eval_tokens=1024)
 HPARAMS = HParams(batch_size=4, lr=2.0**-6)
 DIVERGING = HParams(batch_size=4, lr=8.0, warmup_fraction=0.0, grad_clip=0.0)
 TOLERANCE = 1e-4  # relative: float rounding of a split mean, not a different computation
+# µP at twice the base width with weight decay: param groups with different LRs and λs,
+# which sharding must keep (the role table gives them by name, and names survive it)
+WIDE = ModelSpec(width=64, depth=2, head_dim=16, seq_len=32, base_width=32)
+WIDE_HPARAMS = HParams(batch_size=4, lr=2.0**-6, weight_decay=0.1)
+FSDP = Execution(sharding=Sharding.FSDP)
+
+
+def _llama() -> ModelSpec:
+    return WIDE.model_copy(update={"model": "hf-llama"})
+
+
+def _groups(spec: ModelSpec, sharding: Sharding | None) -> list[list]:
+    """(lr, λ, ε, parameter count) of each optimizer group, with the model sharded or not."""
+    from hptransfer.models.registry import build_model, role_table
+    from hptransfer.training.optimizer import build_optimizer
+    from hptransfer.training.ranks import distribute
+
+    model = build_model(spec, seed=0)
+    if sharding is not None:
+        import torch
+
+        distribute(model, sharding, torch.device("cpu"))
+    optimizer = build_optimizer(model, role_table(spec), spec, WIDE_HPARAMS)
+    return [[g["lr"], g["weight_decay"], g["eps"], sum(p.numel() for p in g["params"])]
+            for g in optimizer.param_groups]
 
 
 def _stop_at_second_eval(seen: list):
@@ -56,6 +83,20 @@ def _rank(rank: int, rendezvous: str, corpus_path: str, out: str) -> None:
         results["pruned_callbacks"] = len(seen)
         results["diverged"] = train(SPEC, DIVERGING, Budget(steps=40, eval_every=5), corpus,
                                     threads=1).model_dump_json()
+        results["fsdp_groups"] = _groups(WIDE, Sharding.FSDP)
+        results["fsdp"] = train(WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1,
+                                execution=FSDP).model_dump_json()
+        results["fsdp_llama"] = train(_llama(), WIDE_HPARAMS, BUDGET, corpus, threads=1,
+                                      execution=FSDP).model_dump_json()
+        # a kept checkpoint (the last one, after step 8 of 12) is what a killed run leaves;
+        # training the same run again resumes from it, sharded and replicated
+        for sharding in Sharding:
+            saving = Execution(sharding=sharding, checkpoint=Checkpointing(
+                folder=Path(out, sharding.value), every_steps=4, keep=True))
+            train(WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1, execution=saving)
+            results[f"{sharding.value}_resumed"] = train(
+                WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1,
+                execution=saving).model_dump_json()
         Path(out, f"rank{rank}.json").write_text(json.dumps(results))
     finally:
         # every rank's last collective done before any rank tears gloo down: a rank that
@@ -120,3 +161,46 @@ def test_ranks_stop_together(ranks):
     assert [r.status for r in diverged] == [Status.DIVERGED] * WORKERS
     assert diverged[0].steps == diverged[1].steps < 40
     assert diverged[0].reason == diverged[1].reason
+
+
+def _same_curves(record: RunRecord, alone: RunRecord) -> None:
+    assert record.status is Status.COMPLETE
+    assert record.final_val_loss == pytest.approx(alone.final_val_loss, rel=TOLERANCE)
+    assert [p.loss for p in record.val_curve] == pytest.approx(
+        [p.loss for p in alone.val_curve], rel=TOLERANCE)
+    assert [p.loss for p in record.train_curve] == pytest.approx(
+        [p.loss for p in alone.train_curve], rel=TOLERANCE)
+
+
+def test_sharding_keeps_the_mup_param_groups(ranks):
+    """Every rank's optimizer over its FSDP2 shards has the unsharded model's groups: the
+    same per-tensor LRs, λs and εs, over the same (global) number of parameters."""
+    alone = _groups(WIDE, None)
+    assert len({g[0] for g in alone}) > 1  # µP at 2× base width: several LRs to keep
+    for result in ranks:
+        assert result["fsdp_groups"] == alone
+
+
+@pytest.mark.parametrize("case,spec", [("fsdp", WIDE), ("fsdp_llama", None)])
+def test_sharded_training_matches_one_process(ranks, tiny_corpus, case, spec):
+    """FSDP2 on 2 gloo ranks (each holding half of every tensor) trains what one process
+    trains: the losses agree within TOLERANCE, for the built-in and the Hugging Face family."""
+    if spec is None:
+        pytest.importorskip("transformers")
+        spec = _llama()
+    alone = train(spec, WIDE_HPARAMS, BUDGET, tiny_corpus, threads=1)
+    first, second = (_record(r, case) for r in ranks)
+    for record in (first, second):
+        _same_curves(record, alone)
+    assert first.val_curve == second.val_curve
+
+
+@pytest.mark.parametrize("sharding", list(Sharding))
+def test_a_distributed_run_resumes_from_its_checkpoint(ranks, tiny_corpus, sharding):
+    """Resumed at step 8 from rank 0's full checkpoint (scattered again to the shards when
+    sharded), the run ends as the one trained in one go."""
+    alone = train(WIDE, WIDE_HPARAMS, BUDGET, tiny_corpus, threads=1)
+    for result in ranks:
+        record = _record(result, f"{sharding.value}_resumed")
+        _same_curves(record, alone)
+        assert record.resumed_at == (8,)

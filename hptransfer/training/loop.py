@@ -4,7 +4,9 @@
 searches call it and read the record; pruners plug in through ``on_eval``. The same call on
 the CPU with the same thread count returns the same losses bit for bit (init and batches
 come from ``seed``, validation windows are fixed). Under ``torch.distributed`` it trains
-data parallel (:mod:`hptransfer.training.ranks`) and every rank returns the same record.
+data parallel, replicated or sharded (:mod:`hptransfer.training.ranks`), and every rank
+returns the same record. With checkpoints (:mod:`hptransfer.training.checkpoint`) a rerun of
+a killed run resumes from its last one and ends as the uninterrupted run would.
 docs/foundation.md has the threads, precision and throughput measurements.
 """
 
@@ -28,9 +30,11 @@ from hptransfer.mup.rules import FORMULATION
 from hptransfer.provenance import collect
 from hptransfer.record import CurvePoint, RunRecord, Status, Verdict
 from hptransfer.spec import ModelSpec
+from hptransfer.training.checkpoint import Checkpointer, LoopState, fingerprint
 from hptransfer.training.device import autocast, check_memory, resolve_device, resolve_threads
+from hptransfer.training.execution import Compilation, Execution, Sharding
 from hptransfer.training.optimizer import build_optimizer
-from hptransfer.training.ranks import Ranks, data_parallel, rows_per_worker
+from hptransfer.training.ranks import Ranks, distribute, rows_per_worker
 from hptransfer.training.schedule import lr_factor
 
 __all__ = ["EvalCallback", "evaluate", "token_loss", "train"]
@@ -86,11 +90,15 @@ def evaluate(model: torch.nn.Module, batches: list[torch.Tensor], spec: ModelSpe
 
 def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | None = None,
           *, seed: int = 0, on_eval: EvalCallback | None = None,
-          threads: int | None = None, device: str | None = None) -> RunRecord:
+          threads: int | None = None, device: str | None = None,
+          execution: Execution | None = None) -> RunRecord:
     """Train one model and return its record.
 
-    ``device``: ``cpu`` (default) or ``cuda[:N]``. The init is drawn on the CPU either way
-    (the same seed gives the same initial weights on every device), then moved.
+    ``device``: ``cpu`` (default) or ``cuda[:N]`` (under torch.distributed: this rank's
+    card). The init is drawn on the CPU either way (the same seed gives the same initial
+    weights on every device), then moved. ``execution``: sharding, ``torch.compile`` and
+    checkpoints (:class:`~hptransfer.training.execution.Execution`; None: replicated, eager,
+    no checkpoints).
 
     ``on_eval`` is called with every validation point; returning :attr:`Verdict.STOP`
     ends the run as :attr:`Status.PRUNED`. Non-finite losses or a training loss above
@@ -101,11 +109,15 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
     ``on_eval`` is called on rank 0 only, its verdict applying to every rank.
     """
     started = time.perf_counter()
+    execution = execution or Execution()
     ranks = Ranks.current()
+    sharded = ranks.parallel and execution.sharding is Sharding.FSDP
     rows_per_worker(hparams.batch_size, ranks.size)  # refuse an uneven split before any work
     threads = resolve_threads(threads)
     torch.set_num_threads(threads)
     on = resolve_device(device)
+    if on.type == "cuda":
+        torch.cuda.set_device(on)  # NCCL and FSDP2 use the current device of each rank
     corpus = corpus if corpus is not None else load_corpus()
     if corpus.vocab_size > spec.vocab:
         raise ConfigError(
@@ -114,15 +126,20 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
 
     family = family_of(spec)
     family.check(spec)
-    check_memory(family.parameter_count(spec, embedding=True), on,
-                 f"the {spec.model} model at width {spec.width}, depth {spec.depth}")
+    # sharded, each rank holds 1/N of the weights, gradients and optimizer state
+    check_memory(family.parameter_count(spec, embedding=True) // (ranks.size if sharded else 1),
+                 on, f"the {spec.model} model at width {spec.width}, depth {spec.depth}"
+                 + (f" sharded over {ranks.size} ranks" if sharded else ""))
     roles = role_table(spec)
     torch.manual_seed(seed)
     model = family.build(spec, seed=seed).to(on)
+    # DDP all-reduces gradients during backward; FSDP2 shards `model` in place. Either way
+    # the optimizer (built after sharding, as FSDP2 requires), clipping and evaluation work
+    # on `model`, whose parameters keep their names and global shapes.
+    forward = distribute(model, execution.sharding, on) if ranks.parallel else model
+    if execution.compilation is Compilation.COMPILED:
+        forward = torch.compile(forward)
     optimizer = build_optimizer(model, roles, spec, hparams)
-    # DDP all-reduces gradients during backward; the optimizer, clipping and evaluation keep
-    # working on `model`, whose parameters the wrapper shares.
-    forward = data_parallel(model) if ranks.parallel else model
     peak_lrs = [group["lr"] for group in optimizer.param_groups]
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     tokens_per_step = hparams.batch_size * spec.seq_len
@@ -137,6 +154,17 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
     first_loss = None
     train_seconds = 0.0
     step = 0
+    resumed_at: tuple[int, ...] = ()
+    saver = None
+    if execution.checkpoint is not None:
+        saver = Checkpointer(execution.checkpoint, ranks=ranks, run=fingerprint(
+            spec, hparams, budget, seed, corpus.content_hash))
+        state = saver.restore(model, optimizer)
+        if state is not None:
+            step, first_loss, train_seconds = state.step, state.first_loss, state.train_seconds
+            train_losses, val_curve = list(state.train_losses), list(state.val_curve)
+            rng.bit_generator.state = state.batches
+            resumed_at = (*state.resumed_at, state.step)
     while step < planned:
         tick = time.perf_counter()
         factor = lr_factor(step, total_steps=planned, hparams=hparams)
@@ -167,8 +195,9 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
             break
         if step % budget.eval_every == 0 or step == planned:
             # rank 0 evaluates for all: the ranks hold the same weights, and then hold the
-            # same curve too
-            loss_here = evaluate(model, validation, spec) if ranks.rank == 0 else math.nan
+            # same curve too (sharded, every rank takes part in the forward's all-gathers)
+            loss_here = (evaluate(model, validation, spec) if ranks.rank == 0 or sharded
+                         else math.nan)
             point = CurvePoint(step=step, tokens=step * tokens_per_step,
                                loss=ranks.shared(loss_here))
             if not math.isfinite(point.loss):
@@ -180,7 +209,14 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
             if ranks.shared(float(stop)):
                 status, reason = Status.PRUNED, f"stopped by on_eval at step {step}"
                 break
+        if saver is not None and step < planned and saver.due(step):
+            saver.save(model, optimizer, LoopState(
+                step=step, train_losses=tuple(train_losses), val_curve=tuple(val_curve),
+                first_loss=first_loss, train_seconds=train_seconds,
+                batches=rng.bit_generator.state, resumed_at=resumed_at))
 
+    if saver is not None:
+        saver.discard()
     tokens = step * tokens_per_step
     return RunRecord(
         status=status, reason=reason,
@@ -192,6 +228,7 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
         flops=family.flops_per_token(spec) * tokens,
         wall_time_s=time.perf_counter() - started,
         tokens_per_s=tokens / train_seconds if train_seconds > 0 else 0.0,
+        resumed_at=resumed_at,
         spec=spec, hparams=hparams, budget=budget, seed=seed, corpus=corpus.describe(),
         parametrization=FORMULATION, provenance=collect(threads))
 

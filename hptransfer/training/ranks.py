@@ -2,8 +2,9 @@
 
 Under ``torch.distributed`` with N > 1 processes (Ray Train, ``torchrun``, a test's gloo
 group) every rank builds the same model from the same seed, draws the same global batch and
-trains on its own contiguous 1/N of the rows; DDP averages the equal slices' gradients into
-the full batch's. Every decision that ends the loop is taken on values all ranks share
+trains on its own contiguous 1/N of the rows; DDP (or FSDP2's reduce-scatter, when the model
+is sharded: :func:`distribute`) averages the equal slices' gradients into the full batch's.
+Every decision that ends the loop is taken on values all ranks share
 (:meth:`Ranks.mean`, :meth:`Ranks.shared`): a rank that leaves alone would leave the others
 waiting in a collective forever.
 """
@@ -15,8 +16,9 @@ from typing import NamedTuple
 import torch
 
 from hptransfer.errors import ConfigError
+from hptransfer.training.execution import Sharding
 
-__all__ = ["Ranks", "data_parallel", "rows_per_worker"]
+__all__ = ["Ranks", "distribute", "rows_per_worker"]
 
 
 def rows_per_worker(batch_size: int, workers: int) -> int:
@@ -63,7 +65,7 @@ class Ranks(NamedTuple):
             return loss.item()
         import torch.distributed as dist
 
-        total = loss.detach().double()
+        total = loss.detach().double().to(_wire())
         dist.all_reduce(total)
         return total.item() / self.size
 
@@ -73,14 +75,69 @@ class Ranks(NamedTuple):
             return value
         import torch.distributed as dist
 
-        message = torch.tensor([value], dtype=torch.float64)
+        message = torch.tensor([value], dtype=torch.float64, device=_wire())
         dist.broadcast(message, src=0)
         return message.item()
 
+    def shared_text(self, text: str | None) -> str | None:
+        """Rank 0's ``text`` (or None) on every rank, sent as bytes (nothing is pickled)."""
+        if not self.parallel:
+            return text
+        import torch.distributed as dist
 
-def data_parallel(model: torch.nn.Module) -> torch.nn.Module:
-    from torch.nn.parallel import DistributedDataParallel
+        data = b"" if text is None else text.encode()
+        length = int(self.shared(-1.0 if text is None else float(len(data))))
+        if length < 0:
+            return None
+        message = torch.zeros(length, dtype=torch.uint8, device=_wire())
+        if self.rank == 0 and length:
+            message.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        if length:
+            dist.broadcast(message, src=0)
+        return message.cpu().numpy().tobytes().decode()
 
-    # Every rank built the same init from the same seed; DDP still broadcasts rank 0's
-    # parameters on construction, which costs one message and guards against a seed mixup.
-    return DistributedDataParallel(model)
+
+def _wire() -> torch.device:
+    """Where collective messages live: NCCL moves only CUDA tensors, gloo CPU ones."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def distribute(model: torch.nn.Module, sharding: Sharding, device: torch.device
+               ) -> torch.nn.Module:
+    """``model`` ready for data-parallel training over the process group; returns what the
+    training step calls.
+
+    REPLICATE wraps it in DDP (the optimizer keeps working on ``model``, whose parameters the
+    wrapper shares). FSDP applies FSDP2's ``fully_shard`` to every element of every
+    ``nn.ModuleList`` (a transformer's blocks, built-in or Hugging Face) and then to the
+    root, in place: each rank keeps 1/N of every tensor as a DTensor under the *same*
+    parameter name and global shape, which is why the µP param groups built afterwards from
+    the role table (matched by name and shape) are those of the unsharded model. The
+    optimizer must be built after this call.
+    """
+    import torch.distributed as dist
+
+    if sharding is Sharding.REPLICATE:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Every rank built the same init from the same seed; DDP still broadcasts rank 0's
+        # parameters on construction, which costs one message and guards against a seed
+        # mixup.
+        return DistributedDataParallel(model, device_ids=[device.index]
+                                       if device.type == "cuda" else None)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    # innermost first: FSDP2 groups a module's parameters minus its sharded children's, so
+    # children are sharded before the modules that hold them (reversed pre-order)
+    for module in reversed(list(model.modules())):
+        if isinstance(module, torch.nn.ModuleList):
+            for block in module:
+                fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model

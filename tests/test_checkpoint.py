@@ -1,0 +1,168 @@
+"""Checkpoints: a run killed with SIGKILL mid-run resumes and ends as the uninterrupted run.
+
+The killed runs are real processes: each trains with checkpoints every 4 steps and kills
+itself with SIGKILL (no cleanup, no atexit, like a preemption) from its validation callback
+at a chosen step, after a checkpoint was written and before the next. Rerunning the same
+run resumes from the last checkpoint; its losses must equal, exactly, those of the run
+trained in one go with the same single thread.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+from hptransfer.budget import Budget
+from hptransfer.hparams import HParams
+from hptransfer.record import Status
+from hptransfer.spec import ModelSpec
+from hptransfer.training.checkpoint import fingerprint
+from hptransfer.training.execution import Checkpointing, Execution
+from hptransfer.training.loop import train
+
+SPEC = ModelSpec(width=32, depth=2, head_dim=16, seq_len=32, base_width=32)
+BUDGET = Budget(steps=12, eval_every=2, eval_tokens=1024)
+HPARAMS = HParams(batch_size=4, lr=2.0**-6, weight_decay=0.1)
+
+# One attempt of the run in a child process: train, and SIGKILL itself at step KILL_AT.
+_ATTEMPT = """
+import os, signal, sys
+from hptransfer.budget import Budget
+from hptransfer.data.corpus import load_corpus
+from hptransfer.hparams import HParams
+from hptransfer.spec import ModelSpec
+from hptransfer.training.execution import Checkpointing, Execution
+from hptransfer.training.loop import train
+
+corpus, folder, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+def on_eval(point):
+    if point.step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+spec, hparams, budget = (ModelSpec.model_validate_json(sys.argv[4]),
+                         HParams.model_validate_json(sys.argv[5]),
+                         Budget.model_validate_json(sys.argv[6]))
+train(spec, hparams, budget, load_corpus(corpus), threads=1, on_eval=on_eval,
+      execution=Execution(checkpoint=Checkpointing(folder=folder, every_steps=4)))
+"""
+
+
+def _killed_attempt(text_file: str, folder: Path, kill_at: int) -> None:
+    done = subprocess.run([sys.executable, "-c", _ATTEMPT, text_file, str(folder), str(kill_at),
+                           SPEC.model_dump_json(), HPARAMS.model_dump_json(),
+                           BUDGET.model_dump_json()],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+
+
+def _policy(folder: Path, **extra) -> Execution:
+    return Execution(checkpoint=Checkpointing(folder=folder, every_steps=4, **extra))
+
+
+def _checkpoint_file(folder: Path, corpus) -> Path:
+    return folder / f"{fingerprint(SPEC, HPARAMS, BUDGET, 0, corpus.content_hash)}.pt"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_corpus):
+    return train(SPEC, HPARAMS, BUDGET, tiny_corpus, threads=1)
+
+
+def _same_run(resumed, alone) -> None:
+    assert resumed.status is Status.COMPLETE
+    assert resumed.final_val_loss == alone.final_val_loss  # exactly: same steps, same batches
+    assert resumed.val_curve == alone.val_curve
+    assert resumed.train_curve == alone.train_curve
+    assert (resumed.steps, resumed.tokens_seen) == (alone.steps, alone.tokens_seen)
+
+
+def test_killed_twice_resumes_to_the_same_losses(tmp_path, text_file, tiny_corpus,
+                                                 uninterrupted):
+    _killed_attempt(text_file, tmp_path, kill_at=6)  # checkpoint after step 4, killed at 6
+    checkpoint = _checkpoint_file(tmp_path, tiny_corpus)
+    assert checkpoint.exists()
+    assert not list(tmp_path.glob("*.tmp-*"))  # nothing half-written left behind
+    _killed_attempt(text_file, tmp_path, kill_at=10)  # resumed at 4, saved at 8, killed at 10
+    resumed = train(SPEC, HPARAMS, BUDGET, tiny_corpus, threads=1, execution=_policy(tmp_path))
+    _same_run(resumed, uninterrupted)
+    assert resumed.resumed_at == (4, 8)  # the record says where each attempt took over
+    assert uninterrupted.resumed_at == ()
+    assert not checkpoint.exists()  # the run is over: its checkpoint is deleted
+
+
+def test_checkpoints_do_not_change_the_run(tmp_path, tiny_corpus, uninterrupted):
+    kept = train(SPEC, HPARAMS, BUDGET, tiny_corpus, threads=1,
+                 execution=_policy(tmp_path, keep=True))
+    _same_run(kept, uninterrupted)
+    assert kept.resumed_at == ()
+    assert _checkpoint_file(tmp_path, tiny_corpus).exists()  # keep=True keeps the last one
+
+
+def test_another_run_does_not_resume_from_it(tmp_path, text_file, tiny_corpus):
+    _killed_attempt(text_file, tmp_path, kill_at=6)
+    other = HPARAMS.model_copy(update={"lr": 2.0**-5})
+    record = train(SPEC, other, BUDGET, tiny_corpus, threads=1, execution=_policy(tmp_path))
+    assert record.resumed_at == ()
+    assert _checkpoint_file(tmp_path, tiny_corpus).exists()  # still there for its own run
+
+
+class _Planted:
+    """A pickle that would create a file when unpickled: code a checkpoint must not run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("content", ["truncated", "code"])
+def test_an_unreadable_checkpoint_is_set_aside_and_the_run_starts_over(
+        tmp_path, tiny_corpus, uninterrupted, content):
+    checkpoint = _checkpoint_file(tmp_path, tiny_corpus)
+    marker = tmp_path / "code-ran"
+    if content == "truncated":
+        train(SPEC, HPARAMS, Budget(steps=8, eval_every=2, eval_tokens=1024), tiny_corpus,
+              threads=1, execution=_policy(tmp_path, keep=True))
+        # a checkpoint of another budget has another name; plant its bytes, cut short
+        data = next(tmp_path.glob("*.pt")).read_bytes()
+        checkpoint.write_bytes(data[:len(data) // 2])
+    else:
+        checkpoint.write_bytes(pickle.dumps({"format": 1, "loop": _Planted(marker)}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        record = train(SPEC, HPARAMS, BUDGET, tiny_corpus, threads=1,
+                       execution=_policy(tmp_path))
+    assert any("cannot be resumed from" in str(w.message) for w in caught)
+    assert not marker.exists()  # weights_only loading never ran the planted code
+    assert checkpoint.with_name(checkpoint.name + ".unreadable").exists()
+    _same_run(record, uninterrupted)
+    assert record.resumed_at == ()
+
+
+def test_a_policy_needs_an_interval(tmp_path):
+    with pytest.raises(ValueError, match="give every_steps or every_minutes"):
+        Checkpointing(folder=tmp_path, every_steps=None, every_minutes=None)
+
+
+def test_a_time_interval_saves_too(tmp_path, tiny_corpus, monkeypatch):
+    """every_minutes alone: with the clock moved on by an hour at each look, a checkpoint is
+    due after every step; the run is unchanged and its file is kept for inspection."""
+    import hptransfer.training.checkpoint as checkpoint_module
+
+    clock = iter(range(0, 10**7, 3600))
+    monkeypatch.setattr(checkpoint_module.time, "monotonic", lambda: float(next(clock)))
+    record = train(SPEC, HPARAMS, Budget(steps=3, eval_every=3, eval_tokens=1024),
+                   tiny_corpus, threads=1, execution=Execution(checkpoint=Checkpointing(
+                       folder=tmp_path, every_minutes=30, keep=True)))
+    assert record.ok
+    saved = list(tmp_path.glob("*.pt"))
+    assert len(saved) == 1 and os.path.getsize(saved[0]) > 0
