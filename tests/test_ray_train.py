@@ -114,11 +114,12 @@ def test_ray_runs_are_recorded_like_local_runs(confirmed):
 def test_a_worker_error_is_raised_as_itself(ray_cluster, text_file, tiny_study_config,
                                             tmp_path):
     """Not as Ray's WorkerGroupError: the recorded reason then names the real problem."""
-    from hptransfer.backends.ray_train import RayRun, RayScaling, train_on_ray
+    from hptransfer.backends.ray_train import RayScaling, train_on_ray
     from hptransfer.data.corpus import CorpusError
     from hptransfer.hparams import HParams
+    from hptransfer.training.order import RunOrder
 
-    run = RayRun(spec=tiny_study_config.spec, hparams=HParams(batch_size=4),
+    run = RunOrder(spec=tiny_study_config.spec, hparams=HParams(batch_size=4),
                  budget=tiny_study_config.budget, data=text_file, corpus_hash="sha256:other")
     with pytest.raises(CorpusError, match="every Ray node must see the same data"):
         train_on_ray(run, scaling=RayScaling(workers=2), address=ray_cluster.address,

@@ -1,4 +1,5 @@
-"""Where work runs besides this process: a Ray cluster.
+"""Where work runs besides this process: a Ray cluster (or, for confirmation runs, the ranks
+of a torchrun job: :mod:`hptransfer.confirmation.torchrun`).
 
 - :mod:`~hptransfer.backends.ray_tune`: :class:`RayTune`, a tune's
   :class:`~hptransfer.study.tune.TrialRunner` on Ray Tune;
@@ -22,3 +23,6 @@ class Backend(str, Enum):
 
     LOCAL = "local"  # processes on this machine (hptransfer's own workers)
     RAY = "ray"  # a Ray cluster: Ray Tune trials, Ray Train confirmation runs
+    # the ranks of a torchrun job train each confirmation run together (Slurm, Kubernetes
+    # without Ray); tune trials are independent runs and do not use it
+    TORCHRUN = "torchrun"

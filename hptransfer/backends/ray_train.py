@@ -4,16 +4,21 @@
 ``ray.train.torch.TorchTrainer``: Ray places the N workers, sets up their process group
 (gloo) and can restart the job after a worker dies (``max_failures``); the loop turns data
 parallel when it finds the process group (:mod:`hptransfer.training.ranks`), so the record is
-the one a local run returns, up to float rounding. The workers get the spec, hparams,
-budget and seed by value and the corpus by *path*: each loads it and checks its content hash
-(:func:`~hptransfer.data.corpus.check_hash`), so every node must see the same data at the
-same path. Workers never open the study storage: the caller records the run.
+the one a local run returns, up to float rounding. The workers get a
+:class:`~hptransfer.training.order.RunOrder` (spec, hparams, budget, seed, execution by
+value, the corpus by path). The caller records the run; rank 0 writes only the validation
+curve's points, as the Optuna trial's intermediate values while it trains (``progress``),
+so ``hptransfer status`` and optuna-dashboard show a long run as it goes.
+
+With ``gpus_per_worker`` > 0 each worker gets that share of a GPU (Ray pins it with
+``CUDA_VISIBLE_DEVICES``), trains on ``ray.train.torch.get_device()``, and the process group
+is NCCL; a cluster without that many GPUs is refused before submitting (Ray would wait for
+them forever). Otherwise the workers train on the CPU over gloo.
 
 How the record comes back: Ray Train V2 (the default in recent Ray) hands rank 0's return
 value back as ``Result.return_value``; under Train V1, which ignores return values, every
 rank reports the record (a report is a barrier all ranks must reach) and the driver reads
-rank 0's from ``Result.metrics``. The workers train on the CPU (``use_gpu=False``): GPU
-confirmation runs are future work (docs/ray.md).
+rank 0's from ``Result.metrics``.
 """
 
 from __future__ import annotations
@@ -25,27 +30,21 @@ from typing import Any
 
 from pydantic import Field
 
-from hptransfer.budget import Budget
-from hptransfer.hparams import HParams
+from hptransfer.errors import ConfigError
 from hptransfer.record import RunRecord
-from hptransfer.spec import FrozenConfig, ModelSpec
+from hptransfer.spec import FrozenConfig
+from hptransfer.training.order import RunOrder
 
-__all__ = ["RayRun", "RayScaling", "train_on_ray"]
+__all__ = ["Progress", "RayScaling", "check_gpus", "train_on_ray"]
 
 _RECORD = "hptransfer_record"  # the key of the reported metrics (and returned dict)
 
 
-class RayRun(FrozenConfig):
-    """What one job trains: :func:`hptransfer.training.loop.train`'s inputs, by value, and the
-    corpus by path (module docstring)."""
+class Progress(FrozenConfig):
+    """Where rank 0 writes the validation points of a running job: an Optuna trial."""
 
-    spec: ModelSpec
-    hparams: HParams
-    budget: Budget
-    seed: int = 0
-    data: str | None = Field(None, description="corpus path every worker can read; None: "
-                                               "the built-in corpus")
-    corpus_hash: str = Field(description="content hash the workers' corpus must have")
+    storage: str = Field(description="the study storage's URL (every node can reach it)")
+    trial_id: int
 
 
 class RayScaling(FrozenConfig):
@@ -55,13 +54,15 @@ class RayScaling(FrozenConfig):
                                               "the batch size must be divisible by it")
     cpus_per_worker: int = Field(1, ge=1, description="CPUs Ray reserves for each worker, "
                                                       "and its torch threads")
+    gpus_per_worker: float = Field(0.0, ge=0.0, description="GPUs per worker (a fraction "
+                                                            "shares a card); 0: CPU, gloo")
     max_failures: int = Field(0, ge=-1, description="restarts after a worker fails (-1: "
                                                     "no limit); a restart trains from step 0")
 
 
-def train_on_ray(run: RayRun, *, scaling: RayScaling | None = None, name: str = "run",
-                 address: str | None = None, storage_path: str | Path | None = None
-                 ) -> RunRecord:
+def train_on_ray(run: RunOrder, *, scaling: RayScaling | None = None, name: str = "run",
+                 address: str | None = None, storage_path: str | Path | None = None,
+                 progress: Progress | None = None) -> RunRecord:
     """Train ``run`` as a Ray Train job with ``scaling.workers`` data-parallel workers and
     return its record.
 
@@ -79,6 +80,9 @@ def train_on_ray(run: RayRun, *, scaling: RayScaling | None = None, name: str = 
     scaling = scaling or RayScaling()
     rows_per_worker(run.hparams.batch_size, scaling.workers)  # refuse before submitting
     connect(address)
+    gpu = scaling.gpus_per_worker > 0
+    if gpu:
+        check_gpus(scaling.workers, scaling.gpus_per_worker, address)
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -88,11 +92,13 @@ def train_on_ray(run: RayRun, *, scaling: RayScaling | None = None, name: str = 
         _train_loop,
         # the driver's Ray decides which Train runs the job: tell the workers (module doc)
         train_loop_config={"run": run.model_dump_json(), "threads": scaling.cpus_per_worker,
-                           "report": not v2},
-        torch_config=TorchConfig(backend="gloo"),
+                           "report": not v2, "gpu": gpu,
+                           "progress": progress.model_dump_json() if progress else None},
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=scaling.workers, use_gpu=False,
-            resources_per_worker={"CPU": scaling.cpus_per_worker},
+            num_workers=scaling.workers, use_gpu=gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker,
+                                  **({"GPU": scaling.gpus_per_worker} if gpu else {})},
             # V1 reserves a CPU for its coordinating actor by default, which idles: on a
             # cluster of workers × cpus CPUs the job would wait for it forever. V2's needs
             # none (and V2 refuses the argument).
@@ -114,17 +120,52 @@ def _train_loop(config: dict[str, Any]) -> str:
     """One Ray Train worker: train this rank's share and return (rank 0) the record."""
     import ray.train
 
-    from hptransfer.data.corpus import check_hash, load_corpus
-    from hptransfer.training.loop import train
+    run = RunOrder.model_validate_json(config["run"])
+    device = None
+    if config["gpu"]:
+        from ray.train.torch import get_device
 
-    run = RayRun.model_validate_json(config["run"])
-    corpus = load_corpus(run.data)
-    check_hash(corpus, run.corpus_hash)
-    record = train(run.spec, run.hparams, run.budget, corpus, seed=run.seed,
-                   threads=config["threads"]).model_dump_json()
+        device = str(get_device())
+    on_eval = None
+    if config["progress"] is not None and ray.train.get_context().get_world_rank() == 0:
+        on_eval = _reporter(Progress.model_validate_json(config["progress"]))
+    record = run.train(threads=config["threads"], device=device,
+                       on_eval=on_eval).model_dump_json()
     if config["report"]:
         ray.train.report({_RECORD: record})
     return record
+
+
+def _reporter(progress: Progress):
+    """An ``on_eval`` writing each validation point into the trial (never stopping it)."""
+    from hptransfer.record import Verdict
+    from hptransfer.study.storage import Access, open_storage
+
+    storage = open_storage(progress.storage, Access.UPDATE)
+
+    def on_eval(point) -> Verdict:
+        storage.set_trial_intermediate_value(progress.trial_id, point.tokens, point.loss)
+        return Verdict.CONTINUE
+
+    return on_eval
+
+
+def check_gpus(workers: int, per_worker: float, address: str | None = None,
+               flag: str = "--gpus-per-worker") -> None:
+    """Refuse a GPU job the connected cluster cannot place: Ray would queue it forever.
+    Each worker's share must fit on one node, and all of them on the cluster."""
+    from hptransfer.backends.cluster import require_ray
+
+    ray = require_ray()
+    nodes = [float(n.get("Resources", {}).get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    placeable = sum(int(gpus // per_worker + 1e-9) for gpus in nodes)
+    if placeable < workers:
+        where = address or "this machine's"
+        raise ConfigError(
+            f"{workers} worker(s) × {per_worker:g} GPU ({flag}) do not fit on the Ray cluster at "
+            f"{where}: its nodes have {', '.join(f'{g:g}' for g in nodes) or 'no'} GPU(s); "
+            f"start Ray on GPU machines (ray start --num-gpus N), or ask for fewer workers "
+            f"or a smaller {flag} (0: train on the CPU)")
 
 
 def _train_v2() -> bool:

@@ -234,6 +234,11 @@ class RayTune:
                              "--sampler")
         connect(self.options.address)
         check_shared_storage(storage_url, self.options.address)
+        if self.options.gpus_per_trial > 0:  # else Ray would queue the trials forever
+            from hptransfer.backends.ray_train import check_gpus
+
+            check_gpus(1, self.options.gpus_per_trial, self.options.address,
+                       flag="--gpus-per-trial")
 
     def run_width(self, job: WidthJob) -> None:
         """Run trials of one width on Ray: until the study holds ``job.trials`` finished, or

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from hptransfer.backends import Backend
 from hptransfer.cli.app import main
 from hptransfer.cli.options import (
+    NUMBER,
     address_option,
     check_out,
     fail,
@@ -21,6 +22,8 @@ from hptransfer.cli.options import (
 )
 from hptransfer.confirmation.verdict import DEFAULT_OFFSETS
 from hptransfer.errors import explain_fields
+from hptransfer.spec import Precision
+from hptransfer.training.execution import Checkpointing, Compilation, Execution, Sharding
 
 
 def _offsets(ctx, param, text: str) -> tuple[float, ...]:
@@ -57,8 +60,9 @@ def _existing_storage_or_fail(storage: str | None, study: str) -> None:
 @threads_option
 @click.option("--backend", type=click.Choice([b.value for b in Backend]),
               default=Backend.LOCAL.value, show_default=True,
-              help="where each run trains: this process, or a Ray Train job on a Ray cluster "
-                   "(pip install \"hptransfer[ray]\")")
+              help="where each run trains: this process, a Ray Train job on a Ray cluster "
+                   "(pip install \"hptransfer[ray]\"), or every process of the torchrun job "
+                   "this one belongs to (docs/cluster.md)")
 @address_option
 @click.option("--workers", default="auto", show_default=True, callback=workers_option,
               help="local: runs side by side, or 'auto' (one thread per run at small widths, "
@@ -66,9 +70,34 @@ def _existing_storage_or_fail(storage: str | None, study: str) -> None:
                    "('auto': 1), which the predicted batch size must be divisible by")
 @click.option("--cpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
               help="--backend ray: CPUs (= training threads) per worker")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="--backend ray: GPUs per worker (NCCL; a fraction shares a card)")
+@click.option("--device", default=None,
+              help="local: cpu, cuda or cuda:N (one run at a time on a card); torchrun: cpu or "
+                   "cuda (each rank its LOCAL_RANK's card) [default: cpu; torchrun: its GPU "
+                   "if torch sees one]")
+@click.option("--sharding", type=click.Choice([s.value for s in Sharding]),
+              default=Sharding.REPLICATE.value, show_default=True,
+              help="how the workers of a Ray or torchrun job hold the model: replicate (DDP) "
+                   "or fsdp (FSDP2: each holds 1/N, for a target too big for one device)")
+@click.option("--compile", "compiled", is_flag=True,
+              help="run the training step through torch.compile (faster on a GPU, after a "
+                   "compile of tens of seconds)")
+@click.option("--precision", type=click.Choice([p.value for p in Precision]), default=None,
+              help="matmul precision of the target runs [default: the study's]; bf16 is "
+                   "autocast with fp32 weights and optimizer state")
+@click.option("--checkpoint-minutes", type=NUMBER, default=10.0,
+              show_default=True, help="save a checkpoint a killed run resumes from after this "
+                                      "many minutes (0: not by time)")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="... and after this many steps (0: not by steps)")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
+              help="where checkpoints go; on a multi-node job a path rank 0 of every attempt "
+                   "can reach [default: $HPTRANSFER_HOME/checkpoints]")
 @model_option
 def confirm(target_width, study_name, storage, offsets, as_json, threads, backend, address,
-            workers, cpus_per_worker, model) -> None:
+            workers, cpus_per_worker, gpus_per_worker, device, sharding, compiled, precision,
+            checkpoint_minutes, checkpoint_every, checkpoint_dir, model) -> None:
     """Train the predicted point and its LR neighbours at --target-width and judge it.
 
     The runs are recorded in the study's storage (as the Optuna study
@@ -78,11 +107,25 @@ def confirm(target_width, study_name, storage, offsets, as_json, threads, backen
     verdict, and 1 when every run failed.
 
     With --backend ray each run is a Ray Train job of --workers data-parallel workers; the
-    runs are recorded, by this process, exactly like local ones.
+    runs are recorded, by this process, exactly like local ones. With --backend torchrun
+    every process of the torchrun job (torchrun --nproc-per-node N -m hptransfer.cli confirm
+    ... --backend torchrun) is a worker, and rank 0 records. A killed run resumes from its
+    last checkpoint when the command is run again.
     """
     from hptransfer.confirmation.runs import confirm as run_confirm
+    from hptransfer.confirmation.runs import default_execution
 
     _existing_storage_or_fail(storage, study_name)
+    if checkpoint_minutes < 0:
+        fail(f"--checkpoint-minutes must be 0 (no time-based checkpoints) or more, got "
+             f"{checkpoint_minutes:g}")
+    checkpoint = None
+    if checkpoint_minutes or checkpoint_every:
+        folder = checkpoint_dir or default_execution().checkpoint.folder
+        checkpoint = Checkpointing(folder=folder, every_minutes=checkpoint_minutes or None,
+                                   every_steps=checkpoint_every or None)
+    execution = Execution(sharding=Sharding(sharding), checkpoint=checkpoint,
+                          compilation=Compilation.COMPILED if compiled else Compilation.EAGER)
 
     def progress(run) -> None:
         if not as_json:
@@ -92,7 +135,10 @@ def confirm(target_width, study_name, storage, offsets, as_json, threads, backen
     result = run_confirm(target_width, study=study_name, storage=storage, offsets=offsets,
                          threads=threads, on_run=progress, backend=Backend(backend),
                          workers=workers, address=address, cpus_per_worker=cpus_per_worker,
-                         model=model)
+                         gpus_per_worker=gpus_per_worker, device=device, execution=execution,
+                         precision=Precision(precision) if precision else None, model=model)
+    if result is None:  # a torchrun rank other than 0: it trained, rank 0 reports
+        return
     if as_json:
         click.echo(result.model_dump_json(indent=2))
     else:

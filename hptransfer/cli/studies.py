@@ -69,6 +69,9 @@ class TuneOptions(FrozenConfig):
 
     @model_validator(mode="after")
     def _flags_fit_the_backend(self) -> TuneOptions:
+        if self.backend is Backend.TORCHRUN:
+            raise ValueError("backend torchrun is for confirmation runs (hptransfer confirm "
+                             "--backend torchrun); tune trials run locally or on Ray")
         if self.backend is Backend.LOCAL:
             given = [f"--{name.replace('_', '-')}" for name in RayOptions.model_fields
                      if name in self.model_fields_set]
@@ -127,7 +130,8 @@ class TuneOptions(FrozenConfig):
               help="processes on this machine sharing each width, or 'auto': one thread per "
                    "trial and as many side by side as the CPUs allow at proxy widths "
                    "[default: auto]")
-@click.option("--backend", type=click.Choice([b.value for b in Backend]), default=None,
+@click.option("--backend", type=click.Choice([Backend.LOCAL.value, Backend.RAY.value]),
+              default=None,
               help="where trials run: this machine, or a Ray cluster (pip install "
                    "\"hptransfer[ray]\"; docs/ray.md) [default: local]")
 @address_option
@@ -355,7 +359,13 @@ def worker(study_name, storage, width, trials, sampler, pruner, threads, quiet) 
 @click.option("--json", "as_json", is_flag=True, help="print the summaries as JSON")
 def status(study_name, storage, as_json) -> None:
     """Summarise a study: per width, trials by status, the best trial and the compute used."""
-    from hptransfer.study.ledger import TrialStatus, load_trials, study_names, summarize
+    from hptransfer.study.ledger import (
+        TrialStatus,
+        live_runs,
+        load_trials,
+        study_names,
+        summarize,
+    )
     from hptransfer.study.storage import Access, missing_local_file, normalize, open_storage
 
     if study_name is None and missing_local_file(storage) is not None:
@@ -376,14 +386,31 @@ def status(study_name, storage, as_json) -> None:
     records = load_trials(study_name, optuna_storage)
     summaries = summarize(records)
     running = sum(1 for r in records if r.status in (TrialStatus.RUNNING, TrialStatus.WAITING))
+    live = live_runs(study_name, optuna_storage)
     if as_json:
         click.echo(json.dumps({"study": study_name, "running_or_waiting": running,
-                               "widths": [s.model_dump(mode="json") for s in summaries]},
+                               "widths": [s.model_dump(mode="json") for s in summaries],
+                               "live": [run.model_dump(mode="json") for run in live]},
                               indent=2))
         return
     _print_summary(study_name, normalize(storage), summaries)
     if running:
         click.echo(f"{running} trial(s) running or waiting")
+    for run in live:
+        click.echo(_live_line(run))
+
+
+def _live_line(run) -> str:
+    """One running trial: where its validation curve is now."""
+    what = f"{run.study} trial {run.number}" + (
+        "" if run.offset is None else f" (offset {run.offset:+g})")
+    if not run.points:
+        return f"running: {what}, no validation point yet"
+    tokens, loss = run.points[-1]
+    of = "" if not run.tokens_planned else (
+        f" of {run.tokens_planned:,} ({100 * tokens / run.tokens_planned:.0f}%)")
+    return (f"running: {what}, val loss {loss:.4f} at {tokens:,} tokens{of}; "
+            f"{len(run.points)} point(s) so far")
 
 
 @main.command()

@@ -8,10 +8,14 @@ batches): a loss difference between two of them is the LR's doing, not the seed'
 
 The runs are trials of one more Optuna study in the study's storage,
 ``{study}.confirm.w{width}`` (:mod:`hptransfer.study.ledger`), recorded like tune trials plus
-their offset, the predicted LR and where they ran (this process, or a Ray Train job of
-``workers`` data-parallel workers: :mod:`hptransfer.backends.ray_train`). Re-running
-:func:`confirm` trains only the offsets that have no finished run for the same prediction.
-The verdict is :func:`hptransfer.confirmation.verdict.judge`'s.
+their offset, the predicted LR and where they ran: this process (on the CPU or a GPU), a
+Ray Train job of ``workers`` data-parallel workers (:mod:`hptransfer.backends.ray_train`), or
+every rank of a torchrun job (:mod:`hptransfer.confirmation.torchrun`), replicated or
+sharded with FSDP2. Re-running :func:`confirm` trains only the offsets that have no finished
+run for the same prediction, and a run that was killed resumes from its last checkpoint
+(every 10 minutes by default, under ``$HPTRANSFER_HOME/checkpoints``). Each run's validation
+curve is written to its trial while it trains. The verdict is
+:func:`hptransfer.confirmation.verdict.judge`'s.
 """
 
 from __future__ import annotations
@@ -48,9 +52,12 @@ from hptransfer.study.ledger import (
     write_status,
 )
 from hptransfer.study.storage import Access
+from hptransfer.training.execution import Checkpointing, Execution
 
 if TYPE_CHECKING:
     from hptransfer.backends.ray_train import RayScaling
+    from hptransfer.confirmation.torchrun import TorchrunJob
+    from hptransfer.spec import Precision
 
 __all__ = ["confirm", "load_confirmation"]
 
@@ -69,7 +76,9 @@ def _runs(optuna_study, predicted: HParams, offsets: Sequence[float] | None
     name = optuna_study.study_name
     found: dict[float, ConfirmationRun] = {}
     for trial in optuna_study.get_trials(deepcopy=False):
-        lr = trial.params.get("lr")
+        # a waiting trial's LR is only in its enqueued parameters (a killed confirm leaves its
+        # unstarted runs, and a lost run's retry, waiting: they must not be enqueued again)
+        lr = trial.params.get("lr", trial.system_attrs.get("fixed_params", {}).get("lr"))
         record = trial_record(name, trial)
         if lr is None or record.status is TrialStatus.LOST:
             continue
@@ -95,71 +104,121 @@ def _is_finished(run: ConfirmationRun) -> bool:
 
 
 class _Placement(NamedTuple):
-    """Where confirmation runs train: ``processes`` local processes side by side, or Ray
-    Train jobs (``ray`` not None)."""
+    """Where confirmation runs train: ``processes`` local processes side by side (on
+    ``device``), Ray Train jobs (``ray`` not None), or the ranks of this torchrun job
+    (``torchrun`` not None); and how (``execution``)."""
 
     threads: int  # local: torch threads per run; Ray: each worker's (= its CPUs)
+    execution: Execution = Execution()
     ray: RayScaling | None = None
     address: str | None = None
     processes: int = 1  # local runs side by side (one is this process)
     auto: bool = False
+    device: str | None = None  # local runs' device (None: the CPU)
+    torchrun: TorchrunJob | None = None
+    storage_url: str | None = None  # where a Ray job's rank 0 writes its live curve
 
     @property
     def attrs(self) -> tuple[tuple[str, Any], ...]:
-        if self.ray is None:
-            return ((Attr.BACKEND, Backend.LOCAL.value), (Attr.WORKERS, 1))
-        return ((Attr.BACKEND, Backend.RAY.value), (Attr.WORKERS, self.ray.workers))
+        if self.ray is not None:
+            return ((Attr.BACKEND, Backend.RAY.value), (Attr.WORKERS, self.ray.workers))
+        if self.torchrun is not None:
+            return ((Attr.BACKEND, Backend.TORCHRUN.value),
+                    (Attr.WORKERS, self.torchrun.ranks.size))
+        return ((Attr.BACKEND, Backend.LOCAL.value), (Attr.WORKERS, 1))
 
 
 def _run_one(optuna_study, trial, hparams: HParams, attrs: tuple[tuple[str, Any], ...], spec,
              config, corpus, placement: _Placement) -> None:
-    """Train one confirmation run and record it like a tune trial (no pruning), in this
-    process or as a Ray Train job (this process holds the lease and writes the record)."""
+    """Train one confirmation run and record it like a tune trial (no pruning): in this
+    process, as a Ray Train job, or on every rank of the torchrun job (this process holds
+    the lease and writes the record)."""
+    from hptransfer.study.ledger import trial_seed
     from hptransfer.study.worker import record_run
+    from hptransfer.training.loop import train
+    from hptransfer.training.order import RunOrder
 
-    trainer = None
-    if placement.ray is not None:
-        from hptransfer.backends.ray_train import RayRun, train_on_ray
+    order = RunOrder(spec=spec, hparams=hparams, budget=config.budget,
+                     seed=trial_seed(trial.user_attrs, config), data=config.data,
+                     corpus_hash=config.corpus_hash, execution=placement.execution)
 
-        run = RayRun(spec=spec, hparams=hparams, budget=config.budget, seed=config.seed,
-                     data=config.data, corpus_hash=config.corpus_hash)
+    def trainer(on_eval):
+        if placement.ray is not None:
+            from hptransfer.backends.ray_train import Progress, train_on_ray
 
-        def trainer():
-            return train_on_ray(run, scaling=placement.ray, address=placement.address,
-                                name=f"{optuna_study.study_name}.t{trial.number}")
+            progress = (Progress(storage=placement.storage_url, trial_id=trial._trial_id)
+                        if placement.storage_url is not None else None)
+            return train_on_ray(order, scaling=placement.ray, address=placement.address,
+                                name=f"{optuna_study.study_name}.t{trial.number}",
+                                progress=progress)
+        if placement.torchrun is not None:
+            return placement.torchrun.trainer()(order, on_eval)
+        return train(spec, hparams, config.budget, corpus, seed=order.seed, on_eval=on_eval,
+                     threads=placement.threads, device=placement.device,
+                     execution=placement.execution)
 
     record_run(optuna_study, trial, spec=spec, hparams=hparams, config=config, corpus=corpus,
                threads=placement.threads, attrs=(*attrs, *placement.attrs), trainer=trainer)
 
 
 def _placement(backend: Backend, *, threads: int | None, workers: int | str, width: int,
-               address: str | None, cpus_per_worker: int) -> _Placement:
-    """Check the backend options against each other (before anything runs)."""
+               address: str | None, cpus_per_worker: int, gpus_per_worker: float,
+               device: str | None, execution: Execution) -> _Placement:
+    """Check the backend options against each other (before anything runs). A torchrun
+    placement is completed by :func:`hptransfer.confirmation.torchrun.join`."""
     from hptransfer.study.worker import AUTO, auto_placement
-    from hptransfer.training.device import resolve_threads
+    from hptransfer.training.device import resolve_device, resolve_threads
+    from hptransfer.training.execution import Sharding
 
     if workers != AUTO and (not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"workers must be a positive number or 'auto', got {workers!r}")
     if cpus_per_worker < 1:
         raise ConfigError(f"cpus_per_worker must be at least 1, got {cpus_per_worker}")
+    if gpus_per_worker < 0:
+        raise ConfigError(f"gpus_per_worker must be 0 or more, got {gpus_per_worker}")
+    if backend is not Backend.RAY and (address is not None or cpus_per_worker != 1
+                                       or gpus_per_worker):
+        raise ConfigError("--address, --cpus-per-worker and --gpus-per-worker apply only with "
+                          "--backend ray")
+    if backend is not Backend.TORCHRUN and device is not None:
+        resolve_device(device)  # a clear error where there is no such device
     if backend is Backend.LOCAL:
-        if address is not None or cpus_per_worker != 1:
-            raise ConfigError("--address and --cpus-per-worker apply only with --backend ray")
+        if execution.sharding is Sharding.FSDP:
+            raise ConfigError("--sharding fsdp shards a run over the ranks of a Ray (--workers "
+                              "N) or torchrun job; a local run is one process holding the whole "
+                              "model: use --backend ray or torchrun")
+        if device is not None and device.startswith("cuda"):  # one card: one run at a time
+            return _Placement(threads=threads or resolve_threads(), execution=execution,
+                              device=device)
         if workers == AUTO:  # side by side at small widths, one process with all CPUs wide
             chosen = auto_placement(width, resolve_threads(), threads)
-            return _Placement(threads=chosen.threads, processes=chosen.workers, auto=True)
+            return _Placement(threads=chosen.threads, processes=chosen.workers, auto=True,
+                              execution=execution, device=device)
         return _Placement(threads=threads or max(1, resolve_threads() // workers),
-                          processes=workers)
+                          processes=workers, execution=execution, device=device)
+    if backend is Backend.TORCHRUN:
+        if workers != AUTO:
+            raise ConfigError("--workers does not apply with --backend torchrun: every process "
+                              "torchrun starts (--nnodes × --nproc-per-node) is one worker")
+        return _Placement(threads=threads or 1, execution=execution)
     from hptransfer.backends.cluster import require_ray
     from hptransfer.backends.ray_train import RayScaling
 
     require_ray()  # the install line before anything else happens
-    if threads is not None:
-        raise ConfigError("--threads sets a local run's threads; on Ray each worker trains "
-                         "with --cpus-per-worker threads")
-    return _Placement(threads=cpus_per_worker, address=address,
-                      ray=RayScaling(workers=1 if workers == AUTO else workers,
-                                     cpus_per_worker=cpus_per_worker))
+    if threads is not None or device is not None:
+        raise ConfigError("--threads and --device set a local run's; on Ray each worker trains "
+                          "with --cpus-per-worker threads, on a GPU with --gpus-per-worker")
+    ray = RayScaling(workers=1 if workers == AUTO else workers, cpus_per_worker=cpus_per_worker,
+                     gpus_per_worker=gpus_per_worker)
+    return _Placement(threads=cpus_per_worker, address=address, ray=ray, execution=execution)
+
+
+def default_execution() -> Execution:
+    """A confirmation run's default: replicated, eager, a checkpoint every 10 minutes under
+    ``$HPTRANSFER_HOME/checkpoints`` (short runs never reach one)."""
+    from hptransfer.study.storage import home
+
+    return Execution(checkpoint=Checkpointing(folder=home() / "checkpoints", every_minutes=10))
 
 
 def _storage_url(storage: Any) -> str | None:
@@ -177,8 +236,10 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
             tolerance: float = TOLERANCE,
             on_run: Callable[[ConfirmationRun], None] | None = None,
             backend: Backend = Backend.LOCAL, workers: int | str = "auto",
-            address: str | None = None,
-            cpus_per_worker: int = 1, model: str | None = None) -> Confirmation:
+            address: str | None = None, cpus_per_worker: int = 1, gpus_per_worker: float = 0.0,
+            device: str | None = None, execution: Execution | None = None,
+            precision: Precision | None = None, model: str | None = None
+            ) -> Confirmation | None:
     """Train the prediction for ``target_width`` and its LR neighbours α·2^offset, record
     them in ``storage`` and judge the prediction (module docstring).
 
@@ -198,8 +259,51 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     ``backend=Backend.RAY`` trains each run as a Ray Train job on the cluster at ``address``
     (:func:`hptransfer.backends.cluster.connect`) with ``workers`` data-parallel workers of
     ``cpus_per_worker`` CPUs (and threads) each (``"auto"``: 1); the predicted batch size
-    must be divisible by ``workers``. ``threads`` is for local runs only.
+    must be divisible by ``workers``. ``threads`` is for local runs only. With
+    ``gpus_per_worker`` > 0 each worker trains on (that share of) a GPU over NCCL.
+
+    ``backend=Backend.TORCHRUN``: this process is one rank of a torchrun job
+    (:mod:`hptransfer.confirmation.torchrun`); every rank calls :func:`confirm`, rank 0 returns
+    the confirmation, the others train what it sends and return None.
+
+    ``device``: a local run's (``cpu``, ``cuda``, ``cuda:N``; one run at a time on a card),
+    or a torchrun rank's (None: its own GPU if torch sees one). ``execution``: sharding
+    (FSDP2 over a Ray or torchrun job's workers), ``torch.compile`` and checkpoints (None:
+    :func:`default_execution`). ``precision`` overrides the study's for the target runs
+    (bf16 autocast on a GPU: fp32 weights and optimizer state, bf16 matmuls).
     """
+    execution = execution if execution is not None else default_execution()
+    offsets = tuple(sorted({float(o) for o in offsets}))
+    if 0.0 not in offsets:
+        raise ConfigError(f"offsets must include 0 (the predicted point), got {list(offsets)}")
+    if not 0 < tolerance < 1:
+        raise ConfigError(f"tolerance is a relative loss in (0, 1), got {tolerance}")
+    placement = _placement(backend, threads=threads, workers=workers, width=target_width,
+                           address=address, cpus_per_worker=cpus_per_worker,
+                           gpus_per_worker=gpus_per_worker, device=device, execution=execution)
+    if backend is not Backend.TORCHRUN:
+        return _confirm(target_width, study=study, storage=storage, offsets=offsets,
+                        tolerance=tolerance, on_run=on_run, placement=placement,
+                        precision=precision, model=model)
+    from hptransfer.confirmation import torchrun
+
+    job = torchrun.join(device, threads)
+    if job.ranks.rank != 0:
+        torchrun.follow(job)
+        return None
+    try:
+        return _confirm(target_width, study=study, storage=storage, offsets=offsets,
+                        tolerance=tolerance, on_run=on_run, precision=precision, model=model,
+                        placement=placement._replace(threads=job.threads, torchrun=job))
+    finally:
+        torchrun.release(job)
+
+
+def _confirm(target_width: int, *, study: str, storage: Any, offsets: tuple[float, ...],
+             tolerance: float, on_run: Callable[[ConfirmationRun], None] | None,
+             placement: _Placement, precision: Precision | None, model: str | None
+             ) -> Confirmation:
+    """:func:`confirm` in the process that records the runs."""
     import optuna
 
     from hptransfer.data.corpus import check_hash, load_corpus
@@ -210,13 +314,6 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     from hptransfer.training.device import check_memory, resolve_device
     from hptransfer.transfer import predict_hparams
 
-    offsets = tuple(sorted({float(o) for o in offsets}))
-    if 0.0 not in offsets:
-        raise ConfigError(f"offsets must include 0 (the predicted point), got {list(offsets)}")
-    if not 0 < tolerance < 1:
-        raise ConfigError(f"tolerance is a relative loss in (0, 1), got {tolerance}")
-    placement = _placement(backend, threads=threads, workers=workers, width=target_width,
-                           address=address, cpus_per_worker=cpus_per_worker)
     quiet_optuna()
     prediction = predict_hparams(target_width, study=study, storage=storage, model=model)
     url = _storage_url(storage)
@@ -229,19 +326,31 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     check_hash(corpus, config.corpus_hash)
     check_roles(study, config)
     predicted = prediction.hparams
-    target = family_of(prediction.spec)
-    target.check(prediction.spec)  # a target the family cannot build fails here, not 5 times
-    if placement.ray is None:
-        check_memory(target.parameter_count(prediction.spec, embedding=True), resolve_device(),
-                     f"the target model at width {target_width}")
+    spec = prediction.spec
+    if precision is not None and precision is not spec.precision:
+        spec = type(spec).model_validate({**spec.model_dump(), "precision": precision})
+    target = family_of(spec)
+    target.check(spec)  # a target the family cannot build fails here, not 5 times
+    if placement.ray is None and placement.torchrun is None:  # (a rank checks its own share)
+        check_memory(target.parameter_count(spec, embedding=True),
+                     resolve_device(placement.device), f"the target model at width {target_width}")
+    if placement.torchrun is not None:
+        from hptransfer.training.ranks import rows_per_worker
+
+        rows_per_worker(predicted.batch_size, placement.torchrun.ranks.size)
     if placement.ray is not None:
         from hptransfer.backends.cluster import check_shared_storage, connect
         from hptransfer.training.ranks import rows_per_worker
 
         rows_per_worker(predicted.batch_size, placement.ray.workers)  # before any run
-        connect(address)
+        connect(placement.address)
         if url is not None:
-            check_shared_storage(url, address)
+            check_shared_storage(url, placement.address)
+            placement = placement._replace(storage_url=url)
+        if placement.ray.gpus_per_worker > 0:
+            from hptransfer.backends.ray_train import check_gpus
+
+            check_gpus(placement.ray.workers, placement.ray.gpus_per_worker, placement.address)
     processes = placement.processes if url is not None and "memory" not in url else 1
     runs_study = optuna.create_study(
         study_name=confirmation_study_name(study, target_width), storage=storage,
@@ -249,7 +358,7 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     write_plan(runs_study, json.dumps(
         {"study": study, "target_width": target_width, "hparams": predicted.model_dump_json(),
          "offsets": list(offsets), "tolerance": tolerance,
-         "spec": prediction.spec.model_dump_json(),
+         "spec": spec.model_dump_json(),
          "noise": (prediction.evidence.seed_noise.shape
                    if prediction.evidence.seed_noise is not None else None)}))
     write_placement(runs_study, {"workers": processes, "threads": placement.threads,
@@ -264,7 +373,7 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
         if offset not in runs or offset in retry:
             enqueue(runs_study, {"lr": predicted.lr * 2.0 ** offset},
                     **{Attr.OFFSET: offset, Attr.ROLE: ROLE})
-    job = _Job(study=study, predicted=predicted, offsets=offsets, spec=prediction.spec,
+    job = _Job(study=study, predicted=predicted, offsets=offsets, spec=spec,
                config=config, corpus=corpus, placement=placement)
     helpers = min(processes, waiting_count(runs_study)) - 1
     if helpers > 0:
@@ -274,7 +383,8 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
         # spawned, not forked: torch and the storage's connections do not survive a fork
         with ProcessPoolExecutor(helpers, mp_context=multiprocessing.get_context("spawn")
                                  ) as pool:
-            futures = [pool.submit(_helper, url, study, target_width, placement.threads)
+            futures = [pool.submit(_helper, url, study, target_width, placement.threads,
+                                   placement.execution.model_dump_json())
                        for _ in range(helpers)]
             _work(runs_study, job, on_run)
             for future in futures:
@@ -322,7 +432,7 @@ def _work(runs_study, job: _Job, on_run: Callable[[ConfirmationRun], None] | Non
                         if r.offset == offset))
 
 
-def _helper(url: str, study: str, target_width: int, threads: int) -> None:
+def _helper(url: str, study: str, target_width: int, threads: int, execution: str) -> None:
     """A second process training the waiting runs of a confirmation (``workers`` > 1)."""
     import optuna
 
@@ -340,7 +450,8 @@ def _helper(url: str, study: str, target_width: int, threads: int) -> None:
     job = _Job(study=study, predicted=HParams.model_validate_json(plan["hparams"]),
                offsets=tuple(float(o) for o in plan["offsets"]),
                spec=ModelSpec.model_validate_json(plan["spec"]), config=config,
-               corpus=load_corpus(config.data), placement=_Placement(threads=threads))
+               corpus=load_corpus(config.data), placement=_Placement(
+                   threads=threads, execution=Execution.model_validate_json(execution)))
     _work(runs_study, job, None)
 
 

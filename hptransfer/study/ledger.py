@@ -30,7 +30,8 @@ from hptransfer.study.storage import Access
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["Attr", "TrialRecord", "TrialStatus", "WidthSummary", "bind_config", "check_existing",
+__all__ = ["Attr", "LiveRun", "TrialRecord", "TrialStatus", "WidthSummary", "bind_config",
+           "check_existing", "live_runs",
            "check_name", "claim_waiting", "confirmation_study_name", "confirmation_widths",
            "enqueue", "enqueue_retry", "finish_trial", "finished_count", "is_warm_started",
            "ladder_done", "load_config", "load_trials", "mark_ladder_done", "mark_lost",
@@ -68,6 +69,7 @@ class Attr:
     TOKENS_PER_S = "tokens_per_s"
     STEPS = "steps"
     TOKENS_SEEN = "tokens_seen"
+    RESUMED_AT = "resumed_at"  # steps the run resumed from a checkpoint at (JSON list)
     # where it came from, and where it ran
     RETRY_OF = "retry_of"  # the lost trial this one retries
     GRID_POINT = "grid_point"  # a warm-start grid trial
@@ -126,6 +128,8 @@ class TrialRecord(FrozenConfig):
     seed: int | None = Field(None, description="the run's seed; None in trials recorded "
                                                "before seeds were per trial (the study's)")
     ladder: str | None = Field(None, description="the ladder step that chose it, if any")
+    resumed_at: tuple[int, ...] = Field((), description="steps its run resumed from a "
+                                                        "checkpoint at, if it was killed")
 
     @property
     def finished(self) -> bool:
@@ -347,7 +351,8 @@ def write_outcome(storage, trial_id: int, outcome: RunRecord | BaseException) ->
                                                     outcome.val_curve])),
                        (Attr.FLOPS, outcome.flops), (Attr.WALL_TIME_S, outcome.wall_time_s),
                        (Attr.TOKENS_PER_S, outcome.tokens_per_s), (Attr.STEPS, outcome.steps),
-                       (Attr.TOKENS_SEEN, outcome.tokens_seen)):
+                       (Attr.TOKENS_SEEN, outcome.tokens_seen),
+                       (Attr.RESUMED_AT, json.dumps(list(outcome.resumed_at)))):
         storage.set_trial_user_attr(trial_id, key, value)
     return status
 
@@ -402,7 +407,8 @@ def mark_lost(storage, trial: optuna.trial.FrozenTrial) -> bool:
 def enqueue_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Enqueue a lost trial's exact parameters once more, keeping where it came from."""
     kept = {k: v for k, v in trial.user_attrs.items()
-            if k in (Attr.WIDTH, Attr.GRID_POINT, Attr.FROM_WIDTH, Attr.SEED, Attr.LADDER)}
+            if k in (Attr.WIDTH, Attr.GRID_POINT, Attr.FROM_WIDTH, Attr.SEED, Attr.LADDER,
+                     Attr.OFFSET, Attr.ROLE)}
     enqueue(study, trial.params, **kept, **{Attr.RETRY_OF: trial.number})
 
 
@@ -428,7 +434,8 @@ def trial_record(study_name: str, trial: optuna.trial.FrozenTrial) -> TrialRecor
         final_val_loss=attrs.get(Attr.FINAL_VAL_LOSS), val_curve=curve,
         flops=attrs.get(Attr.FLOPS, 0.0), wall_time_s=attrs.get(Attr.WALL_TIME_S, 0.0),
         tokens_per_s=attrs.get(Attr.TOKENS_PER_S, 0.0), retry_of=attrs.get(Attr.RETRY_OF),
-        seed=attrs.get(Attr.SEED), ladder=attrs.get(Attr.LADDER))
+        seed=attrs.get(Attr.SEED), ladder=attrs.get(Attr.LADDER),
+        resumed_at=tuple(json.loads(attrs.get(Attr.RESUMED_AT, "[]"))))
 
 
 def load_trials(name: str, storage: optuna.storages.BaseStorage | str | None = None,
@@ -502,3 +509,43 @@ def summarize(records: list[TrialRecord]) -> list[WidthSummary]:
             best_hparams=best.hparams if best else None,
             flops=sum(r.flops for r in rows), wall_time_s=sum(r.wall_time_s for r in rows)))
     return out
+
+
+class LiveRun(FrozenConfig):
+    """A run in progress, from its trial: the validation points it has reported so far."""
+
+    study: str  # the Optuna study: a width's, or a confirmation's (NAME.confirm.wWIDTH)
+    number: int
+    offset: float | None = None  # a confirmation run's LR offset
+    points: tuple[tuple[int, float], ...]  # (training tokens, validation loss), in order
+    tokens_planned: int | None = None
+
+
+def live_runs(name: str, storage: optuna.storages.BaseStorage | str | None = None
+              ) -> list[LiveRun]:
+    """Every running trial of study ``name``, its widths' and its confirmations', with the
+    validation curve it has written so far (what ``hptransfer status`` shows)."""
+    from optuna.trial import TrialState
+
+    storage = open_storage_arg(storage)
+    config = None
+    found = []
+    for summary in storage.get_all_studies():
+        match = _WIDTH_SUFFIX.match(summary.study_name)
+        if not match or match["name"] not in (name, f"{name}.confirm"):
+            continue
+        study_id = storage.get_study_id_from_name(summary.study_name)
+        for trial in storage.get_all_trials(study_id, deepcopy=False,
+                                            states=(TrialState.RUNNING,)):
+            attrs = trial.user_attrs
+            planned = None
+            if Attr.HPARAMS in attrs and Attr.SPEC in attrs:
+                config = config or load_config(name, storage)
+                per_step = (HParams.model_validate_json(attrs[Attr.HPARAMS]).batch_size
+                            * ModelSpec.model_validate_json(attrs[Attr.SPEC]).seq_len)
+                planned = config.budget.resolve_steps(tokens_per_step=per_step) * per_step
+            found.append(LiveRun(
+                study=summary.study_name, number=trial.number, offset=attrs.get(Attr.OFFSET),
+                points=tuple(sorted(trial.intermediate_values.items())),
+                tokens_planned=planned))
+    return found

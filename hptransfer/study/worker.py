@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from hptransfer.data.corpus import Corpus
     from hptransfer.study.ladder import Ladder
     from hptransfer.study.tune import WidthJob
+    from hptransfer.training.loop import EvalCallback
 
 __all__ = ["AUTO", "POLL_S", "LocalRunner", "Placement", "auto_placement", "record_run",
            "run_worker", "work", "work_ladder"]
@@ -56,14 +57,16 @@ POLL_S = 0.5  # how often a ladder worker looks for the next round while one is 
 def record_run(study: optuna.Study, trial: optuna.Trial, *, spec: ModelSpec,
                hparams: HParams, config: StudyConfig, corpus: Corpus, threads: int,
                attrs: tuple[tuple[str, Any], ...] = (), prune: bool = False,
-               trainer: Callable[[], RunRecord] | None = None) -> TrialRecord:
+               trainer: Callable[[EvalCallback], RunRecord] | None = None) -> TrialRecord:
     """Train ``spec``/``hparams`` as ``trial`` of ``study`` under a lease and record it.
 
     The one place a run becomes a trial (tune trials and confirmation runs alike). The
-    training is :func:`hptransfer.training.loop.train` in this process, or ``trainer`` when
-    the run is trained elsewhere (a Ray Train job: this process holds the lease while it
-    runs). An exception is recorded as the trial's error, never raised: it would only fail
-    again on a retry.
+    training is :func:`hptransfer.training.loop.train` in this process, or ``trainer(on_eval)``
+    when the run is trained another way (on a GPU, with checkpoints, as a Ray Train or
+    torchrun job: this process holds the lease while it runs). Every validation point is
+    reported to the trial as it comes (live progress for ``hptransfer status`` and
+    optuna-dashboard); with ``prune`` the study's pruner may stop the run there. An exception
+    is recorded as the trial's error, never raised: it would only fail again on a retry.
     """
     from hptransfer.training.loop import train
 
@@ -76,12 +79,12 @@ def record_run(study: optuna.Study, trial: optuna.Trial, *, spec: ModelSpec,
 
         def on_eval(point: CurvePoint) -> Verdict:
             trial.report(point.loss, point.tokens)
-            return Verdict.STOP if trial.should_prune() else Verdict.CONTINUE
+            return Verdict.STOP if prune and trial.should_prune() else Verdict.CONTINUE
 
         try:
-            outcome = trainer() if trainer is not None else train(
-                spec, hparams, config.budget, corpus, seed=seed,
-                on_eval=on_eval if prune else None, threads=threads)
+            outcome = trainer(on_eval) if trainer is not None else train(
+                spec, hparams, config.budget, corpus, seed=seed, on_eval=on_eval,
+                threads=threads)
         except Exception as error:
             outcome = error
         return finish_trial(study, trial, outcome)

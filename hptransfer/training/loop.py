@@ -111,7 +111,9 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
     started = time.perf_counter()
     execution = execution or Execution()
     ranks = Ranks.current()
-    sharded = ranks.parallel and execution.sharding is Sharding.FSDP
+    # FSDP2 wherever there is a process group, even of one rank (a one-GPU check of the
+    # sharded path); DDP only with two ranks or more
+    sharded = execution.sharding is Sharding.FSDP and _in_process_group()
     rows_per_worker(hparams.batch_size, ranks.size)  # refuse an uneven split before any work
     threads = resolve_threads(threads)
     torch.set_num_threads(threads)
@@ -136,7 +138,7 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
     # DDP all-reduces gradients during backward; FSDP2 shards `model` in place. Either way
     # the optimizer (built after sharding, as FSDP2 requires), clipping and evaluation work
     # on `model`, whose parameters keep their names and global shapes.
-    forward = distribute(model, execution.sharding, on) if ranks.parallel else model
+    forward = distribute(model, execution.sharding, on) if ranks.parallel or sharded else model
     if execution.compilation is Compilation.COMPILED:
         forward = torch.compile(forward)
     optimizer = build_optimizer(model, roles, spec, hparams)
@@ -231,6 +233,12 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
         resumed_at=resumed_at,
         spec=spec, hparams=hparams, budget=budget, seed=seed, corpus=corpus.describe(),
         parametrization=FORMULATION, provenance=collect(threads))
+
+
+def _in_process_group() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 def _downsample(losses: list[float], tokens_per_step: int) -> tuple[CurvePoint, ...]:
