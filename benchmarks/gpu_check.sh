@@ -50,7 +50,7 @@ step "1. throughput at widths $WIDTHS"
 "$PYTHON" - "$OUT/throughput.json" <<'EOF'
 import json, sys
 data = json.load(open(sys.argv[1]))
-print(f"{data['device']}: large bf16 matmul {data['matmul_tflops']:.0f} TFLOP/s")
+print(f"{data['device']}: large matmul {data['matmul_tflops']:.3g} TFLOP/s")
 for r in data["runs"]:
     nominal = r["mfu_nominal_peak"]
     print(f"  width {r['width']} {'compiled' if r['compiled'] else 'eager'}: "

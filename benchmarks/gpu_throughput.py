@@ -100,7 +100,7 @@ def main() -> None:
                           "nominal_tflops": nominal / 1e12 if nominal else None,
                           "runs": rows}, indent=2))
         return
-    print(f"{name}: large matmul {peak / 1e12:.0f} TFLOP/s"
+    print(f"{name}: large matmul {peak / 1e12:.3g} TFLOP/s"
           + (f", nominal {nominal / 1e12:.0f}" if nominal else ""))
     for r in rows:
         nominal_mfu = ("" if r["mfu_nominal_peak"] is None

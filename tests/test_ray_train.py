@@ -136,6 +136,27 @@ def test_indivisible_batch_is_refused_before_any_run(tuned):
     assert confirmation_study_name("tiny", 128) not in names
 
 
+def test_gpus_the_cluster_does_not_have_are_refused_before_any_run(tuned, ray_cluster,
+                                                                   tiny_study_config):
+    """The session's cluster has no GPU: Ray would queue a GPU job forever, so the confirm
+    and the tune refuse it, naming the flag and what the nodes have."""
+    from hptransfer.backends.ray_tune import RayOptions, RayTune
+    from hptransfer.errors import ConfigError
+    from hptransfer.study.search import Pruning
+
+    url = f"sqlite:///{tuned / 'local.db'}"
+    with pytest.raises(ConfigError, match=r"2 worker\(s\) × 1 GPU \(--gpus-per-worker\) do "
+                                          r"not fit on the Ray cluster .*: its 1 node\(s\) "
+                                          r"have 0 GPU"):
+        confirm(128, study="tiny", storage=url, offsets=OFFSETS, backend=Backend.RAY,
+                workers=2, gpus_per_worker=1, address=ray_cluster.address)
+    names = {s.study_name for s in optuna.get_all_study_summaries(url)}
+    assert confirmation_study_name("tiny", 128) not in names
+    runner = RayTune(RayOptions(address=ray_cluster.address, gpus_per_trial=0.25))
+    with pytest.raises(ConfigError, match=r"0.25 GPU \(--gpus-per-trial\) do not fit"):
+        runner.prepare(url, Pruning.NONE, SamplerKind.TPE)
+
+
 @pytest.fixture
 def runner(tmp_path, monkeypatch) -> CliRunner:
     monkeypatch.setenv("HPTRANSFER_HOME", str(tmp_path / "home"))
@@ -146,6 +167,12 @@ def runner(tmp_path, monkeypatch) -> CliRunner:
     (["--workers", "0"], "positive number of workers"),
     (["--cpus-per-worker", "2"], "apply only with --backend ray"),
     (["--backend", "ray", "--threads", "2"], "each worker trains with --cpus-per-worker"),
+    (["--gpus-per-worker", "1"], "apply only with --backend ray"),
+    (["--sharding", "fsdp"], "a local run is one process holding the whole model"),
+    (["--backend", "torchrun", "--workers", "2"], "every process torchrun starts"),
+    (["--backend", "torchrun"], "not started by torchrun"),
+    (["--checkpoint-minutes", "-1"], "--checkpoint-minutes must be 0"),
+    (["--device", "cuda"], "sees no CUDA GPU here"),
 ])
 def test_cli_refuses_flags_that_do_not_fit(runner, tuned, flags, message):
     pytest.importorskip("ray")  # --backend ray asks for Ray before it checks the flags

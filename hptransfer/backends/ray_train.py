@@ -160,10 +160,11 @@ def check_gpus(workers: int, per_worker: float, address: str | None = None,
     nodes = [float(n.get("Resources", {}).get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
     placeable = sum(int(gpus // per_worker + 1e-9) for gpus in nodes)
     if placeable < workers:
-        where = address or "this machine's"
+        where = f" at {address}" if address else ""
         raise ConfigError(
-            f"{workers} worker(s) × {per_worker:g} GPU ({flag}) do not fit on the Ray cluster at "
-            f"{where}: its nodes have {', '.join(f'{g:g}' for g in nodes) or 'no'} GPU(s); "
+            f"{workers} worker(s) × {per_worker:g} GPU ({flag}) do not fit on the Ray cluster"
+            f"{where}: its {len(nodes)} node(s) have {', '.join(f'{g:g}' for g in nodes)} "
+            f"GPU(s); "
             f"start Ray on GPU machines (ray start --num-gpus N), or ask for fewer workers "
             f"or a smaller {flag} (0: train on the CPU)")
 
