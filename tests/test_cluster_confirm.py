@@ -69,13 +69,15 @@ def tiny(tmp_path_factory, tiny_corpus, tiny_study_config) -> str:
     return _tune(tmp_path_factory.mktemp("torchrun"), tiny_study_config, tiny_corpus, "tiny")
 
 
-def test_a_torchrun_job_of_two_ranks_records_what_one_process_does(tiny, tmp_path):
-    by_torchrun, alone = _copy(tiny, "torchrun.db"), _copy(tiny, "alone.db")
+@pytest.mark.parametrize("sharding", ["replicate", "fsdp"])
+def test_a_torchrun_job_of_two_ranks_records_what_one_process_does(tiny, tmp_path, sharding):
+    by_torchrun, alone = _copy(tiny, f"{sharding}.db"), _copy(tiny, f"alone-{sharding}.db")
     home = tmp_path / "home"
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "hptransfer.cli", "confirm", "--target-width", "64", "--study", "tiny",
-         "--storage", by_torchrun, "--offsets", OFFSETS, "--backend", "torchrun", "--json"],
+         "--storage", by_torchrun, "--offsets", OFFSETS, "--backend", "torchrun",
+         "--sharding", sharding, "--json"],
         env=_env(home), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)  # rank 0 alone prints; the JSON is whole

@@ -8,6 +8,7 @@ same runs trained in this process.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -31,10 +32,12 @@ TOLERANCE = 1e-4  # relative: float rounding of a split mean, not a different co
 WIDE = ModelSpec(width=64, depth=2, head_dim=16, seq_len=32, base_width=32)
 WIDE_HPARAMS = HParams(batch_size=4, lr=2.0**-6, weight_decay=0.1)
 FSDP = Execution(sharding=Sharding.FSDP)
+# the Hugging Face families where transformers is installed (the dev extra has it)
+HF_MODELS = ("hf-llama", "hf-gpt2") if importlib.util.find_spec("transformers") else ()
 
 
-def _llama() -> ModelSpec:
-    return WIDE.model_copy(update={"model": "hf-llama"})
+def _hf(model: str) -> ModelSpec:
+    return WIDE.model_copy(update={"model": model})
 
 
 def _groups(spec: ModelSpec, sharding: Sharding | None) -> list[list]:
@@ -86,8 +89,9 @@ def _rank(rank: int, rendezvous: str, corpus_path: str, out: str) -> None:
         results["fsdp_groups"] = _groups(WIDE, Sharding.FSDP)
         results["fsdp"] = train(WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1,
                                 execution=FSDP).model_dump_json()
-        results["fsdp_llama"] = train(_llama(), WIDE_HPARAMS, BUDGET, corpus, threads=1,
-                                      execution=FSDP).model_dump_json()
+        for model in HF_MODELS:  # Hugging Face blocks, and GPT-2's tied embedding
+            results[f"fsdp_{model}"] = train(_hf(model), WIDE_HPARAMS, BUDGET, corpus,
+                                             threads=1, execution=FSDP).model_dump_json()
         # a kept checkpoint (the last one, after step 8 of 12) is what a killed run leaves;
         # training the same run again resumes from it, sharded and replicated
         for sharding in Sharding:
@@ -128,16 +132,20 @@ def _record(result: dict, case: str) -> RunRecord:
     return RunRecord.model_validate_json(result[case])
 
 
+def _same_curves(record: RunRecord, alone: RunRecord) -> None:
+    assert record.status is Status.COMPLETE
+    assert record.final_val_loss == pytest.approx(alone.final_val_loss, rel=TOLERANCE)
+    assert [p.loss for p in record.val_curve] == pytest.approx(
+        [p.loss for p in alone.val_curve], rel=TOLERANCE)
+    assert [p.loss for p in record.train_curve] == pytest.approx(
+        [p.loss for p in alone.train_curve], rel=TOLERANCE)
+
+
 def test_two_ranks_match_one_process(ranks, tiny_corpus):
     alone = train(SPEC, HPARAMS, BUDGET, tiny_corpus, threads=1)
     first, second = (_record(r, "plain") for r in ranks)
     for record in (first, second):
-        assert record.status is Status.COMPLETE
-        assert record.final_val_loss == pytest.approx(alone.final_val_loss, rel=TOLERANCE)
-        assert [p.loss for p in record.val_curve] == pytest.approx(
-            [p.loss for p in alone.val_curve], rel=TOLERANCE)
-        assert [p.loss for p in record.train_curve] == pytest.approx(
-            [p.loss for p in alone.train_curve], rel=TOLERANCE)
+        _same_curves(record, alone)
         # the global batch is counted, not one rank's share
         assert (record.steps, record.tokens_seen, record.flops) == (
             alone.steps, alone.tokens_seen, alone.flops)
@@ -163,15 +171,6 @@ def test_ranks_stop_together(ranks):
     assert diverged[0].reason == diverged[1].reason
 
 
-def _same_curves(record: RunRecord, alone: RunRecord) -> None:
-    assert record.status is Status.COMPLETE
-    assert record.final_val_loss == pytest.approx(alone.final_val_loss, rel=TOLERANCE)
-    assert [p.loss for p in record.val_curve] == pytest.approx(
-        [p.loss for p in alone.val_curve], rel=TOLERANCE)
-    assert [p.loss for p in record.train_curve] == pytest.approx(
-        [p.loss for p in alone.train_curve], rel=TOLERANCE)
-
-
 def test_sharding_keeps_the_mup_param_groups(ranks):
     """Every rank's optimizer over its FSDP2 shards has the unsharded model's groups: the
     same per-tensor LRs, λs and εs, over the same (global) number of parameters."""
@@ -181,13 +180,11 @@ def test_sharding_keeps_the_mup_param_groups(ranks):
         assert result["fsdp_groups"] == alone
 
 
-@pytest.mark.parametrize("case,spec", [("fsdp", WIDE), ("fsdp_llama", None)])
-def test_sharded_training_matches_one_process(ranks, tiny_corpus, case, spec):
+@pytest.mark.parametrize("model", ["builtin", *HF_MODELS])
+def test_sharded_training_matches_one_process(ranks, tiny_corpus, model):
     """FSDP2 on 2 gloo ranks (each holding half of every tensor) trains what one process
     trains: the losses agree within TOLERANCE, for the built-in and the Hugging Face family."""
-    if spec is None:
-        pytest.importorskip("transformers")
-        spec = _llama()
+    case, spec = ("fsdp", WIDE) if model == "builtin" else (f"fsdp_{model}", _hf(model))
     alone = train(spec, WIDE_HPARAMS, BUDGET, tiny_corpus, threads=1)
     first, second = (_record(r, case) for r in ranks)
     for record in (first, second):

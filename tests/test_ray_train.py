@@ -104,6 +104,11 @@ def test_ray_runs_are_recorded_like_local_runs(confirmed):
         same = ("width", "spec", "hparams", "corpus_hash", "offset", "predicted_lr", "role",
                 "status", "steps", "tokens_seen", "flops")
         assert {k: mine.user_attrs[k] for k in same} == {k: theirs.user_attrs[k] for k in same}
+        # the job's rank 0 wrote the live curve into the trial as it trained, like a local run
+        assert list(mine.intermediate_values) == list(theirs.intermediate_values)
+        assert list(mine.intermediate_values.values()) == pytest.approx(
+            list(theirs.intermediate_values.values()), rel=TOLERANCE)
+        assert mine.intermediate_values
     from hptransfer.confirmation.runs import load_confirmation
 
     assert load_confirmation("tiny", 64, ray_url).verdict is load_confirmation(

@@ -2,8 +2,9 @@
 
 :func:`train_on_ray` submits :func:`hptransfer.training.loop.train` through
 ``ray.train.torch.TorchTrainer``: Ray places the N workers, sets up their process group
-(gloo) and can restart the job after a worker dies (``max_failures``); the loop turns data
-parallel when it finds the process group (:mod:`hptransfer.training.ranks`), so the record is
+(gloo, or NCCL on GPUs) and can restart the job after a worker dies (``max_failures``); the
+loop turns data parallel when it finds the process group (:mod:`hptransfer.training.ranks`),
+so the record is
 the one a local run returns, up to float rounding. The workers get a
 :class:`~hptransfer.training.order.RunOrder` (spec, hparams, budget, seed, execution by
 value, the corpus by path). The caller records the run; rank 0 writes only the validation
@@ -57,7 +58,8 @@ class RayScaling(FrozenConfig):
     gpus_per_worker: float = Field(0.0, ge=0.0, description="GPUs per worker (a fraction "
                                                             "shares a card); 0: CPU, gloo")
     max_failures: int = Field(0, ge=-1, description="restarts after a worker fails (-1: "
-                                                    "no limit); a restart trains from step 0")
+                                                    "no limit); a restart resumes from the "
+                                                    "run's last checkpoint, if it has one")
 
 
 def train_on_ray(run: RunOrder, *, scaling: RayScaling | None = None, name: str = "run",
