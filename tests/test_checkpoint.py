@@ -166,3 +166,17 @@ def test_a_time_interval_saves_too(tmp_path, tiny_corpus, monkeypatch):
     assert record.ok
     saved = list(tmp_path.glob("*.pt"))
     assert len(saved) == 1 and os.path.getsize(saved[0]) > 0
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_what_the_eager_run_trains(tiny_corpus):
+    """torch.compile (inductor, on the CPU here: tens of seconds to compile) changes how the
+    step runs, not what it computes: the losses agree with eager ones to float rounding."""
+    from hptransfer.training.execution import Compilation
+
+    eager = train(SPEC, HPARAMS, BUDGET, tiny_corpus, threads=1)
+    compiled = train(SPEC, HPARAMS, BUDGET, tiny_corpus, threads=1,
+                     execution=Execution(compilation=Compilation.COMPILED))
+    assert compiled.ok
+    assert [p.loss for p in compiled.val_curve] == pytest.approx(
+        [p.loss for p in eager.val_curve], rel=1e-3)

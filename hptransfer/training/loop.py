@@ -119,7 +119,11 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
     torch.set_num_threads(threads)
     on = resolve_device(device)
     if on.type == "cuda":
-        torch.cuda.set_device(on)  # NCCL and FSDP2 use the current device of each rank
+        # "cuda" alone is the current card (a Ray trial's only visible one); NCCL and FSDP2
+        # use each rank's current device, and set_device needs an index
+        on = torch.device("cuda", on.index if on.index is not None
+                          else torch.cuda.current_device())
+        torch.cuda.set_device(on)
     corpus = corpus if corpus is not None else load_corpus()
     if corpus.vocab_size > spec.vocab:
         raise ConfigError(
