@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,43 @@ def test_a_damaged_sqlite_file_is_reported_and_never_modified(how, message, comm
     if how != "header":
         assert ".recover" in result.output  # the recovery step
     assert digest(path) == before
+
+
+_HALF_WRITTEN = """
+import os, signal, sqlite3, sys
+connection = sqlite3.connect(sys.argv[1])
+connection.execute("PRAGMA cache_size=1")  # spill pages into the file mid-transaction
+connection.execute("BEGIN")
+connection.execute("CREATE TABLE scratch (x TEXT)")
+for _ in range(2000):
+    connection.execute("INSERT INTO scratch VALUES (?)", ("y" * 500,))
+os.kill(os.getpid(), signal.SIGKILL)  # the transaction is left half-written on disk
+"""
+
+
+@pytest.mark.parametrize("command", ["status", "tune"])
+def test_a_transaction_a_killed_process_left_is_rolled_back_not_called_corrupt(
+        command, study, tmp_path, text_file):
+    """A process killed inside a write transaction leaves a hot journal beside the file.
+    Every command opens the storage as SQLite's crash recovery does (rolling the unfinished
+    transaction back), never as a corruption: a kill -9 mid-write costs nothing committed."""
+    path = tmp_path / "s.db"
+    path.write_bytes(study.read_bytes())
+    killed = subprocess.run([sys.executable, "-c", _HALF_WRITTEN, str(path)], timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    assert path.with_name("s.db-journal").stat().st_size > 0  # hot: the case under test
+    expected = run(["status", "--study", "s", "--storage", str(study), "--json"],
+                   code=0).output
+    args = {"status": ["status", "--study", "s", "--storage", str(path), "--json"],
+            "tune": tune_args(text_file, str(path))}[command]
+    result = run(args, code=0)
+    if command == "status":
+        assert result.output == expected
+    import sqlite3
+
+    tables = {row[0] for row in sqlite3.connect(path).execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "scratch" not in tables  # rolled back to what was committed
 
 
 @pytest.mark.parametrize("storage, message", [

@@ -183,7 +183,12 @@ def _check_place(path: Path, access: Access, kind: str) -> None:
 
 
 def _check_sqlite(path: Path) -> None:
-    """An existing file is SQLite and intact; checked read-only, never modified."""
+    """An existing file is SQLite and intact; checked read-only, never modified — except
+    that a transaction a killed process left half-written (a *hot journal* beside the file)
+    is rolled back first, as SQLite does for the first connection that may write: the file
+    then holds exactly what was last committed. A read-only connection cannot do that
+    rollback, and would call an intact file unreadable ("attempt to write a readonly
+    database")."""
     import sqlite3
 
     with open(path, "rb") as handle:
@@ -196,8 +201,16 @@ def _check_sqlite(path: Path) -> None:
                            f"path")
     recover = (f"it was not modified. Recover what it holds with: sqlite3 {path} .recover "
                f"| sqlite3 {path.with_suffix('.recovered.db')}, or restore a backup")
+    journal = path.with_name(f"{path.name}-journal")
+    hot = journal.exists() and journal.stat().st_size > 0
+    if hot and not os.access(path, os.W_OK):
+        raise StorageError(f"the storage {path} holds a transaction a killed process left "
+                           f"unfinished ({journal.name} beside it), and rolling it back needs "
+                           f"write access to the file: make it writable, or copy both files "
+                           f"somewhere writable and give --storage the copy")
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+        connection = sqlite3.connect(f"file:{path}?mode={'rw' if hot else 'ro'}", uri=True,
+                                     timeout=60)
         try:
             result = [row[0] for row in connection.execute("PRAGMA quick_check")]
         finally:
