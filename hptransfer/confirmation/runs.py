@@ -119,13 +119,19 @@ class _Placement(NamedTuple):
     storage_url: str | None = None  # where a Ray job's rank 0 writes its live curve
 
     @property
+    def backend(self) -> Backend:
+        return (Backend.RAY if self.ray is not None else
+                Backend.TORCHRUN if self.torchrun is not None else Backend.LOCAL)
+
+    @property
+    def workers(self) -> int:
+        """Data-parallel workers of each run."""
+        return (self.ray.workers if self.ray is not None else
+                self.torchrun.ranks.size if self.torchrun is not None else 1)
+
+    @property
     def attrs(self) -> tuple[tuple[str, Any], ...]:
-        if self.ray is not None:
-            return ((Attr.BACKEND, Backend.RAY.value), (Attr.WORKERS, self.ray.workers))
-        if self.torchrun is not None:
-            return ((Attr.BACKEND, Backend.TORCHRUN.value),
-                    (Attr.WORKERS, self.torchrun.ranks.size))
-        return ((Attr.BACKEND, Backend.LOCAL.value), (Attr.WORKERS, 1))
+        return ((Attr.BACKEND, self.backend.value), (Attr.WORKERS, self.workers))
 
 
 def _run_one(optuna_study, trial, hparams: HParams, attrs: tuple[tuple[str, Any], ...], spec,
@@ -135,15 +141,17 @@ def _run_one(optuna_study, trial, hparams: HParams, attrs: tuple[tuple[str, Any]
     the lease and writes the record)."""
     from hptransfer.study.ledger import trial_seed
     from hptransfer.study.worker import record_run
-    from hptransfer.training.loop import train
     from hptransfer.training.order import RunOrder
 
-    order = RunOrder(spec=spec, hparams=hparams, budget=config.budget,
-                     seed=trial_seed(trial.user_attrs, config), data=config.data,
-                     corpus_hash=config.corpus_hash, execution=placement.execution)
+    trainer = None
+    if placement.backend is not Backend.LOCAL:
+        order = RunOrder(spec=spec, hparams=hparams, budget=config.budget,
+                         seed=trial_seed(trial.user_attrs, config), data=config.data,
+                         corpus_hash=config.corpus_hash, execution=placement.execution)
 
-    def trainer(on_eval):
-        if placement.ray is not None:
+        def trainer(on_eval):
+            if placement.torchrun is not None:
+                return placement.torchrun.train(order, on_eval)
             from hptransfer.backends.ray_train import Progress, train_on_ray
 
             progress = (Progress(storage=placement.storage_url, trial_id=trial._trial_id)
@@ -151,14 +159,10 @@ def _run_one(optuna_study, trial, hparams: HParams, attrs: tuple[tuple[str, Any]
             return train_on_ray(order, scaling=placement.ray, address=placement.address,
                                 name=f"{optuna_study.study_name}.t{trial.number}",
                                 progress=progress)
-        if placement.torchrun is not None:
-            return placement.torchrun.trainer()(order, on_eval)
-        return train(spec, hparams, config.budget, corpus, seed=order.seed, on_eval=on_eval,
-                     threads=placement.threads, device=placement.device,
-                     execution=placement.execution)
 
     record_run(optuna_study, trial, spec=spec, hparams=hparams, config=config, corpus=corpus,
-               threads=placement.threads, attrs=(*attrs, *placement.attrs), trainer=trainer)
+               threads=placement.threads, attrs=(*attrs, *placement.attrs),
+               device=placement.device, execution=placement.execution, trainer=trainer)
 
 
 def _placement(backend: Backend, *, threads: int | None, workers: int | str, width: int,
@@ -331,18 +335,16 @@ def _confirm(target_width: int, *, study: str, storage: Any, offsets: tuple[floa
         spec = type(spec).model_validate({**spec.model_dump(), "precision": precision})
     target = family_of(spec)
     target.check(spec)  # a target the family cannot build fails here, not 5 times
-    if placement.ray is None and placement.torchrun is None:  # (a rank checks its own share)
+    if placement.backend is Backend.LOCAL:  # (a rank checks its own share)
         check_memory(target.parameter_count(spec, embedding=True),
                      resolve_device(placement.device), f"the target model at width {target_width}")
-    if placement.torchrun is not None:
+    if placement.backend is not Backend.LOCAL:  # before any run
         from hptransfer.training.ranks import rows_per_worker
 
-        rows_per_worker(predicted.batch_size, placement.torchrun.ranks.size)
+        rows_per_worker(predicted.batch_size, placement.workers)
     if placement.ray is not None:
         from hptransfer.backends.cluster import check_shared_storage, connect
-        from hptransfer.training.ranks import rows_per_worker
 
-        rows_per_worker(predicted.batch_size, placement.ray.workers)  # before any run
         connect(placement.address)
         if url is not None:
             check_shared_storage(url, placement.address)

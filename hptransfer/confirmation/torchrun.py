@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 from typing import NamedTuple
 
 from hptransfer.errors import ConfigError
@@ -43,14 +42,10 @@ class TorchrunJob(NamedTuple):
     device: str  # this rank's: cuda:LOCAL_RANK, or cpu
     threads: int
 
-    def trainer(self) -> Callable[[RunOrder, object], RunRecord]:
-        """Rank 0's way to train a run: send the order to the other ranks, then train."""
-
-        def train(order: RunOrder, on_eval) -> RunRecord:
-            self.ranks.shared_text(order.model_dump_json())
-            return order.train(threads=self.threads, device=self.device, on_eval=on_eval)
-
-        return train
+    def train(self, order: RunOrder, on_eval=None) -> RunRecord:
+        """Rank 0: send the order to the other ranks, then train this rank's share."""
+        self.ranks.shared_text(order.model_dump_json())
+        return order.train(threads=self.threads, device=self.device, on_eval=on_eval)
 
 
 def join(device: str | None = None, threads: int | None = None) -> TorchrunJob:

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from hptransfer.data.corpus import Corpus
     from hptransfer.study.ladder import Ladder
     from hptransfer.study.tune import WidthJob
+    from hptransfer.training.execution import Execution
     from hptransfer.training.loop import EvalCallback
 
 __all__ = ["AUTO", "POLL_S", "LocalRunner", "Placement", "auto_placement", "record_run",
@@ -57,12 +58,13 @@ POLL_S = 0.5  # how often a ladder worker looks for the next round while one is 
 def record_run(study: optuna.Study, trial: optuna.Trial, *, spec: ModelSpec,
                hparams: HParams, config: StudyConfig, corpus: Corpus, threads: int,
                attrs: tuple[tuple[str, Any], ...] = (), prune: bool = False,
+               device: str | None = None, execution: Execution | None = None,
                trainer: Callable[[EvalCallback], RunRecord] | None = None) -> TrialRecord:
     """Train ``spec``/``hparams`` as ``trial`` of ``study`` under a lease and record it.
 
     The one place a run becomes a trial (tune trials and confirmation runs alike). The
-    training is :func:`hptransfer.training.loop.train` in this process, or ``trainer(on_eval)``
-    when the run is trained another way (on a GPU, with checkpoints, as a Ray Train or
+    training is :func:`hptransfer.training.loop.train` in this process (on ``device``, with
+    ``execution``), or ``trainer(on_eval)`` when the run is trained elsewhere (a Ray Train or
     torchrun job: this process holds the lease while it runs). Every validation point is
     reported to the trial as it comes (live progress for ``hptransfer status`` and
     optuna-dashboard); with ``prune`` the study's pruner may stop the run there. An exception
@@ -84,7 +86,7 @@ def record_run(study: optuna.Study, trial: optuna.Trial, *, spec: ModelSpec,
         try:
             outcome = trainer(on_eval) if trainer is not None else train(
                 spec, hparams, config.budget, corpus, seed=seed, on_eval=on_eval,
-                threads=threads)
+                threads=threads, device=device, execution=execution)
         except Exception as error:
             outcome = error
         return finish_trial(study, trial, outcome)

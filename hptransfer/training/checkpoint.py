@@ -75,12 +75,15 @@ class Checkpointer:
         self._last_step, self._last_time = 0, time.monotonic()
 
     def due(self, step: int) -> bool:
-        """Whether to save after ``step`` (rank 0's clock decides for every rank)."""
+        """Whether to save after ``step``. Steps are the same on every rank; clocks are not,
+        so with a time interval rank 0's decides for all (one tiny broadcast a step)."""
         policy = self.policy
-        by_steps = policy.every_steps is not None and step - self._last_step >= policy.every_steps
-        by_time = (policy.every_minutes is not None
-                   and time.monotonic() - self._last_time >= 60 * policy.every_minutes)
-        return bool(self.ranks.shared(float(by_steps or by_time)))
+        if policy.every_steps is not None and step - self._last_step >= policy.every_steps:
+            return True
+        if policy.every_minutes is None:
+            return False
+        late = time.monotonic() - self._last_time >= 60 * policy.every_minutes
+        return bool(self.ranks.shared(float(late)))
 
     def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              state: LoopState) -> None:

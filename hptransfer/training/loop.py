@@ -34,7 +34,7 @@ from hptransfer.training.checkpoint import Checkpointer, LoopState, fingerprint
 from hptransfer.training.device import autocast, check_memory, resolve_device, resolve_threads
 from hptransfer.training.execution import Compilation, Execution, Sharding
 from hptransfer.training.optimizer import build_optimizer
-from hptransfer.training.ranks import Ranks, distribute, rows_per_worker
+from hptransfer.training.ranks import Ranks, distribute, in_process_group, rows_per_worker
 from hptransfer.training.schedule import lr_factor
 
 __all__ = ["EvalCallback", "evaluate", "token_loss", "train"]
@@ -113,7 +113,7 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
     ranks = Ranks.current()
     # FSDP2 wherever there is a process group, even of one rank (a one-GPU check of the
     # sharded path); DDP only with two ranks or more
-    sharded = execution.sharding is Sharding.FSDP and _in_process_group()
+    sharded = execution.sharding is Sharding.FSDP and in_process_group()
     rows_per_worker(hparams.batch_size, ranks.size)  # refuse an uneven split before any work
     threads = resolve_threads(threads)
     torch.set_num_threads(threads)
@@ -237,12 +237,6 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
         resumed_at=resumed_at,
         spec=spec, hparams=hparams, budget=budget, seed=seed, corpus=corpus.describe(),
         parametrization=FORMULATION, provenance=collect(threads))
-
-
-def _in_process_group() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()
 
 
 def _downsample(losses: list[float], tokens_per_step: int) -> tuple[CurvePoint, ...]:

@@ -18,7 +18,7 @@ import torch
 from hptransfer.errors import ConfigError
 from hptransfer.training.execution import Sharding
 
-__all__ = ["Ranks", "distribute", "rows_per_worker"]
+__all__ = ["Ranks", "distribute", "in_process_group", "rows_per_worker"]
 
 
 def rows_per_worker(batch_size: int, workers: int) -> int:
@@ -43,7 +43,7 @@ class Ranks(NamedTuple):
     def current(cls) -> Ranks:
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if in_process_group() and dist.get_world_size() > 1:
             return cls(dist.get_rank(), dist.get_world_size())
         return cls(0, 1)
 
@@ -95,6 +95,13 @@ class Ranks(NamedTuple):
         if length:
             dist.broadcast(message, src=0)
         return message.cpu().numpy().tobytes().decode()
+
+
+def in_process_group() -> bool:
+    """Whether this process belongs to a torch.distributed process group (of any size)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 def _wire() -> torch.device:
