@@ -27,7 +27,8 @@ from hptransfer.provenance import collect
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
 from hptransfer.study.config import PROXY_SPEC, study_config
-from hptransfer.study.ledger import TrialStatus, load_trials
+from hptransfer.study.records import load_trials
+from hptransfer.study.schema import TrialStatus
 from hptransfer.study.search import WarmStart
 from hptransfer.study.tune import tune
 

@@ -46,7 +46,8 @@ from hptransfer.report.files import write_atomic
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
 from hptransfer.study.config import PROXY_SPEC, StudyConfig, study_config
-from hptransfer.study.ledger import TrialStatus, load_trials
+from hptransfer.study.records import load_trials
+from hptransfer.study.schema import TrialStatus
 from hptransfer.study.search import SamplerKind, WarmStart
 from hptransfer.study.tune import tune
 
@@ -78,7 +79,7 @@ def _same_grid(config: StudyConfig, name: str, storage) -> StudyConfig:
     """The recorded grid's config when it differs from ``config`` only in the base LR (the
     grid searches the LR, so its base value is never used): a new prediction with the same
     λ and batch reuses the grid instead of paying for it again."""
-    from hptransfer.study.ledger import load_config, study_names
+    from hptransfer.study.attributes import load_config, study_names
 
     if name not in study_names(storage):
         return config

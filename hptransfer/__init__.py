@@ -34,8 +34,8 @@ _EXPORTS = {
     "coord_check": "hptransfer.checks.coord_check",
     "StudyConfig": "hptransfer.study.config",
     "study_config": "hptransfer.study.config",
-    "load_trials": "hptransfer.study.ledger",
-    "summarize": "hptransfer.study.ledger",
+    "load_trials": "hptransfer.study.records",
+    "summarize": "hptransfer.study.records",
     "LocalRunner": "hptransfer.study.worker",
     "TuneResult": "hptransfer.study.tune",
     "tune": "hptransfer.study.tune",
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from hptransfer.space import SearchSpace
     from hptransfer.spec import ModelSpec, Parametrization, Precision
     from hptransfer.study.config import StudyConfig, study_config
-    from hptransfer.study.ledger import load_trials, summarize
+    from hptransfer.study.records import load_trials, summarize
     from hptransfer.study.tune import TuneResult, tune
     from hptransfer.study.worker import LocalRunner
     from hptransfer.training.loop import train

@@ -81,7 +81,8 @@ def test_a_factory_file_goes_through_tune_predict_confirm_and_param_groups(
     model = f"{NANOGPT}:make_model"
     storage = tmp_path / "s.db"
     invoke(tune_args(model, storage, text_file))
-    from hptransfer.study.ledger import load_config, load_trials
+    from hptransfer.study.attributes import load_config
+    from hptransfer.study.records import load_trials
 
     config = load_config("mine", str(storage))
     assert config.spec.model == model and config.roles_digest.startswith("sha256:")

@@ -20,12 +20,10 @@ from hptransfer.confirmation.verdict import (
     ConfirmationVerdict,
     judge,
 )
-from hptransfer.study.ledger import (
-    TrialStatus,
-    confirmation_study_name,
-    load_trials,
-    study_names,
-)
+from hptransfer.study.attributes import study_names
+from hptransfer.study.names import confirmation_study_name
+from hptransfer.study.records import load_trials
+from hptransfer.study.schema import TrialStatus
 from hptransfer.study.search import SamplerKind
 
 OFFSETS = (-1.0, 0.0, 1.0)

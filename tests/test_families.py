@@ -145,8 +145,9 @@ def test_a_hugging_face_model_goes_from_tune_to_param_groups(hf, tiny_corpus, te
     """tune → predict → confirm → param groups for the full-size model, in one storage."""
     from hptransfer.confirmation.runs import confirm
     from hptransfer.space import SearchSpace
+    from hptransfer.study.attributes import confirmation_widths
     from hptransfer.study.config import study_config
-    from hptransfer.study.ledger import confirmation_widths, load_trials
+    from hptransfer.study.records import load_trials
     from hptransfer.study.tune import tune
     from hptransfer.study.worker import LocalRunner
     from hptransfer.transfer import predict_hparams

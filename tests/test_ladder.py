@@ -21,11 +21,13 @@ from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
 from hptransfer.study.config import StudyConfig
 from hptransfer.study.ladder import Ladder, Step, prior_from
-from hptransfer.study.ledger import TrialRecord, TrialStatus, load_trials
 from hptransfer.study.optimum import seed_noise
+from hptransfer.study.records import load_trials
+from hptransfer.study.runner import auto_placement
+from hptransfer.study.schema import TrialRecord, TrialStatus
 from hptransfer.study.search import Pruning, SamplerKind, WarmStart
 from hptransfer.study.tune import tune
-from hptransfer.study.worker import LocalRunner, auto_placement
+from hptransfer.study.worker import LocalRunner
 
 # ---- the planner on synthetic bowls -----------------------------------------------------------
 
@@ -271,8 +273,8 @@ weight_decay = "off"
 batch_sizes = "off"
 
 [budget]
-steps = 4
-eval_every = 2
+steps = 24
+eval_every = 12
 eval_tokens = 1024
 """)
 
@@ -281,19 +283,22 @@ eval_tokens = 1024
                 "--data", text_file, "--widths", "32", "--trials", "8", "--study", "k",
                 "--storage", str(db), "--workers", "1", "--threads", "1", "--json"]
 
-    env = {**os.environ, "HPTRANSFER_GRACE_S": "2", "HPTRANSFER_HEARTBEAT_S": "0.5"}
+    # the default lease timing: a killed process's trial is retried at once, with no grace
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HPTRANSFER_GRACE")}
     reference, db = tmp_path / "ref.db", tmp_path / "k.db"
     subprocess.run(command(reference), env=env, check=True, stdout=subprocess.DEVNULL,
                    timeout=300)
     process = subprocess.Popen(command(db), env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     deadline, done = time.time() + 120, []
-    while time.time() < deadline and len(done) < 3:
-        time.sleep(0.1)
+    while time.time() < deadline and len(done) < 3 and process.poll() is None:
+        time.sleep(0.05)
         try:
             done = [r for r in load_trials("k", str(db)) if r.finished]
         except Exception:  # not created yet
             continue
+    process.send_signal(signal.SIGSTOP)  # frozen where it is: what it finished is final
+    done = [r for r in load_trials("k", str(db)) if r.finished]
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert 3 <= len(done) < len(load_trials("k", str(reference)))  # killed mid-width
@@ -309,11 +314,12 @@ def test_a_follower_without_a_planner_says_what_to_run(lr_config, tiny_corpus, t
                                                        monkeypatch):
     from hptransfer.study import worker
 
-    monkeypatch.setattr(worker, "GRACE_S", 0.5)
+    monkeypatch.setenv("HPTRANSFER_GRACE_S", "1")
+    monkeypatch.setenv("HPTRANSFER_HEARTBEAT_S", "0.2")
     url = f"sqlite:///{tmp_path / 's.db'}"
     tune(lr_config, study="f", widths=(32,), trials=3, storage=url, corpus=tiny_corpus,
          runner=LocalRunner(workers=1, threads=1))
-    with pytest.raises(StudyError, match="no tune is planning it"):
+    with pytest.raises(StudyError, match="no tune has planned it in 1 s"):
         # the width is done; a fresh follower on a new width with no planner waits, then says
         worker.run_worker("f", 64, lr_config, url, tiny_corpus, trials=3,
                           sampler=SamplerKind.LADDER, threads=1)

@@ -24,7 +24,8 @@ from click.testing import CliRunner
 from processes import PID_ATTR, wait_for_another_worker
 
 from hptransfer.cli import main
-from hptransfer.study.ledger import TrialStatus, load_trials
+from hptransfer.study.records import load_trials
+from hptransfer.study.schema import TrialStatus
 from hptransfer.study.storage import open_storage
 
 GRID = [2.0**-8, 2.0**-6, 2.0**-4]  # the warm-start grid of --lr-range 2^-8,2^-4

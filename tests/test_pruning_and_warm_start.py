@@ -13,8 +13,10 @@ from hptransfer.cli import main
 from hptransfer.hparams import HParams
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
+from hptransfer.study.attributes import load_config
 from hptransfer.study.config import StudyConfig
-from hptransfer.study.ledger import TrialStatus, load_config, load_trials
+from hptransfer.study.records import load_trials
+from hptransfer.study.schema import TrialStatus
 from hptransfer.study.search import Pruning, SamplerKind, WarmStart, warm_start_lrs
 from hptransfer.study.tune import tune
 from hptransfer.study.worker import LocalRunner

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from hptransfer.errors import StudyError
-from hptransfer.study.ledger import load_trials
+from hptransfer.study.records import load_trials
 
 RAY_DIR = Path(__file__).resolve().parent.parent / "integrations" / "ray"
 TINY_TOML = "[hparams]\nbatch_size = 4\n\n[budget]\neval_every = 2\neval_tokens = 1024\n"

@@ -21,7 +21,8 @@ from click.testing import CliRunner
 from hptransfer.backends import Backend
 from hptransfer.cli import main
 from hptransfer.confirmation.runs import confirm
-from hptransfer.study.ledger import TrialStatus, confirmation_study_name
+from hptransfer.study.names import confirmation_study_name
+from hptransfer.study.schema import TrialStatus
 from hptransfer.study.search import SamplerKind
 
 OFFSETS = (-1.0, 0.0, 1.0)

@@ -21,7 +21,8 @@ from hptransfer.backends.ray_tune import RayOptions, RayTune, Scheduler
 from hptransfer.budget import Budget
 from hptransfer.errors import StudyError
 from hptransfer.study.config import StudyConfig
-from hptransfer.study.ledger import TrialStatus, load_trials
+from hptransfer.study.records import load_trials
+from hptransfer.study.schema import TrialStatus
 from hptransfer.study.search import SamplerKind
 from hptransfer.study.storage import open_storage
 from hptransfer.study.tune import tune

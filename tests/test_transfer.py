@@ -22,8 +22,9 @@ from hptransfer.cli import main
 from hptransfer.hparams import HParams, WeightDecay
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
+from hptransfer.study.attributes import CONFIG_ATTR
 from hptransfer.study.config import StudyConfig
-from hptransfer.study.ledger import CONFIG_ATTR, TrialRecord, TrialStatus
+from hptransfer.study.schema import TrialRecord, TrialStatus
 from hptransfer.study.search import SamplerKind
 from hptransfer.transfer import (
     HORIZON_EXPONENT,

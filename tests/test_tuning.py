@@ -35,15 +35,11 @@ from hptransfer.errors import StudyError
 from hptransfer.hparams import HParams
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
+from hptransfer.study.attributes import load_config, study_names
 from hptransfer.study.config import StudyConfig
-from hptransfer.study.ledger import (
-    TrialRecord,
-    TrialStatus,
-    load_config,
-    load_trials,
-    study_names,
-    width_study_name,
-)
+from hptransfer.study.names import width_study_name
+from hptransfer.study.records import load_trials
+from hptransfer.study.schema import TrialRecord, TrialStatus
 from hptransfer.study.search import SamplerKind, WarmStart
 from hptransfer.study.storage import normalize, open_storage
 from hptransfer.study.tune import tune
@@ -265,11 +261,18 @@ def test_kill_9_mid_trial_then_resume(runner, text_file, tiny_toml, tmp_path, ho
                 + (tmp_path / "first.err").read_text())
             assert time.monotonic() < deadline, "no trial completed within 90 s"
             trials = _trials_if_ready(db, "k.w64") or []
-            complete = {t.number: t.value for t in trials if t.state is TrialState.COMPLETE}
-            if complete and any(t.state is TrialState.RUNNING and PID_ATTR in t.system_attrs
-                                for t in trials):
-                os.kill(process.pid, signal.SIGKILL)
-                break
+            if any(t.state is TrialState.COMPLETE for t in trials):
+                # frozen first, then looked at again: a trial it finishes between the look
+                # and the kill would leave none running (it raced the test before)
+                os.kill(process.pid, signal.SIGSTOP)
+                trials = _trials_if_ready(db, "k.w64")
+                complete = {t.number: t.value for t in trials
+                            if t.state is TrialState.COMPLETE}
+                if any(t.state is TrialState.RUNNING and PID_ATTR in t.system_attrs
+                       for t in trials):
+                    os.kill(process.pid, signal.SIGKILL)
+                    break
+                os.kill(process.pid, signal.SIGCONT)
             time.sleep(0.05)
     finally:
         if process.poll() is None:

@@ -1,4 +1,4 @@
-"""Tune trials on a Ray cluster: Ray Tune runs them, Optuna chooses them, the ledger records.
+"""Tune trials on a Ray cluster: Ray Tune runs them, Optuna chooses them, the lifecycle records.
 
 :class:`RayTune` is a :class:`~hptransfer.study.tune.TrialRunner`: ``tune(config,
 runner=RayTune(RayOptions(...)))`` (``hptransfer tune --backend ray``) runs the same study as
@@ -24,6 +24,7 @@ import contextlib
 import math
 import sys
 import time
+import warnings
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -33,23 +34,15 @@ from hptransfer.backends import Backend
 from hptransfer.backends.cluster import check_shared_storage, connect, require_ray
 from hptransfer.errors import StudyError
 from hptransfer.spec import FrozenConfig
+from hptransfer.study.attributes import mark_ladder_done
 from hptransfer.study.config import StudyConfig
-from hptransfer.study.ledger import (
-    Attr,
-    TrialStatus,
-    enqueue,
-    finished_count,
-    mark_ladder_done,
-    recorded_state,
-    running_count,
-    trial_record,
-    waiting_count,
-    write_status,
-)
+from hptransfer.study.lifecycle import enqueue, write_status
+from hptransfer.study.records import finished_count, records_of, running_count, waiting_count
+from hptransfer.study.schema import Attr, TrialStatus, recorded_state, trial_record
 from hptransfer.study.search import Pruning, SamplerKind, make_sampler
 
 if TYPE_CHECKING:
-    from hptransfer.study.tune import WidthJob
+    from hptransfer.study.runner import WidthJob
 
 __all__ = ["RayOptions", "RayTune", "Scheduler"]
 
@@ -88,13 +81,14 @@ def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
     """One trial, in a Ray worker: train it and record it into the Optuna trial (module
     docstring). Exceptions are recorded, not raised: a deterministic error would only fail
     again on every retry."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from ray import tune as ray_tune
 
     from hptransfer.data.corpus import check_hash, load_corpus
     from hptransfer.record import CurvePoint, Verdict
     from hptransfer.study.config import check_roles
     from hptransfer.study.leases import record_worker
-    from hptransfer.study.ledger import trial_seed, write_inputs, write_outcome
+    from hptransfer.study.lifecycle import trial_seed, write_inputs, write_outcome
     from hptransfer.study.storage import Access, open_storage
     from hptransfer.training.loop import train
 
@@ -107,7 +101,10 @@ def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
     seed = trial_seed(storage.get_trial_user_attrs(trial_id), config)
 
     def on_eval(point: CurvePoint) -> Verdict:
-        storage.set_trial_intermediate_value(trial_id, point.tokens, point.loss)
+        try:
+            storage.set_trial_intermediate_value(trial_id, point.tokens, point.loss)
+        except UpdateFinishedTrialError:  # taken over (the driver's lease lapsed): stop
+            return Verdict.STOP
         ray_tune.report({METRIC: point.loss, "tokens": point.tokens, "final": False})
         return Verdict.CONTINUE
 
@@ -124,7 +121,10 @@ def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
                         on_eval=on_eval, threads=job["threads"], device=job["device"])
     except Exception as error:
         outcome = error
-    write_outcome(storage, trial_id, outcome)
+    try:
+        write_outcome(storage, trial_id, outcome)
+    except UpdateFinishedTrialError:
+        pass  # taken over: the driver says so, and the trial's retry records the run
     loss = getattr(outcome, "final_val_loss", None)
     ray_tune.report({METRIC: math.inf if loss is None else loss, "final": True,
                      "tokens": getattr(outcome, "tokens_seen", 0)})
@@ -136,7 +136,8 @@ def _searcher(job: WidthJob, sampler):
     from optuna.trial import TrialState
     from ray.tune.search.optuna import OptunaSearch
 
-    from hptransfer.study.leases import Heartbeat
+    from hptransfer.study.leases import Heartbeat, LeaseWarning
+    from hptransfer.study.lifecycle import TakenOver
 
     study, config = job.study, job.config
 
@@ -178,6 +179,21 @@ def _searcher(job: WidthJob, sampler):
             storage, tid = study._storage, ot_trial._trial_id
             lease = self._leases.pop(trial_id, None)
             try:
+                told = self._tell(ot_trial, result, error, trial_id)
+            finally:
+                if lease is not None:
+                    lease.stop()
+                self._completed_trials.add(trial_id)
+            if told and self._on_trial is not None:
+                self._on_trial(trial_record(study.study_name, storage.get_trial(tid)))
+
+        def _tell(self, ot_trial, result: dict | None, error: bool, trial_id: str) -> bool:
+            """Tell the state the worker recorded (or the error, or ASHA's stop); False
+            when another worker took the trial over meanwhile: its run is superseded."""
+            from optuna.exceptions import UpdateFinishedTrialError
+
+            storage, tid = study._storage, ot_trial._trial_id
+            try:
                 recorded = recorded_state(storage.get_trial(tid))
                 if result and result.get("final") and recorded is not None:
                     state, value = recorded
@@ -192,12 +208,13 @@ def _searcher(job: WidthJob, sampler):
                                  f"stopped by ASHA at {tokens} tokens")
                     state, value = TrialState.PRUNED, None
                 self._ot_study.tell(ot_trial, value, state=state)
-            finally:
-                if lease is not None:
-                    lease.stop()
-                self._completed_trials.add(trial_id)
-            if self._on_trial is not None:
-                self._on_trial(trial_record(study.study_name, storage.get_trial(tid)))
+            except (UpdateFinishedTrialError, ValueError):  # ValueError: "Cannot tell a FAIL"
+                if storage.get_trial(tid).state is TrialState.RUNNING:
+                    raise
+                warnings.warn(str(TakenOver(study.study_name, ot_trial.number)),
+                              LeaseWarning, stacklevel=1)
+                return False
+            return True
 
         # Ray checkpoints its experiment by pickling the searcher (storage engine, lease
         # threads). Not needed: the Optuna storage is the record, and a re-run resumes from it.
@@ -244,7 +261,8 @@ class RayTune:
         """Run trials of one width on Ray: until the study holds ``job.trials`` finished, or
         with the ladder, round by round until its planner says the width is done (this
         driver plans; each round's trials run on the cluster side by side)."""
-        from hptransfer.study.leases import PlannerLease, reclaim_lost
+        from hptransfer.study.leases import PlannerLease
+        from hptransfer.study.lifecycle import reclaim_lost
 
         if job.ladder is None:
             reclaim_lost(job.study)
@@ -258,8 +276,7 @@ class RayTune:
                 reclaim_lost(job.study)
                 waiting = waiting_count(job.study)
                 if not waiting:
-                    rows = [trial_record(job.study.study_name, t)
-                            for t in job.study.get_trials(deepcopy=False)]
+                    rows = records_of(job.study)
                     plan = job.ladder.plan(rows)
                     if plan.done is not None:
                         mark_ladder_done(job.study, plan.done)

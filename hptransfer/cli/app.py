@@ -21,10 +21,25 @@ def _storage_failure(error: Exception) -> bool:
             or type(error).__name__ == "StorageInternalError")
 
 
+# commands whose Ctrl-C leaves trials to resume: each running trial was handed back, and its
+# retry runs first when the same command runs again
+_RESUMABLE = {"tune", "worker", "confirm", "quickstart", "study"}
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            command = ctx.invoked_subcommand
+            if command in _RESUMABLE:
+                click.echo(f"interrupted: what finished is recorded, and each running trial "
+                           f"was handed back; run the same hptransfer {command} command again "
+                           f"to resume (its retries run first)", err=True)
+            else:
+                click.echo("interrupted", err=True)
+            ctx.exit(INTERRUPTED_EXIT)
         except HPTransferError as error:
             click.echo(f"error: {error}", err=True)
             ctx.exit(2)

@@ -184,7 +184,7 @@ def report(study_name, storage, target_width, out, model) -> None:
     LR optimum vs width with the prediction, its rules and warnings, and the confirmation
     runs with their verdict."""
     from hptransfer.report.study_report import write_report
-    from hptransfer.study.ledger import load_config
+    from hptransfer.study.attributes import load_config
     from hptransfer.transfer.predictor import check_model
 
     check_out(out, folder=True)

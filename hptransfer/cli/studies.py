@@ -36,9 +36,9 @@ from hptransfer.cli.options import (
 from hptransfer.spec import FrozenConfig, ModelSpec
 from hptransfer.study.config import DEFAULT_TRIALS, LADDER_TRIALS, PROXY_BUDGET, PROXY_SPEC
 from hptransfer.study.ladder import PRECISION
-from hptransfer.study.ledger import check_name
+from hptransfer.study.names import check_name
+from hptransfer.study.runner import AUTO
 from hptransfer.study.search import Pruning, SamplerKind, WarmStart
-from hptransfer.study.worker import AUTO
 
 __all__ = ["TrialProgress", "TuneOptions", "print_search"]
 
@@ -326,8 +326,8 @@ def worker(study_name, storage, width, trials, sampler, pruner, threads, quiet) 
     The study's spec, budget, search space and corpus come from the storage itself.
     """
     from hptransfer.data.corpus import check_hash, load_corpus
+    from hptransfer.study.attributes import load_config, widths_of
     from hptransfer.study.config import check_roles
-    from hptransfer.study.ledger import load_config, widths_of
     from hptransfer.study.storage import Access, open_storage
     from hptransfer.study.worker import run_worker
     from hptransfer.training.device import resolve_threads
@@ -359,17 +359,14 @@ def worker(study_name, storage, width, trials, sampler, pruner, threads, quiet) 
 @click.option("--json", "as_json", is_flag=True, help="print the summaries as JSON")
 def status(study_name, storage, as_json) -> None:
     """Summarise a study: per width, trials by status, the best trial and the compute used."""
-    from hptransfer.study.ledger import (
-        TrialStatus,
-        live_runs,
-        load_trials,
-        study_names,
-        summarize,
-    )
+    from hptransfer.study.attributes import study_names
+    from hptransfer.study.records import live_runs, load_trials, summarize
+    from hptransfer.study.schema import TrialStatus
     from hptransfer.study.storage import Access, missing_local_file, normalize, open_storage
 
-    if study_name is None and missing_local_file(storage) is not None:
-        # nothing recorded yet: say so, without creating the file
+    if storage is None and study_name is None and missing_local_file(None) is not None:
+        # nothing recorded in the default storage yet: say so, without creating the file (a
+        # --storage that names no file is an error: a mistyped path is not an empty study)
         click.echo("{}" if as_json else "no studies yet: hptransfer tune --proxy-width 128")
         return
     optuna_storage = open_storage(storage, Access.READ)
@@ -421,7 +418,7 @@ def _live_line(run) -> str:
 def plot(study_name, storage, out) -> None:
     """Write the µTransfer picture: validation loss vs LR, one curve per width."""
     from hptransfer.report.study_report import write_plot_page
-    from hptransfer.study.ledger import load_trials, summarize
+    from hptransfer.study.records import load_trials, summarize
     from hptransfer.study.storage import Access, open_storage
 
     check_out(out, folder=True)

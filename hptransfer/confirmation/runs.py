@@ -7,7 +7,7 @@ budget, seed and corpus. The runs share the seed, so they are paired (same init,
 batches): a loss difference between two of them is the LR's doing, not the seed's.
 
 The runs are trials of one more Optuna study in the study's storage,
-``{study}.confirm.w{width}`` (:mod:`hptransfer.study.ledger`), recorded like tune trials plus
+``{study}.confirm.w{width}`` (:mod:`hptransfer.study.names`), recorded like tune trials plus
 their offset, the predicted LR and where they ran: this process (on the CPU or a GPU), a
 Ray Train job of ``workers`` data-parallel workers (:mod:`hptransfer.backends.ray_train`), or
 every rank of a torchrun job (:mod:`hptransfer.confirmation.torchrun`), replicated or
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -36,21 +38,11 @@ from hptransfer.confirmation.verdict import (
 )
 from hptransfer.errors import ConfigError, PredictionError, StudyError
 from hptransfer.hparams import HParams
-from hptransfer.study.ledger import (
-    Attr,
-    TrialStatus,
-    claim_waiting,
-    confirmation_study_name,
-    enqueue,
-    load_config,
-    open_storage_arg,
-    read_plan,
-    trial_record,
-    waiting_count,
-    write_placement,
-    write_plan,
-    write_status,
-)
+from hptransfer.study.attributes import load_config, read_plan, write_placement, write_plan
+from hptransfer.study.lifecycle import claim_waiting, enqueue, write_status
+from hptransfer.study.names import confirmation_study_name, open_storage_arg
+from hptransfer.study.records import lost_marks, waiting_count
+from hptransfer.study.schema import Attr, TrialStatus, trial_record
 from hptransfer.study.storage import Access
 from hptransfer.training.execution import Checkpointing, Execution
 
@@ -62,6 +54,8 @@ if TYPE_CHECKING:
 __all__ = ["confirm", "load_confirmation"]
 
 ROLE = "confirmation"
+_POLL_S = 1.0  # how often a confirm waiting for another process's runs looks again
+_STOP_S = 20.0  # how long Ctrl-C waits for helper processes to hand their runs back
 
 
 def _offset_of(lr: float, predicted: float, offsets: Sequence[float]) -> float:
@@ -74,19 +68,20 @@ def _runs(optuna_study, predicted: HParams, offsets: Sequence[float] | None
     """One run per offset (``offsets`` None: every offset recorded) for this prediction: the
     finished one if any, else the running or waiting one. Lost runs are skipped (retried)."""
     name = optuna_study.study_name
+    lost = lost_marks(optuna_study._storage, optuna_study._study_id)
     found: dict[float, ConfirmationRun] = {}
     for trial in optuna_study.get_trials(deepcopy=False):
         # a waiting trial's LR is only in its enqueued parameters (a killed confirm leaves its
         # unstarted runs, and a lost run's retry, waiting: they must not be enqueued again)
         lr = trial.params.get("lr", trial.system_attrs.get("fixed_params", {}).get("lr"))
-        record = trial_record(name, trial)
+        record = trial_record(name, trial, lost)
         if lr is None or record.status is TrialStatus.LOST:
             continue
         if record.hparams is not None:
             if record.hparams != HParams(**{**predicted.model_dump(), "lr": lr}):
                 continue  # a run of an earlier prediction
-        elif record.status is not TrialStatus.WAITING:
-            continue
+        elif record.status not in (TrialStatus.WAITING, TrialStatus.RUNNING):
+            continue  # (a run another process claimed a moment ago has no inputs yet)
         offset = _offset_of(lr, predicted.lr, offsets or [])
         if offsets is not None and offset not in offsets:
             continue
@@ -139,8 +134,8 @@ def _run_one(optuna_study, trial, hparams: HParams, attrs: tuple[tuple[str, Any]
     """Train one confirmation run and record it like a tune trial (no pruning): in this
     process, as a Ray Train job, or on every rank of the torchrun job (this process holds
     the lease and writes the record)."""
-    from hptransfer.study.ledger import trial_seed
-    from hptransfer.study.worker import record_run
+    from hptransfer.study.lifecycle import trial_seed
+    from hptransfer.study.trial import record_run
     from hptransfer.training.order import RunOrder
 
     trainer = None
@@ -170,7 +165,7 @@ def _placement(backend: Backend, *, threads: int | None, workers: int | str, wid
                device: str | None, execution: Execution) -> _Placement:
     """Check the backend options against each other (before anything runs). A torchrun
     placement is completed by :func:`hptransfer.confirmation.torchrun.join`."""
-    from hptransfer.study.worker import AUTO, auto_placement
+    from hptransfer.study.runner import AUTO, auto_placement
     from hptransfer.training.device import resolve_device, resolve_threads
     from hptransfer.training.execution import Sharding
 
@@ -257,7 +252,7 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
 
     Locally, ``workers`` processes train runs side by side with ``threads`` threads each;
     ``"auto"`` (the default) picks both from the target width and the CPUs
-    (:func:`hptransfer.study.worker.auto_placement`: at small widths one thread per run).
+    (:func:`hptransfer.study.runner.auto_placement`: at small widths one thread per run).
     Each run's losses depend only on its own threads, so they equal one process's.
 
     ``backend=Backend.RAY`` trains each run as a Ray Train job on the cluster at ``address``
@@ -313,12 +308,14 @@ def _confirm(target_width: int, *, study: str, storage: Any, offsets: tuple[floa
     from hptransfer.data.corpus import check_hash, load_corpus
     from hptransfer.models.registry import family_of
     from hptransfer.study.config import check_roles
-    from hptransfer.study.leases import reclaim_lost
+    from hptransfer.study.leases import lease_timing
+    from hptransfer.study.lifecycle import reclaim_lost
     from hptransfer.study.search import quiet_optuna
     from hptransfer.training.device import check_memory, resolve_device
     from hptransfer.transfer import predict_hparams
 
     quiet_optuna()
+    lease_timing()  # a bad HPTRANSFER_GRACE_S is refused before anything runs
     prediction = predict_hparams(target_width, study=study, storage=storage, model=model)
     url = _storage_url(storage)
     storage = open_storage_arg(storage, Access.UPDATE)
@@ -365,7 +362,7 @@ def _confirm(target_width: int, *, study: str, storage: Any, offsets: tuple[floa
                    if prediction.evidence.seed_noise is not None else None)}))
     write_placement(runs_study, {"workers": processes, "threads": placement.threads,
                                  "auto": placement.auto})
-    reclaim_lost(runs_study)
+    reclaim_lost(runs_study, lease_timing())
     # runs that errored in an earlier call are retried, once per call (an error that is
     # the run's own would only repeat within one call)
     retry = {r.offset for r in _runs(runs_study, predicted, offsets)
@@ -378,21 +375,8 @@ def _confirm(target_width: int, *, study: str, storage: Any, offsets: tuple[floa
     job = _Job(study=study, predicted=predicted, offsets=offsets, spec=spec,
                config=config, corpus=corpus, placement=placement)
     helpers = min(processes, waiting_count(runs_study)) - 1
-    if helpers > 0:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawned, not forked: torch and the storage's connections do not survive a fork
-        with ProcessPoolExecutor(helpers, mp_context=multiprocessing.get_context("spawn")
-                                 ) as pool:
-            futures = [pool.submit(_helper, url, study, target_width, placement.threads,
-                                   placement.execution.model_dump_json())
-                       for _ in range(helpers)]
-            _work(runs_study, job, on_run)
-            for future in futures:
-                future.result()
-    else:
-        _work(runs_study, job, on_run)
+    _train_all(runs_study, job, on_run, [(url, study, target_width, placement.threads,
+                                          placement.execution.model_dump_json())] * helpers)
     notes = [f"prediction warning: {w}" for w in prediction.warnings]
     noise = prediction.evidence.seed_noise
     return summarize(study, target_width, predicted, _runs(runs_study, predicted, offsets),
@@ -409,6 +393,62 @@ class _Job(NamedTuple):
     config: Any
     corpus: Any
     placement: _Placement
+
+
+def _train_all(runs_study, job: _Job, on_run: Callable[[ConfirmationRun], None] | None,
+               helpers: list[tuple]) -> None:
+    """Train the waiting runs in this process and in one helper process per item of
+    ``helpers`` (:func:`_helper`'s arguments), then wait until every run of the plan has
+    finished, runs another process is training included (a second ``confirm`` on the same
+    storage): a verdict is only ever given over finished runs. A run whose process dies is
+    retried here. Ctrl-C: every process hands its run back for a retry, exit 130."""
+    import multiprocessing
+
+    from hptransfer.study.leases import lease_timing
+    from hptransfer.study.lifecycle import reclaim_lost
+
+    timing = lease_timing()
+    # spawned, not forked: torch and the storage's connections do not survive a fork
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_helper, args=args, daemon=False) for args in helpers]
+    for process in processes:
+        process.start()
+    try:
+        while True:
+            _work(runs_study, job, on_run)
+            reclaim_lost(runs_study, timing)
+            pending = [r for r in _runs(runs_study, job.predicted, job.offsets)
+                       if r.status in (TrialStatus.RUNNING, TrialStatus.WAITING)]
+            if not pending:
+                break
+            time.sleep(_POLL_S)
+    except KeyboardInterrupt:
+        _interrupt(processes)
+        raise
+    finally:
+        for process in processes:
+            process.join()
+    failed = [p.exitcode for p in processes if p.exitcode]
+    if failed:
+        raise StudyError(f"{len(failed)} helper process(es) training confirmation runs exited "
+                         f"with {failed}; the recorded runs are intact: run the same command "
+                         f"again to finish")
+
+
+def _interrupt(processes) -> None:
+    """Ctrl-C: each helper hands its run back (exit 130); one that has not within
+    ``_STOP_S`` is killed (its run is then retried as its process is gone)."""
+    import os
+    import signal
+
+    for process in processes:
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGINT)
+    deadline = time.monotonic() + _STOP_S
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
 
 
 def _work(runs_study, job: _Job, on_run: Callable[[ConfirmationRun], None] | None) -> None:
@@ -435,7 +475,19 @@ def _work(runs_study, job: _Job, on_run: Callable[[ConfirmationRun], None] | Non
 
 
 def _helper(url: str, study: str, target_width: int, threads: int, execution: str) -> None:
-    """A second process training the waiting runs of a confirmation (``workers`` > 1)."""
+    """A second process training the waiting runs of a confirmation (``workers`` > 1).
+    Ctrl-C reaches it once, forwarded by the process that started it (a session of its own:
+    the terminal's signal goes to the foreground group only), and ends it quietly with 130."""
+    import os
+
+    os.setsid()
+    try:
+        _help(url, study, target_width, threads, execution)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _help(url: str, study: str, target_width: int, threads: int, execution: str) -> None:
     import optuna
 
     from hptransfer.data.corpus import load_corpus

@@ -33,7 +33,7 @@ from pydantic import Field
 
 from hptransfer.hparams import HParams
 from hptransfer.spec import FrozenConfig
-from hptransfer.study.ledger import TrialStatus
+from hptransfer.study.schema import TrialStatus
 
 __all__ = ["DEFAULT_OFFSETS", "NOISE_SIGMAS", "OFFSET_MATCH", "TOLERANCE", "Confirmation",
            "ConfirmationRun", "ConfirmationVerdict", "Judgement", "judge", "noise_margin",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from hptransfer.study.ledger import TrialRecord, TrialStatus
+from hptransfer.study.schema import TrialRecord, TrialStatus
 
 if TYPE_CHECKING:
     from hptransfer.checks.coord_check import CoordCheckReport

@@ -19,7 +19,8 @@ from hptransfer.report.files import figure_png, write_atomic
 from hptransfer.report.plots import optimum_figure, transfer_figure
 from hptransfer.report.tables import html_table, markdown_table
 from hptransfer.spec import FrozenConfig
-from hptransfer.study.ledger import TrialRecord, WidthSummary
+from hptransfer.study.records import WidthSummary
+from hptransfer.study.schema import TrialRecord
 
 __all__ = ["Report", "write_plot_page", "write_report"]
 
@@ -137,7 +138,9 @@ def write_report(study: str = "proxy", *, storage: Any = None,
     """
     from hptransfer.confirmation.runs import load_confirmation
     from hptransfer.errors import PredictionError
-    from hptransfer.study.ledger import confirmation_widths, load_trials, open_storage_arg
+    from hptransfer.study.attributes import confirmation_widths
+    from hptransfer.study.names import open_storage_arg
+    from hptransfer.study.records import load_trials
     from hptransfer.transfer import predict_hparams
 
     storage = open_storage_arg(storage)

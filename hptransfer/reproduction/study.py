@@ -23,7 +23,7 @@ from hptransfer.report.files import write_atomic
 from hptransfer.reproduction.ablation import Ablation, Axis, PaperVerdict, Setting, Study
 from hptransfer.spec import FrozenConfig
 from hptransfer.study.config import StudyConfig
-from hptransfer.study.ledger import TrialRecord, TrialStatus
+from hptransfer.study.schema import TrialRecord, TrialStatus
 
 if TYPE_CHECKING:
     from hptransfer.data.corpus import Corpus
@@ -91,7 +91,8 @@ def empty_result(study: Study) -> StudyResult:
 def result_from_storage(study: Study, storage: Any) -> StudyResult:
     """The study's cells as recorded in ``storage`` so far (points not started have none),
     with the configs stored beside them: reading needs no corpus."""
-    from hptransfer.study.ledger import load_config, load_trials, study_names
+    from hptransfer.study.attributes import load_config, study_names
+    from hptransfer.study.records import load_trials
 
     present = study_names(storage)
     cells: list[Cell] = []

@@ -25,8 +25,8 @@ from hptransfer.report.plots import transfer_figure
 from hptransfer.report.tables import markdown_table
 from hptransfer.reproduction.study import Cell, StudyResult, cell_records
 from hptransfer.spec import FrozenConfig
-from hptransfer.study.ledger import TrialStatus
 from hptransfer.study.optimum import BAND, BOOTSTRAP, WINDOW_OCTAVES, fit_width
+from hptransfer.study.schema import TrialStatus
 from hptransfer.transfer.fit import transfer_fits
 from hptransfer.transfer.predictor import MIN_COMPLETE
 

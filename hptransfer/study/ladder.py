@@ -43,8 +43,8 @@ from hptransfer.hparams import HParams
 from hptransfer.mup.rules import coupled_decay_scale, weight_decay_depends_on_width
 from hptransfer.spec import FrozenConfig
 from hptransfer.study.config import StudyConfig
-from hptransfer.study.ledger import TrialRecord, TrialStatus
 from hptransfer.study.optimum import BAND, WINDOW_OCTAVES, fit_width, seed_noise
+from hptransfer.study.schema import TrialRecord, TrialStatus
 
 __all__ = ["BOWL_OCTAVES", "PRECISION", "Ladder", "LadderPoint", "Prior", "Round", "Step",
            "WidthSearch", "prior_from"]

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from hptransfer.spec import FrozenConfig
 from hptransfer.study.config import StudyConfig
-from hptransfer.study.ledger import TrialRecord, TrialStatus
+from hptransfer.study.schema import TrialRecord, TrialStatus
 
 __all__ = ["Estimate", "SeedNoise", "WidthEvidence", "WidthFit", "fit_width", "percentiles",
            "seed_noise", "zero_code"]

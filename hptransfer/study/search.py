@@ -16,17 +16,11 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from hptransfer.errors import StudyError
+from hptransfer.study.attributes import bind_config, is_warm_started, mark_warm_started
 from hptransfer.study.config import StudyConfig
-from hptransfer.study.ledger import (
-    Attr,
-    TrialRecord,
-    TrialStatus,
-    bind_config,
-    enqueue,
-    is_warm_started,
-    mark_warm_started,
-    width_study_name,
-)
+from hptransfer.study.lifecycle import enqueue
+from hptransfer.study.names import width_study_name
+from hptransfer.study.schema import Attr, TrialRecord, TrialStatus
 
 if TYPE_CHECKING:
     import optuna

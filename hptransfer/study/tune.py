@@ -2,7 +2,8 @@
 
 :func:`tune` checks everything before any trial runs (config against the stored one,
 corpus, sampler limits, the runner's own preconditions), enqueues each width's warm start,
-and hands the width to a :class:`TrialRunner`: :class:`~hptransfer.study.worker.LocalRunner`
+and hands the width to a :class:`~hptransfer.study.runner.TrialRunner`:
+:class:`~hptransfer.study.worker.LocalRunner`
 (this machine, the default) or a backend's (:class:`hptransfer.backends.ray_tune.RayTune`).
 Re-running the same call resumes: finished trials are kept, lost ones retried, and only the
 missing trials run.
@@ -12,24 +13,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from hptransfer.errors import StudyError
 from hptransfer.spec import FrozenConfig
+from hptransfer.study.attributes import check_existing, ladder_done
 from hptransfer.study.config import DEFAULT_TRIALS, LADDER_TRIALS, StudyConfig, study_config
 from hptransfer.study.ladder import PRECISION, WidthSearch
-from hptransfer.study.ledger import (
-    TrialRecord,
-    WidthSummary,
-    check_existing,
-    check_name,
-    ladder_done,
-    load_trials,
-    summarize,
-)
+from hptransfer.study.leases import lease_timing
+from hptransfer.study.names import check_name
+from hptransfer.study.records import WidthSummary, load_trials, summarize
+from hptransfer.study.runner import TrialRunner, WidthJob
+from hptransfer.study.schema import TrialRecord
 from hptransfer.study.search import (
     Pruning,
     SamplerKind,
@@ -41,39 +38,10 @@ from hptransfer.study.search import (
 )
 
 if TYPE_CHECKING:
-    import optuna
-
     from hptransfer.data.corpus import Corpus
     from hptransfer.study.ladder import Ladder
 
-__all__ = ["TrialRunner", "TuneResult", "WidthJob", "tune"]
-
-
-@dataclass(frozen=True)
-class WidthJob:
-    """One width of a tune, as a runner gets it: run trials of ``study`` until it holds
-    ``trials`` finished ones."""
-
-    study: optuna.Study  # the width's Optuna study, created and warm-started
-    name: str  # the hptransfer study
-    width: int
-    config: StudyConfig
-    storage_url: str
-    trials: int
-    sampler: SamplerKind
-    pruning: Pruning
-    corpus: Corpus
-    on_trial: Callable[[TrialRecord], None] | None
-    ladder: Ladder | None = None  # the ladder search's planner of this width, if it is one
-
-
-class TrialRunner(Protocol):
-    """Where a tune's trials run. ``prepare`` refuses, before anything is created, what
-    this runner cannot do; ``run_width`` runs one width's trials."""
-
-    def prepare(self, storage_url: str, pruning: Pruning, sampler: SamplerKind) -> None: ...
-
-    def run_width(self, job: WidthJob) -> None: ...
+__all__ = ["TuneResult", "tune"]
 
 
 class TuneResult(FrozenConfig):
@@ -121,6 +89,7 @@ def tune(config: StudyConfig | None = None, *, study: str = "proxy",
 
     quiet_optuna()
     check_name(study)
+    lease_timing()  # a bad HPTRANSFER_GRACE_S is refused before anything is created
     started = time.perf_counter()
     url = normalize(storage)
     runner = runner or LocalRunner()

@@ -1,113 +1,61 @@
 """The worker: trials of one width, one after another, until the study holds enough.
 
-ask → :meth:`SearchSpace.suggest` → :func:`hptransfer.training.loop.train` → tell, under a
-lease (:mod:`hptransfer.study.leases`), recorded by the ledger. The storage is the only
-shared state, so workers may be processes on one machine (:class:`LocalRunner`, ``tune
---workers N``) or on many (``hptransfer worker``), each counting what the others run.
+claim → :meth:`SearchSpace.suggest` → :func:`hptransfer.study.trial.record_run` (train under
+a lease, record), for an Optuna sampler (:func:`work`) or the ladder search
+(:func:`work_ladder`). The storage is the only shared state, so workers may be processes on
+one machine (:class:`LocalRunner`, ``tune --workers N``) or on many (``hptransfer worker``),
+each counting what the others run.
 """
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-from pydantic import Field
+from typing import TYPE_CHECKING
 
 from hptransfer.errors import StudyError
-from hptransfer.hparams import HParams
-from hptransfer.record import CurvePoint, RunRecord, Verdict
-from hptransfer.spec import FrozenConfig, ModelSpec
+from hptransfer.study.attributes import ladder_done, mark_ladder_done, write_placement
 from hptransfer.study.config import StudyConfig
-from hptransfer.study.leases import GRACE_S, Heartbeat, PlannerLease, planner_alive, reclaim_lost
-from hptransfer.study.ledger import (
-    Attr,
-    TrialRecord,
-    claim_waiting,
-    enqueue,
-    finish_trial,
-    finished_count,
-    ladder_done,
-    mark_ladder_done,
-    running_count,
-    trial_record,
-    trial_seed,
-    write_inputs,
-    write_placement,
-)
+from hptransfer.study.leases import LeaseWarning, PlannerLease, lease_timing, planner_alive
+from hptransfer.study.lifecycle import claim_next, claim_waiting, enqueue, reclaim_lost
+from hptransfer.study.records import finished_count, records_of, running_count
+from hptransfer.study.runner import AUTO, Placement, WidthJob, auto_placement
+from hptransfer.study.schema import Attr, TrialRecord
 from hptransfer.study.search import Pruning, SamplerKind, open_width_study, quiet_optuna
 from hptransfer.study.storage import storage_kind
+from hptransfer.study.trial import record_run
 
 if TYPE_CHECKING:
     import optuna
 
     from hptransfer.data.corpus import Corpus
     from hptransfer.study.ladder import Ladder
-    from hptransfer.study.tune import WidthJob
-    from hptransfer.training.execution import Execution
-    from hptransfer.training.loop import EvalCallback
 
-__all__ = ["AUTO", "POLL_S", "LocalRunner", "Placement", "auto_placement", "record_run",
-           "run_worker", "work", "work_ladder"]
+__all__ = ["LocalRunner", "run_worker", "work", "work_ladder"]
 
 POLL_S = 0.5  # how often a ladder worker looks for the next round while one is in flight
-
-
-def record_run(study: optuna.Study, trial: optuna.Trial, *, spec: ModelSpec,
-               hparams: HParams, config: StudyConfig, corpus: Corpus, threads: int,
-               attrs: tuple[tuple[str, Any], ...] = (), prune: bool = False,
-               device: str | None = None, execution: Execution | None = None,
-               trainer: Callable[[EvalCallback], RunRecord] | None = None) -> TrialRecord:
-    """Train ``spec``/``hparams`` as ``trial`` of ``study`` under a lease and record it.
-
-    The one place a run becomes a trial (tune trials and confirmation runs alike). The
-    training is :func:`hptransfer.training.loop.train` in this process (on ``device``, with
-    ``execution``), or ``trainer(on_eval)`` when the run is trained elsewhere (a Ray Train or
-    torchrun job: this process holds the lease while it runs). Every validation point is
-    reported to the trial as it comes (live progress for ``hptransfer status`` and
-    optuna-dashboard); with ``prune`` the study's pruner may stop the run there. An exception
-    is recorded as the trial's error, never raised: it would only fail again on a retry.
-    """
-    from hptransfer.training.loop import train
-
-    storage = study._storage
-    beat = Heartbeat(storage, trial._trial_id)
-    seed = trial_seed(trial.user_attrs, config)
-    try:
-        write_inputs(storage, trial._trial_id, spec=spec, hparams=hparams,
-                     corpus_hash=corpus.content_hash, threads=threads, seed=seed, attrs=attrs)
-
-        def on_eval(point: CurvePoint) -> Verdict:
-            trial.report(point.loss, point.tokens)
-            return Verdict.STOP if prune and trial.should_prune() else Verdict.CONTINUE
-
-        try:
-            outcome = trainer(on_eval) if trainer is not None else train(
-                spec, hparams, config.budget, corpus, seed=seed, on_eval=on_eval,
-                threads=threads, device=device, execution=execution)
-        except Exception as error:
-            outcome = error
-        return finish_trial(study, trial, outcome)
-    finally:
-        beat.stop()
+STOP_CHILDREN_S = 20.0  # how long Ctrl-C waits for worker processes to hand their trials back
 
 
 def work(study: optuna.Study, width: int, config: StudyConfig, corpus: Corpus, *,
          trials: int, threads: int,
          on_trial: Callable[[TrialRecord], None] | None = None) -> None:
     """Run trials of ``study`` (one width) until it holds ``trials`` finished ones."""
+    timing = lease_timing()
     while True:
-        reclaim_lost(study)
+        reclaim_lost(study, timing)
         # count trials other workers are running too, so parallel workers do not overshoot
         if finished_count(study) + running_count(study) >= trials:
             break
-        trial = study.ask()
+        trial = claim_next(study)
         record = record_run(study, trial, spec=config.spec_at(width),
                             hparams=config.space.suggest(trial), config=config,
                             corpus=corpus, threads=threads, prune=True)
-        if on_trial is not None:
+        if record is not None and on_trial is not None:
             on_trial(record)
 
 
@@ -117,48 +65,52 @@ def work_ladder(study: optuna.Study, width: int, config: StudyConfig, corpus: Co
     """Run the ladder search's trials of one width (:mod:`hptransfer.study.ladder`).
 
     Every worker runs the trials that are waiting. When none is waiting and none running,
-    the *planner* (the process given ``planner``: the tune) plans the next round and
-    enqueues it, or marks the width done; a *follower* (``planner`` None: a worker process)
-    waits for the round, and stops when the width is done or its planner is gone.
+    the *planner* (the process given ``planner``: the tune, which holds the width's
+    :class:`~hptransfer.study.leases.PlannerLease` meanwhile) plans the next round and
+    enqueues it, or marks the width done. A *follower* (``planner`` None: a worker process)
+    waits for the round while the planner's process lives, however late the round is; it
+    stops when the width is done, or, with one line saying so, when the planner is gone.
     """
-    lease = PlannerLease(study) if planner is not None else None
+    timing = lease_timing()
     started = time.monotonic()
-    try:
-        while True:
-            reclaim_lost(study)
-            trial = claim_waiting(study)
-            if trial is not None:
-                record = record_run(study, trial, spec=config.spec_at(width),
-                                    hparams=config.space.suggest(trial), config=config,
-                                    corpus=corpus, threads=threads)
-                if on_trial is not None:
-                    on_trial(record)
-                continue
-            if planner is None:
-                if ladder_done(study) is not None:
-                    return
-                alive = planner_alive(study)
-                if alive is False or (alive is None and time.monotonic() - started > GRACE_S):
-                    raise StudyError(
-                        f"{study.study_name} is searched by the ladder, whose rounds the "
-                        f"hptransfer tune of the study plans, and no tune is planning it now: "
-                        f"run that tune command (again); workers then share its rounds")
-                time.sleep(POLL_S)
-                continue
-            if running_count(study):
-                time.sleep(POLL_S)
-                continue
-            rows = [trial_record(study.study_name, t) for t in study.get_trials(deepcopy=False)]
-            plan = planner.plan(rows)
-            if plan.done is not None:
-                mark_ladder_done(study, plan.done)
+    while True:
+        reclaim_lost(study, timing)
+        trial = claim_waiting(study)
+        if trial is not None:
+            record = record_run(study, trial, spec=config.spec_at(width),
+                                hparams=config.space.suggest(trial), config=config,
+                                corpus=corpus, threads=threads)
+            if record is not None and on_trial is not None:
+                on_trial(record)
+            continue
+        if planner is None:
+            if ladder_done(study) is not None:
                 return
-            for point in plan.points:
-                enqueue(study, point.params(config),
-                        **{Attr.SEED: point.seed, Attr.LADDER: point.step.value})
-    finally:
-        if lease is not None:
-            lease.stop()
+            alive = planner_alive(study, timing.grace_s)
+            if alive is False:
+                warnings.warn(f"{study.study_name}: the hptransfer tune that plans its ladder "
+                              f"rounds has stopped, so this worker stops too; the trials it "
+                              f"ran are recorded. Run the tune again to continue (workers "
+                              f"then share its rounds)", LeaseWarning, stacklevel=2)
+                return
+            if alive is None and time.monotonic() - started > timing.grace_s:
+                raise StudyError(
+                    f"{study.study_name} is searched by the ladder, whose rounds the "
+                    f"hptransfer tune of the study plans, and no tune has planned it in "
+                    f"{timing.grace_s:g} s: run that tune command; workers then share its "
+                    f"rounds")
+            time.sleep(POLL_S)
+            continue
+        if running_count(study):
+            time.sleep(POLL_S)
+            continue
+        plan = planner.plan(records_of(study))
+        if plan.done is not None:
+            mark_ladder_done(study, plan.done)
+            return
+        for point in plan.points:
+            enqueue(study, point.params(config),
+                    **{Attr.SEED: point.seed, Attr.LADDER: point.step.value})
 
 
 def run_worker(name: str, width: int, config: StudyConfig, storage, corpus: Corpus, *,
@@ -185,40 +137,9 @@ def _spawn_worker(job: WidthJob, threads: int) -> subprocess.Popen:
                "--storage", job.storage_url, "--width", str(job.width), "--trials",
                str(job.trials), "--threads", str(threads), "--sampler", job.sampler.value,
                "--pruner", job.pruning.value, "--quiet"]
-    return subprocess.Popen(command, stdin=subprocess.DEVNULL)
-
-
-AUTO = "auto"
-# ``workers="auto"``: at proxy widths a trial's matmuls are too small to keep several threads
-# busy, so trials side by side with one thread each do more per hour than one trial with all
-# of them (measured on 2 cores: 1.8× at width 64, 1.3× at width 128; docs/tuning.md). Up to
-# this width each trial gets 1 thread (or --threads), and as many run at once as the CPUs
-# allow, at most AUTO_MAX_WORKERS (a ladder round holds 2 to 5 trials); wider, one process.
-AUTO_MAX_WIDTH = 256
-AUTO_MAX_WORKERS = 4
-
-
-class Placement(FrozenConfig):
-    """How one width's trials share this machine: processes × torch threads per trial."""
-
-    workers: int
-    threads: int
-    auto: bool = Field(description="chosen by workers='auto' from the width and the CPUs")
-
-    def describe(self) -> str:
-        how = "auto" if self.auto else "as asked"
-        return (f"{self.workers} worker{'s' if self.workers > 1 else ''} × {self.threads} "
-                f"thread{'s' if self.threads > 1 else ''} per trial ({how})")
-
-
-def auto_placement(width: int, cpus: int, threads: int | None = None) -> Placement:
-    """``workers="auto"``: the placement of trials of ``width`` on ``cpus`` CPUs (see
-    ``AUTO_MAX_WIDTH``); ``threads`` fixes the threads per trial."""
-    if width > AUTO_MAX_WIDTH:
-        return Placement(workers=1, threads=threads or cpus, auto=True)
-    per_trial = threads or 1
-    return Placement(workers=max(1, min(AUTO_MAX_WORKERS, cpus // per_trial)),
-                     threads=per_trial, auto=True)
+    # a session of its own: Ctrl-C reaches it once, forwarded by this process (_interrupt),
+    # not twice (the terminal signals its whole foreground process group)
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 class LocalRunner:
@@ -253,20 +174,43 @@ class LocalRunner:
             placement = placement.model_copy(update={"workers": 1})
         threads = placement.threads
         write_placement(job.study, placement.model_dump())
+        lease = None
         if job.ladder is not None:
             mark_ladder_done(job.study, None)  # before any follower could read an old one
-        children = [_spawn_worker(job, threads) for _ in range(placement.workers - 1)]
+            # before the followers start, so that none reads the lease of an earlier tune
+            lease = PlannerLease(job.study)
+        children = []
         try:
+            children = [_spawn_worker(job, threads) for _ in range(placement.workers - 1)]
             if job.ladder is not None:
                 work_ladder(job.study, job.width, job.config, job.corpus, threads=threads,
                             planner=job.ladder, on_trial=job.on_trial)
             else:
                 work(job.study, job.width, job.config, job.corpus, trials=job.trials,
                      threads=threads, on_trial=job.on_trial)
+        except KeyboardInterrupt:
+            _interrupt(children)
+            raise
         finally:
             for child in children:
                 child.wait()
+            if lease is not None:
+                lease.stop()
         failed = [c.returncode for c in children if c.returncode]
         if failed:
             raise StudyError(f"{len(failed)} worker process(es) exited with {failed}; the "
                              f"study is intact: run the same command again to continue")
+
+
+def _interrupt(children: list[subprocess.Popen]) -> None:
+    """Ctrl-C: each worker process hands its trial back (exit 130); one that has not within
+    ``STOP_CHILDREN_S`` is killed (its trial is then retried as its process is gone)."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + STOP_CHILDREN_S
+    for child in children:
+        try:
+            child.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 
 from hptransfer.spec import FrozenConfig, ModelSpec
-from hptransfer.study.ledger import TrialRecord, TrialStatus
 from hptransfer.study.optimum import WidthFit
+from hptransfer.study.schema import TrialRecord, TrialStatus
 
 __all__ = ["Baseline", "baselines"]
 

@@ -19,8 +19,8 @@ from hptransfer.hparams import HParams
 from hptransfer.models.registry import family_of
 from hptransfer.spec import DepthRule, ModelSpec
 from hptransfer.study.config import StudyConfig
-from hptransfer.study.ledger import TrialRecord, TrialStatus
 from hptransfer.study.optimum import BAND, BOOTSTRAP, WINDOW_OCTAVES, fit_width, seed_noise
+from hptransfer.study.schema import TrialRecord, TrialStatus
 from hptransfer.transfer.baselines import baselines
 from hptransfer.transfer.fit import transfer_fits
 from hptransfer.transfer.prediction import Evidence, Prediction
@@ -215,7 +215,8 @@ def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = N
     ...
     hptransfer.errors.PredictionError: no study named 'gone' in this storage ...
     """
-    from hptransfer.study.ledger import load_config, load_trials
+    from hptransfer.study.attributes import load_config
+    from hptransfer.study.records import load_trials
     from hptransfer.study.storage import Access, missing_local_file, open_storage
 
     if storage is None or isinstance(storage, str):
