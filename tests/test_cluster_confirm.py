@@ -4,7 +4,7 @@ gloo ranks, a confirm killed with SIGKILL mid-run and run again, and the live cu
 Both start from a tuned tiny study (``tuned``). The torchrun job trains two offsets with
 both ranks and must record what one local process records (within float rounding). The
 killed confirm is a real process killed as soon as its first checkpoint exists; the same
-command, run again once the dead run's lease has expired, must resume it from that
+command, run again at once (its process is gone, so is its lease), must resume it from that
 checkpoint (the record says at which step) and end with exactly the losses of a confirm
 that was never interrupted.
 """

@@ -349,6 +349,10 @@ def worker(study_name, storage, width, trials, sampler, pruner, threads, quiet) 
             run_worker(study_name, w, config, optuna_storage, corpus, trials=trials,
                        sampler=SamplerKind(sampler), pruning=Pruning(pruner),
                        threads=resolve_threads(threads), on_trial=progress.update)
+    except KeyboardInterrupt:
+        if quiet:  # a tune's own worker process: the tune says how to resume, once
+            sys.exit(130)
+        raise
     finally:
         progress.close()
 
