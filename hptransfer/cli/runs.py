@@ -207,7 +207,7 @@ def quickstart(out: str, steps: int, target_width: int, threads: int | None) -> 
                f"{runner.placement(widths[0]).describe()}")
     config = hp.study_config(space=hp.SearchSpace(weight_decay=None, batch_sizes=None,
                                                   base=hp.HParams(batch_size=16)),
-                             budget=hp.Budget(steps=steps, eval_every=steps))
+                             budget=hp.Budget(steps=steps, eval_every=steps), widths=widths)
     progress = TrialProgress(None, quiet=False)
     try:
         result = hp.tune(config, study="quickstart", widths=widths, storage=storage,
