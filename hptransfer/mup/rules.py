@@ -42,6 +42,7 @@ __all__ = [
     "init_std",
     "logits_shrink_at_init",
     "lr_multiplier",
+    "module_lr_multiplier",
     "residual_multiplier",
     "weight_decay",
     "weight_decay_depends_on_width",
@@ -117,17 +118,29 @@ def _base_fan_in(declaration: Declaration | TensorRole, spec: ModelSpec) -> floa
     return base if base is not None else declaration.fan_in / spec.width_multiplier
 
 
-def lr_multiplier(row: TensorRole, spec: ModelSpec) -> float:
+def lr_multiplier(row: TensorRole, spec: ModelSpec, hparams: HParams | None = None
+                  ) -> float:
     """Per-tensor LR as a multiple of the base LR α, from the tensor's own fan-in and its
     fan-in at the base width (m = fan_in / base_fan_in; for the built-in model that is
-    M / M₀ for every matrix, and a matrix whose fan-in does not grow keeps α)."""
+    M / M₀ for every matrix, and a matrix whose fan-in does not grow keeps α), times the
+    module's own width-independent multiplier from ``hparams`` (the embedding's
+    ``embedding_lr_mult``; 1 without ``hparams``)."""
+    module = module_lr_multiplier(row, hparams)
     if spec.param is Parametrization.SP or row.role not in (Role.HIDDEN, Role.READOUT):
-        return 1.0
+        return module
     if spec.param is Parametrization.MUP:
         # integer fan-ins: the quotient is M / M₀ to the last bit, and exactly 1.0 at the
         # base width, where µP must equal SP
-        return 1.0 / (row.fan_in / row.base_fan_in)
-    return 1.0 / row.fan_in  # MUP_ABS
+        return module / (row.fan_in / row.base_fan_in)
+    return module / row.fan_in  # MUP_ABS
+
+
+def module_lr_multiplier(row: TensorRole, hparams: HParams | None) -> float:
+    """A module's LR multiplier that does not depend on width, tuned on the proxies and
+    carried to the target as it is (µP makes it width-independent): the embedding's."""
+    if hparams is not None and row.role is Role.EMBEDDING:
+        return hparams.embedding_lr_mult
+    return 1.0
 
 
 def weight_decay(row: TensorRole, spec: ModelSpec, hparams: HParams) -> float:
@@ -139,7 +152,7 @@ def weight_decay(row: TensorRole, spec: ModelSpec, hparams: HParams) -> float:
     """
     if not row.role.is_matrix or hparams.weight_decay == 0:
         return 0.0
-    multiplier = lr_multiplier(row, spec)
+    multiplier = lr_multiplier(row, spec, hparams)
     rule = hparams.weight_decay_rule
     if rule is WeightDecay.COUPLED:
         return hparams.weight_decay
@@ -154,7 +167,7 @@ def eps(row: TensorRole, spec: ModelSpec, hparams: HParams) -> float:
     if hparams.eps_rule is EpsRule.CONSTANT:
         return hparams.eps
     depth = residual_multiplier(spec) if row.role is Role.HIDDEN else 1.0
-    return hparams.eps * lr_multiplier(row, spec) * depth
+    return hparams.eps * lr_multiplier(row, spec, hparams) * depth
 
 
 def init_kind(declaration: Declaration | TensorRole, spec: ModelSpec) -> str:
