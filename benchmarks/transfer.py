@@ -101,8 +101,11 @@ def run(args: argparse.Namespace) -> dict:
     name = f"bench-transfer-{args.param}-w{args.target_width}"
     if args.seed:
         name += f"-s{args.seed}"
+    for key, value in sorted(args.spec.items()):
+        name += f"-{key.replace('_', '')}{''.join(c for c in value if c.isalnum())}"
     started = time.perf_counter()
-    config = study_config(spec=ModelSpec(**{**PROXY_SPEC, "param": args.param}), seed=args.seed)
+    setting = {**PROXY_SPEC, "param": args.param, **args.spec}
+    config = study_config(spec=ModelSpec(**setting), seed=args.seed)
     proxy = tune(config, study=name, widths=tuple(args.proxy_widths), trials=args.trials,
                  storage=args.storage, sampler=SamplerKind(args.sampler))
     print(f"proxies tuned in {proxy.wall_time_s:.0f} s", flush=True)
@@ -148,7 +151,8 @@ def run(args: argparse.Namespace) -> dict:
         "target_width": args.target_width,
         "proxy_trials_per_width": args.trials,
         "budget_tokens": config.tokens_per_trial(),
-        "setting": {**PROXY_SPEC, "param": args.param},
+        "setting": config.spec.model_dump(mode="json", include=set(setting) | {
+            "attention_scale", "readout_init", "base_width"}),
         "predicted": {"lr": predicted.lr, "lr_interval": list(prediction.intervals["lr"]),
                       "weight_decay": predicted.weight_decay,
                       "batch_size": predicted.batch_size},
@@ -255,10 +259,16 @@ def main() -> None:
     parser.add_argument("--grid", type=lambda s: tuple(int(e) for e in s.split(":")),
                         default=(-11, -5), help="log2 α range of the target grid, LOW:HIGH")
     parser.add_argument("--storage", default=None)
+    parser.add_argument("--spec", action="append", default=[], metavar="KEY=VALUE",
+                        help="a ModelSpec field of the proxies and the target (repeatable), "
+                             "e.g. attention_scale=1/D")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if len(args.grid) != 2 or args.grid[0] >= args.grid[1]:
         sys.exit(f"--grid must be LOW:HIGH with LOW < HIGH (log2 α), got {args.grid}")
+    if not all("=" in item for item in args.spec):
+        sys.exit(f"--spec takes KEY=VALUE, got {args.spec}")
+    args.spec = dict(item.split("=", 1) for item in args.spec)
     result = run(args)
     print(summary(result))
     if args.out is not None:

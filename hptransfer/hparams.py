@@ -60,6 +60,9 @@ class HParams(FrozenConfig):
     """Optimizer hyperparameters of one run. Defaults follow Lingle's ablation setup."""
 
     lr: float = Field(2.0**-6, gt=0, description="base learning rate α")
+    embedding_lr_mult: float = Field(
+        1.0, gt=0, description="the token embedding's LR is α times this (width-independent "
+                               "under µP: tuned on the proxies, carried to the target)")
     weight_decay: float = Field(0.0, ge=0, description="weight decay λ (0 disables it)")
     weight_decay_rule: WeightDecay = Field(WeightDecay.INDEPENDENT,
                                            description="weight decay convention (docs/spec.md §3)")

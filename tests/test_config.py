@@ -58,8 +58,8 @@ def test_width_multiplier_is_exactly_one_at_base_width() -> None:
 
 @pytest.mark.parametrize(("param", "scale", "readout"), [
     ("sp", AttentionScale.INV_SQRT_D, ReadoutInit.SP),
-    ("mup", AttentionScale.INV_D, ReadoutInit.MUP),
-    ("mup-abs", AttentionScale.INV_D, ReadoutInit.MUP),
+    ("mup", AttentionScale.INV_SQRT_D, ReadoutInit.SP_AT_BASE),
+    ("mup-abs", AttentionScale.INV_SQRT_D, ReadoutInit.SP_AT_BASE),
 ])
 def test_parametrization_defaults(param: str, scale: AttentionScale,
                                   readout: ReadoutInit) -> None:
@@ -72,7 +72,7 @@ def test_parametrization_defaults(param: str, scale: AttentionScale,
 def test_default_parametrization_is_mup() -> None:
     spec = ModelSpec()
     assert spec.param is Parametrization.MUP
-    assert spec.attention_scale is AttentionScale.INV_D
+    assert spec.attention_scale is AttentionScale.INV_SQRT_D
 
 
 @pytest.mark.parametrize("param", ["sp", "mup", "mup-abs"])

@@ -74,17 +74,18 @@ def test_roles_cover_every_parameter_once_and_are_stable(model):
 
 
 def test_mup_at_base_width_is_sp_bit_for_bit(model, tiny_corpus):
+    """With the default constants, µP at its base width is the family's SP model."""
     mup = spec_of(model, width=32)
-    sp = spec_of(model, width=32, param="sp", attention_scale=AttentionScale.INV_D,
-                 readout_init=ReadoutInit.MUP)
+    sp = spec_of(model, width=32, param="sp")
     hparams, budget = HParams(batch_size=4, lr=2.0**-6), Budget(steps=4, eval_every=2,
                                                                  eval_tokens=512)
     a = train(mup, hparams, budget, tiny_corpus, seed=1, threads=1)
     b = train(sp, hparams, budget, tiny_corpus, seed=1, threads=1)
     assert [p.loss for p in a.train_curve] == [p.loss for p in b.train_curve]
     assert [p.loss for p in a.val_curve] == [p.loss for p in b.val_curve]
-    # not vacuous: SP's own defaults (1/√D, readout std 1/√M) change the run
-    c = train(spec_of(model, width=32, param="sp"), hparams, budget, tiny_corpus, seed=1,
+    # not vacuous: Lingle's constants (1/D, readout std 1/M) change the run
+    c = train(spec_of(model, width=32, attention_scale=AttentionScale.INV_D,
+                      readout_init=ReadoutInit.MUP), hparams, budget, tiny_corpus, seed=1,
               threads=1)
     assert c.final_val_loss != a.final_val_loss
 

@@ -1,15 +1,19 @@
 """Pinned golden loss curves of tiny models (torchtitan keeps one the same way).
 
-Two cases, each trained 40 steps at α = 2^-6, batch 8, on the synthetic corpus of
+Three cases, each trained 40 steps at α = 2^-6, batch 8, on the synthetic corpus of
 ``conftest.synthetic_text`` (identical on every machine), seed 0, one thread:
 
-- ``debug``: µP at its base width (M = M₀ = 32, depth 2, D = 16, T = 32), where µP is SP;
+- ``debug``: µP with Lingle's constants (the ``lingle`` preset: attention 1/D, readout init
+  std 1/M) at its base width (M = M₀ = 32, depth 2, D = 16, T = 32);
   ``tests/assets/golden_debug_curve.json``.
 - ``mup-m2``: the same model at width multiplier m = 2 (M = 64, M₀ = 32), where µP's
   per-tensor LRs (α/m on the hidden and readout matrices) are what is pinned;
-  ``tests/assets/golden_mup_m2_curve.json``. A third run checks that the pin depends on
-  them: the same model with one global LR (SP with µP's attention scale and readout init,
-  so the init is identical) gives a curve far outside the tolerance.
+  ``tests/assets/golden_mup_m2_curve.json``. A fourth run checks that the pin depends on
+  them: the same model with one global LR (SP with the same attention scale and readout
+  init, so the init is identical) gives a curve far outside the tolerance.
+- ``default-m2``: the same width under µP's default constants (SP's at the base width:
+  attention 1/√D, readout init std √M₀/M); ``tests/assets/golden_default_m2_curve.json``.
+  At m = 1 the default is SP bit for bit (tests/test_parametrization.py).
 
 Each case's 4 validation losses and its training curve must match its asset within rtol
 2e-3: exact equality is not expected across CPUs and torch versions (different kernels
@@ -44,7 +48,7 @@ from hptransfer.budget import Budget
 from hptransfer.data.corpus import Corpus, load_corpus
 from hptransfer.hparams import HParams
 from hptransfer.record import RunRecord, Status
-from hptransfer.spec import ModelSpec, Parametrization
+from hptransfer.spec import ModelSpec, Parametrization, Preset
 from hptransfer.training.loop import train
 
 ASSETS = Path(__file__).parent / "assets"
@@ -72,16 +76,24 @@ class GoldenCase:
 
 DEBUG = GoldenCase(
     "debug",
-    ModelSpec(width=32, depth=2, head_dim=16, seq_len=32, base_width=32, param="mup"),
+    ModelSpec(width=32, depth=2, head_dim=16, seq_len=32, base_width=32, param="mup",
+              **Preset.LINGLE.fields),
     ASSETS / "golden_debug_curve.json",
     "golden loss curve of the tiny debug model; see tests/test_golden.py")
 MUP_M2 = GoldenCase(
     "mup-m2",
-    ModelSpec(width=64, depth=2, head_dim=16, seq_len=32, base_width=32, param="mup"),
+    ModelSpec(width=64, depth=2, head_dim=16, seq_len=32, base_width=32, param="mup",
+              **Preset.LINGLE.fields),
     ASSETS / "golden_mup_m2_curve.json",
     "golden loss curve of the tiny model under µP at width multiplier m = 2; "
     "see tests/test_golden.py")
-CASES = (DEBUG, MUP_M2)
+DEFAULT_M2 = GoldenCase(
+    "default-m2",
+    ModelSpec(width=64, depth=2, head_dim=16, seq_len=32, base_width=32, param="mup"),
+    ASSETS / "golden_default_m2_curve.json",
+    "golden loss curve of the tiny model under µP with the default constants (SP's at the "
+    "base width) at width multiplier m = 2; see tests/test_golden.py")
+CASES = (DEBUG, MUP_M2, DEFAULT_M2)
 by_case = pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 
 

@@ -12,7 +12,7 @@ from hptransfer.budget import Budget
 from hptransfer.cli import main
 from hptransfer.hparams import HParams
 from hptransfer.spec import ModelSpec
-from hptransfer.study.config import PROXY_SPEC
+from hptransfer.study.config import BASE_WIDTH_HELP, PROXY_SPEC
 
 
 def _commands(group: click.Group, prefix: str = ""):
@@ -61,7 +61,9 @@ def test_printed_defaults_are_the_real_ones(command, model, defaults):
             continue
         printed = _printed_default(cmd, option)
         real = defaults.get(field, getattr(model, field))
-        if field in ("attention_scale", "readout_init"):  # follows from --param
+        if command == "tune" and field == "base_width":  # follows from --widths
+            assert printed == BASE_WIDTH_HELP, printed
+        elif field in ("attention_scale", "readout_init"):  # follows from --param
             mup, sp = ModelSpec(), ModelSpec(param="sp")
             assert (_real(getattr(mup, field)) in printed and
                     _real(getattr(sp, field)) in printed), (option, printed)

@@ -232,7 +232,8 @@ def test_a_holder_that_failed_mid_write_leaves_a_running_trial_that_is_retried(
     assert study.get_trials()[0].user_attrs[Attr.STATUS] == "complete"  # half written
     assert record.status is TrialStatus.RUNNING  # and read as what it is
     assert reclaim_lost(study) == []  # still held
-    owned.release()
+    owned.release()  # given up in its lease: any worker, in any process, takes it over now
+    assert study.get_trials()[0].system_attrs["hptransfer:lease"] == leases.RELEASED
     assert reclaim_lost(study) == [0]
 
 
@@ -411,3 +412,49 @@ def test_a_trial_told_after_a_takeover_raises_taken_over(tmp_path, spec_and_corp
         owned.finish(outcome)
     owned.release()
     assert study.get_trials()[0].state is TrialState.FAIL
+
+
+_FAILING_PLANNER = textwrap.dedent("""
+    import sys
+    from hptransfer.study import ladder
+    from hptransfer.study.tune import tune
+    from hptransfer.study.worker import LocalRunner
+    from tests_config import config, corpus
+
+    real, calls = ladder.Ladder.plan, []
+
+    def plan(self, rows):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the planner broke")
+        return real(self, rows)
+
+    ladder.Ladder.plan = plan
+    tune(config(), study="p", widths=(32,), trials=10, storage=sys.argv[1], corpus=corpus(),
+         runner=LocalRunner(workers=2, threads=1))
+""")
+
+
+def test_a_planner_that_fails_lets_its_followers_go(tiny_study_config, text_file, tmp_path):
+    """The tune (the planner) raises mid-width while a worker process follows it: the
+    worker stops, and the tune ends with the planner's error instead of waiting for it
+    forever (the planner's lease is released before it waits for its workers)."""
+    config_json = tiny_study_config.model_copy(update={"space": tiny_study_config.space.model_copy(
+        update={"lr": (2.0**-10, 2.0**-2)})}).model_dump_json()
+    (tmp_path / "tests_config.py").write_text(textwrap.dedent(f"""
+        from hptransfer.data.corpus import load_corpus
+        from hptransfer.study.config import StudyConfig
+        def config():
+            return StudyConfig.model_validate_json({config_json!r})
+        def corpus():
+            return load_corpus({text_file!r})
+    """))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "HPTRANSFER_THREADS": "1"}
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", _FAILING_PLANNER, str(tmp_path / "p.db")],
+                            capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert result.returncode != 0 and "the planner broke" in result.stderr, result.stderr[-2000:]
+    assert time.monotonic() - started < 120
+    study = optuna.load_study(study_name="p.w32", storage=open_storage(str(tmp_path / "p.db")))
+    planner = study.user_attrs["ladder_planner"]
+    assert planner["token"] == leases.RELEASED

@@ -16,7 +16,7 @@ from hptransfer.mup.roles import Declaration, Role
 from hptransfer.mup.sources import declared
 from hptransfer.mup.sources import role_table as assemble
 from hptransfer.mup.tensors import Declared, param_groups, tensor_rules
-from hptransfer.spec import AttentionScale, ModelSpec, ReadoutInit
+from hptransfer.spec import ModelSpec, Preset
 from hptransfer.training.loop import train
 from hptransfer.training.optimizer import build_optimizer
 
@@ -43,8 +43,11 @@ def test_relative_rule_table(width):
         assert rules[name].init_std == pytest.approx(1 / math.sqrt(width))
         assert rules[name].lr_multiplier == pytest.approx(1 / m)
     assert rules["blocks.0.mlp.w_out"].init_std == pytest.approx(1 / math.sqrt(4 * width))
-    assert rules["readout.weight"].init_std == pytest.approx(1 / width)
+    # the default: SP's 1/√M₀ at the base width, shrinking as 1/m
+    assert rules["readout.weight"].init_std == pytest.approx(1 / math.sqrt(128) / m)
     assert rules["readout.weight"].lr_multiplier == pytest.approx(1 / m)
+    lingle = _rules(ModelSpec(width=width, base_width=128, depth=1, **Preset.LINGLE.fields))
+    assert lingle["readout.weight"].init_std == pytest.approx(1 / width)
 
 
 def test_absolute_rule_divides_by_fan_in():
@@ -121,12 +124,11 @@ def test_declared_roles_survive_renaming():
 
 @pytest.mark.parametrize("weight_decay_rule", list(WeightDecay))
 def test_mup_at_base_width_trains_bit_for_bit_like_sp(tiny_corpus, weight_decay_rule):
-    """microsoft/mup's backward-compatibility property (docs/spec.md §2): at m = 1, µP is the
-    same model and inits with one global LR. SP differs only in attention scale and readout
-    init, so SP with those two set to µP's values must match exactly."""
+    """microsoft/mup's backward-compatibility property (docs/spec.md §2), with the default
+    constants: at m = 1, µP is the very SP model a user would tune (same inits, attention
+    scale and readout init, one global LR)."""
     mup = ModelSpec(width=32, base_width=32, depth=2, seq_len=32)
-    sp = ModelSpec(width=32, base_width=32, depth=2, seq_len=32, param="sp",
-                   attention_scale=AttentionScale.INV_D, readout_init=ReadoutInit.MUP)
+    sp = ModelSpec(width=32, base_width=32, depth=2, seq_len=32, param="sp")
     hparams = HParams(lr=2.0**-5, batch_size=4, weight_decay=0.05,
                       weight_decay_rule=weight_decay_rule)
     budget = Budget(steps=8, eval_every=4, eval_tokens=512)
@@ -136,14 +138,27 @@ def test_mup_at_base_width_trains_bit_for_bit_like_sp(tiny_corpus, weight_decay_
     assert [p.loss for p in a.val_curve] == [p.loss for p in b.val_curve]
 
 
-def test_sp_default_differs_from_mup_at_base_width(tiny_corpus):
-    """...and the identity above is not vacuous: SP's own defaults change the run."""
+def test_lingle_constants_differ_from_sp_at_base_width(tiny_corpus):
+    """...and the identity above is not vacuous: Lingle's constants (readout std 1/M,
+    attention 1/D) change the run at the base width; µP with them is SP with them."""
     hparams, budget = HParams(batch_size=4), Budget(steps=4, eval_every=4, eval_tokens=512)
-    a = train(ModelSpec(width=32, base_width=32, depth=1, seq_len=32), hparams, budget,
-              tiny_corpus)
-    b = train(ModelSpec(width=32, base_width=32, depth=1, seq_len=32, param="sp"), hparams,
-              budget, tiny_corpus)
-    assert a.final_val_loss != b.final_val_loss
+    shape = dict(width=32, base_width=32, depth=1, seq_len=32)
+    lingle = train(ModelSpec(**shape, **Preset.LINGLE.fields), hparams, budget, tiny_corpus)
+    sp = train(ModelSpec(**shape, param="sp"), hparams, budget, tiny_corpus)
+    sp_lingle = train(ModelSpec(**shape, param="sp", **Preset.LINGLE.fields), hparams, budget,
+                      tiny_corpus)
+    assert lingle.final_val_loss != sp.final_val_loss
+    assert lingle.final_val_loss == sp_lingle.final_val_loss
+
+
+def test_the_default_readout_init_is_sp_s_at_the_base_width_and_shrinks_as_one_over_m():
+    for width in (32, 64, 256):
+        spec = ModelSpec(width=width, base_width=32, head_dim=16)
+        (readout,) = [r for r in tensor_rules(role_table(spec), spec) if r.role is Role.READOUT]
+        assert readout.init_std == pytest.approx((1 / math.sqrt(32)) * 32 / width, rel=1e-12)
+    base = ModelSpec(width=32, base_width=32, head_dim=16)
+    (readout,) = [r for r in tensor_rules(role_table(base), base) if r.role is Role.READOUT]
+    assert readout.init_std == 1 / math.sqrt(32)  # exactly SP's
 
 
 def test_optimizer_groups_carry_the_table_lrs():

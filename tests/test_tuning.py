@@ -36,11 +36,11 @@ from hptransfer.hparams import HParams
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
 from hptransfer.study.attributes import load_config, study_names
-from hptransfer.study.config import StudyConfig
+from hptransfer.study.config import ConfigFile, StudyConfig
 from hptransfer.study.names import width_study_name
 from hptransfer.study.records import load_trials
 from hptransfer.study.schema import TrialRecord, TrialStatus
-from hptransfer.study.search import SamplerKind, WarmStart
+from hptransfer.study.search import Pruning, SamplerKind, WarmStart
 from hptransfer.study.storage import normalize, open_storage
 from hptransfer.study.tune import tune
 from hptransfer.study.worker import LocalRunner
@@ -521,3 +521,56 @@ def test_grid_sampler_runs_the_whole_grid_once(config, tiny_corpus, tmp_path):
     assert lrs == sorted(config.space.lr_octaves())
     with pytest.raises(StudyError, match=f"grid has {points} points"):
         tune(config, trials=points + 1, **run)
+
+
+# ---- the base width: the narrowest proxy width unless set, one per study -------------------
+
+
+def test_the_base_width_is_the_narrowest_proxy_width_unless_set(tiny_corpus):
+    from hptransfer.study.config import from_sources, study_config
+
+    assert from_sources(widths=(64, 32)).spec.base_width == 32
+    assert from_sources(widths=(64,), spec={"base_width": 16}).spec.base_width == 16
+    file = ConfigFile(spec={"base_width": 128})
+    assert from_sources(file, widths=(32,)).spec.base_width == 128
+    assert study_config(corpus=tiny_corpus, widths=(128, 64)).spec.base_width == 64
+    given = ModelSpec(depth=1, base_width=128)
+    assert study_config(spec=given, corpus=tiny_corpus, widths=(32,)).spec.base_width == 128
+
+
+def test_a_study_keeps_its_base_width_when_widths_are_added(runner, text_file, tiny_toml,
+                                                            tmp_path, home):
+    url = str(tmp_path / "s.db")
+
+    def args(*extra: str) -> list[str]:  # tune_args without its --base-width
+        given = tune_args(text_file, tiny_toml, "--trials", "2", "--study", "b", "--storage",
+                          url, *extra)
+        at = given.index("--base-width")
+        return given[:at] + given[at + 2:]
+
+    invoke(runner, args("--widths", "64,32"))
+    assert load_config("b", url).spec.base_width == 32  # the narrowest
+    invoke(runner, args("--widths", "128"))  # not refused: the study's base 32 is kept
+    assert load_config("b", url).spec.base_width == 32
+    assert sorted(study_names(url)["b"]) == [32, 64, 128]
+    result = runner.invoke(main, args("--widths", "128", "--base-width", "64"))
+    assert result.exit_code == 2 and "different spec" in result.output
+
+
+def test_predict_refuses_widths_tuned_under_different_bases(config, tiny_corpus, tmp_path):
+    from hptransfer.errors import PredictionError
+    from hptransfer.study.search import open_width_study
+    from hptransfer.transfer import predict_hparams
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    tune(config, study="mixed", widths=(32,), trials=2, storage=url, corpus=tiny_corpus,
+         runner=LocalRunner(workers=1, threads=1), sampler=SamplerKind.TPE)
+    # a width study made under another base, as an older hptransfer or a hand-made study
+    # could leave it (tune itself refuses a different config)
+    other = config.model_copy(update={"spec": config.spec.model_copy(
+        update={"base_width": 64, "width": 64})})
+    open_width_study("mixed", 64, other, open_storage(url), sampler=SamplerKind.TPE,
+                     pruning=Pruning.NONE)
+    with pytest.raises(PredictionError, match="different µP base widths.*base 32: widths 32; "
+                                              "base 64: widths 64"):
+        predict_hparams(128, study="mixed", storage=url)

@@ -122,7 +122,11 @@ def describe(as_json: bool, **values: Any) -> None:
 @click.option("--tolerance", type=click.FloatRange(min=1.0, min_open=True),
               default=checks.TOLERANCE,
               show_default=True, help="allowed growth factor per doubling of width")
-@click.option("--seed", type=int, default=0, show_default=True, help="init and data seed")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="the first init and data seed")
+@click.option("--seeds", type=click.IntRange(min=1), default=checks.SEEDS, show_default=True,
+              help="seeds averaged over (each its own init and batches); a slope fails only "
+                   "outside the band by more than 2 standard errors of their mean")
 @click.option("--out", type=click.Path(file_okay=False), default="coord_check",
               show_default=True, help="folder for the JSON report and PNG plot")
 @data_option
@@ -130,8 +134,8 @@ def describe(as_json: bool, **values: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def coord_check_command(widths: tuple[int, ...], param: str, steps: int, lr: float | None,
                         depth: int, head_dim: int, model: str, roles: str, tolerance: float,
-                        seed: int, out: str, data: str | None, threads: int | None,
-                        as_json: bool) -> None:
+                        seed: int, seeds: int, out: str, data: str | None,
+                        threads: int | None, as_json: bool) -> None:
     """Check that activations stay flat in width (exit 0) or not (exit 1)."""
     from hptransfer.checks.coord_check import coord_check
     from hptransfer.data.corpus import load_corpus
@@ -147,7 +151,8 @@ def coord_check_command(widths: tuple[int, ...], param: str, steps: int, lr: flo
         fail(f"--lr: must be positive, got {lr}")
     corpus = load_corpus(data)
     report = coord_check(widths=widths, param=param, steps=steps, lr=lr, depth=depth,
-                         head_dim=head_dim, tolerance=tolerance, seed=seed, corpus=corpus,
+                         head_dim=head_dim, tolerance=tolerance, seed=seed, seeds=seeds,
+                         corpus=corpus,
                          threads=threads, vocab=max(corpus.vocab_size, 2), model=model,
                          roles=roles)
     json_path, png_path = write_coord_check(report, out)
@@ -155,10 +160,13 @@ def coord_check_command(widths: tuple[int, ...], param: str, steps: int, lr: flo
         click.echo(report.model_dump_json(indent=2))
     else:
         click.echo(f"coord check {model} {param}, widths {','.join(map(str, widths))}, lr "
-                   f"{report.lr:g}: {'PASS' if report.passed else 'FAIL'}")
+                   f"{report.lr:g}, {seeds} seed(s): {'PASS' if report.passed else 'FAIL'}")
         for growth in report.failures:
+            spread = (f", slope ±{growth.slope_se:.2f} over the seeds" if growth.slope_se
+                      else "")
             click.echo(f"  {growth.module} at t={growth.step}: ×{growth.per_doubling:.2f} per "
-                       f"doubling of width (allowed ×{1 / tolerance:.2f}..×{tolerance:.2f})")
+                       f"doubling of width{spread} (allowed ×{1 / tolerance:.2f}.."
+                       f"×{tolerance:.2f})")
         click.echo(f"report: {json_path}\nplot:   {png_path}")
     sys.exit(0 if report.passed else 1)
 
@@ -207,7 +215,7 @@ def quickstart(out: str, steps: int, target_width: int, threads: int | None) -> 
                f"{runner.placement(widths[0]).describe()}")
     config = hp.study_config(space=hp.SearchSpace(weight_decay=None, batch_sizes=None,
                                                   base=hp.HParams(batch_size=16)),
-                             budget=hp.Budget(steps=steps, eval_every=steps))
+                             budget=hp.Budget(steps=steps, eval_every=steps), widths=widths)
     progress = TrialProgress(None, quiet=False)
     try:
         result = hp.tune(config, study="quickstart", widths=widths, storage=storage,

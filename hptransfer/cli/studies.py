@@ -34,7 +34,13 @@ from hptransfer.cli.options import (
     workers_option,
 )
 from hptransfer.spec import FrozenConfig, ModelSpec
-from hptransfer.study.config import DEFAULT_TRIALS, LADDER_TRIALS, PROXY_BUDGET, PROXY_SPEC
+from hptransfer.study.config import (
+    BASE_WIDTH_HELP,
+    DEFAULT_TRIALS,
+    LADDER_TRIALS,
+    PROXY_BUDGET,
+    PROXY_SPEC,
+)
 from hptransfer.study.ladder import PRECISION
 from hptransfer.study.names import check_name
 from hptransfer.study.runner import AUTO
@@ -157,7 +163,8 @@ class TuneOptions(FrozenConfig):
                    "[default: 1e-5,0.1]")
 @click.option("--batch-sizes", default=None, callback=batch_sizes_option,
               help="comma-separated powers of two, or 'off' [default: 8,16,32]")
-@config_options(ModelSpec, exclude=("width",), defaults=PROXY_SPEC)
+@config_options(ModelSpec, exclude=("width",),
+                defaults={**PROXY_SPEC, "base_width": BASE_WIDTH_HELP})
 @click.option("--config", "config_path", type=click.Path(), default=None,
               help="TOML or YAML file with [tune], [spec], [hparams], [space], [budget]")
 @data_option
@@ -175,6 +182,7 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, lr_pr
     Running the same command again resumes the study.
     """
     from hptransfer.data.corpus import load_corpus
+    from hptransfer.study.attributes import existing_config
     from hptransfer.study.config import ConfigFile, from_sources
     from hptransfer.study.tune import tune as run_tune
 
@@ -199,7 +207,8 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, lr_pr
     try:  # every width and section is valid before the corpus is read or anything runs
         template = from_sources(file, widths=opts.widths, spec=spec_values, steps=steps,
                                 space={"lr": lr_range, "weight_decay": weight_decay_range,
-                                       "batch_sizes": batch_sizes})
+                                       "batch_sizes": batch_sizes},
+                                stored=existing_config(opts.study, opts.storage))
     except ValidationError as error:
         fail(explain(error))
     corpus = load_corpus(opts.data)

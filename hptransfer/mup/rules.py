@@ -3,22 +3,24 @@
 The table (Lingle's relative rule, Tensor Programs V Table 3 with base width M₀,
 m = M / M₀; docs/spec.md §2 and docs/parametrization.md row by row):
 
-=========== ================== ======= ============= =================
-role        init std           LR, SP  LR, µP        LR, µP (absolute)
-=========== ================== ======= ============= =================
-embedding   1                  α       α             α
-hidden      1/√fan_in (or 0)   α       α / m         α / fan_in
-readout     1/M (µP), 1/√M     α       α / m         α / fan_in
+=========== ==================== ======= ============= =================
+role        init std             LR, SP  LR, µP        LR, µP (absolute)
+=========== ==================== ======= ============= =================
+embedding   1                    α       α             α
+hidden      1/√fan_in (or 0)     α       α / m         α / fan_in
+readout     √M₀/M (µP default),  α       α / m         α / fan_in
+            1/M (Lingle), 1/√M
             (SP), or 0
-gain        1 (ones)           α       α             α
-bias        0 (zeros)          α       α             α
-=========== ================== ======= ============= =================
+gain        1 (ones)             α       α             α
+bias        0 (zeros)            α       α             α
+=========== ==================== ======= ============= =================
 
-Forward multipliers: attention logits × 1/D under µP (1/√D under SP); residual branches
-× L₀/L under CompleteP. At m = 1 and L = L₀ every factor is exactly 1.0, so µP at its base
-width trains bit for bit like the same model with one global LR (tested). Everything else
-in hptransfer that depends on how a rule scales with width asks a function here; the
-table is applied to a model's tensors by :mod:`hptransfer.mup.tensors`. No torch here.
+Forward multipliers: attention logits × 1/√D (SP, and µP's default: D is fixed) or 1/D
+(Lingle's); residual branches × L₀/L under CompleteP. At m = 1 and L = L₀ every factor is
+exactly 1.0 and µP's default constants are SP's, so µP at its base width trains bit for bit
+like the SP model with one global LR (tested for every model family). Everything else in
+hptransfer that depends on how a rule scales with width asks a function here; the table is
+applied to a model's tensors by :mod:`hptransfer.mup.tensors`. No torch here.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from hptransfer.mup.roles import Declaration, Role, TensorRole
 from hptransfer.spec import AttentionScale, DepthRule, ModelSpec, Parametrization, ReadoutInit
 
 __all__ = [
-    "FORMULATION",
+    "formulation",
     "alpha_for_base_lr",
     "attention_scale",
     "coupled_decay_scale",
@@ -40,21 +42,32 @@ __all__ = [
     "init_std",
     "logits_shrink_at_init",
     "lr_multiplier",
+    "module_lr_multiplier",
     "residual_multiplier",
     "weight_decay",
     "weight_decay_depends_on_width",
 ]
 
-# Lingle's formulation (readout LR scaled, no readout forward multiplier); microsoft/mup's
-# equivalent form (width-independent readout init, forward multiplier 1/m, readout LR α)
-# is not used. Every run record stores this string.
-FORMULATION = "lingle: readout init std 1/M, readout LR scaled like hidden, no output multiplier"
+_READOUT_INIT = {ReadoutInit.SP_AT_BASE: "readout init std √M₀/M (SP's at the base width)",
+                 ReadoutInit.MUP: "readout init std 1/M (Lingle)",
+                 ReadoutInit.SP: "readout init std 1/√M", ReadoutInit.ZERO: "readout init 0"}
+
+
+def formulation(spec: ModelSpec) -> str:
+    """What a run's record says about how it was parametrized. hptransfer scales the readout
+    LR like the hidden matrices' and has no output multiplier (Lingle's form);
+    microsoft/mup's equivalent form (width-independent readout init, forward multiplier
+    1/m, readout LR α) is not used."""
+    return (f"{spec.param.value}: {_READOUT_INIT[spec.readout_init]}, readout LR scaled like "
+            f"hidden, no output multiplier, attention {spec.attention_scale.value}, base width "
+            f"{spec.base_width}")
 
 
 # ---- forward multipliers ---------------------------------------------------------------------
 
 def attention_scale(spec: ModelSpec) -> float:
-    """Multiplier of q·kᵀ: 1/D (µP, width-independent because D is fixed) or 1/√D."""
+    """Multiplier of q·kᵀ: 1/√D (SP's, µP's default) or 1/D (Lingle's); with D fixed
+    across widths either is width-independent."""
     if spec.attention_scale is AttentionScale.INV_D:
         return 1.0 / spec.head_dim
     return 1.0 / math.sqrt(spec.head_dim)
@@ -83,26 +96,51 @@ def init_std(declaration: Declaration | TensorRole, spec: ModelSpec) -> float:
         return 1.0
     if role is Role.HIDDEN:
         return 1.0 / math.sqrt(declaration.fan_in)
-    # Readout: var 1/M² under µP keeps logits Θ(1) after the first update while the init
-    # contribution vanishes like 1/√M; SP's var 1/M keeps them Θ(1) at init.
+    # Readout: std ∝ 1/M under µP keeps logits Θ(1) after the first update while the init
+    # contribution vanishes like 1/√M; SP's 1/√M keeps them Θ(1) at init. µP's default
+    # starts from SP's at the base width and shrinks as 1/m beyond (microsoft/mup's
+    # MuReadout), so that µP is SP there; Lingle's 1/M is √M₀ times smaller at M₀.
     if spec.readout_init is ReadoutInit.ZERO:
         return 0.0
     if spec.readout_init is ReadoutInit.MUP:
         return 1.0 / declaration.fan_in
+    if spec.readout_init is ReadoutInit.SP_AT_BASE:
+        base = _base_fan_in(declaration, spec)
+        # (1/√base) / m, not √base/fan_in: exactly SP's 1/√fan_in at m = 1
+        return 1.0 / math.sqrt(base) / (declaration.fan_in / base)
     return 1.0 / math.sqrt(declaration.fan_in)
 
 
-def lr_multiplier(row: TensorRole, spec: ModelSpec) -> float:
+def _base_fan_in(declaration: Declaration | TensorRole, spec: ModelSpec) -> float:
+    """A matrix's fan-in at the base width: the role table's, or, for a module's own
+    declaration of a width-sized fan-in, the fan-in over m."""
+    base = getattr(declaration, "base_fan_in", None)
+    return base if base is not None else declaration.fan_in / spec.width_multiplier
+
+
+def lr_multiplier(row: TensorRole, spec: ModelSpec, hparams: HParams | None = None
+                  ) -> float:
     """Per-tensor LR as a multiple of the base LR α, from the tensor's own fan-in and its
     fan-in at the base width (m = fan_in / base_fan_in; for the built-in model that is
-    M / M₀ for every matrix, and a matrix whose fan-in does not grow keeps α)."""
+    M / M₀ for every matrix, and a matrix whose fan-in does not grow keeps α), times the
+    module's own width-independent multiplier from ``hparams`` (the embedding's
+    ``embedding_lr_mult``; 1 without ``hparams``)."""
+    module = module_lr_multiplier(row, hparams)
     if spec.param is Parametrization.SP or row.role not in (Role.HIDDEN, Role.READOUT):
-        return 1.0
+        return module
     if spec.param is Parametrization.MUP:
         # integer fan-ins: the quotient is M / M₀ to the last bit, and exactly 1.0 at the
         # base width, where µP must equal SP
-        return 1.0 / (row.fan_in / row.base_fan_in)
-    return 1.0 / row.fan_in  # MUP_ABS
+        return module / (row.fan_in / row.base_fan_in)
+    return module / row.fan_in  # MUP_ABS
+
+
+def module_lr_multiplier(row: TensorRole, hparams: HParams | None) -> float:
+    """A module's LR multiplier that does not depend on width, tuned on the proxies and
+    carried to the target as it is (µP makes it width-independent): the embedding's."""
+    if hparams is not None and row.role is Role.EMBEDDING:
+        return hparams.embedding_lr_mult
+    return 1.0
 
 
 def weight_decay(row: TensorRole, spec: ModelSpec, hparams: HParams) -> float:
@@ -114,7 +152,7 @@ def weight_decay(row: TensorRole, spec: ModelSpec, hparams: HParams) -> float:
     """
     if not row.role.is_matrix or hparams.weight_decay == 0:
         return 0.0
-    multiplier = lr_multiplier(row, spec)
+    multiplier = lr_multiplier(row, spec, hparams)
     rule = hparams.weight_decay_rule
     if rule is WeightDecay.COUPLED:
         return hparams.weight_decay
@@ -129,7 +167,7 @@ def eps(row: TensorRole, spec: ModelSpec, hparams: HParams) -> float:
     if hparams.eps_rule is EpsRule.CONSTANT:
         return hparams.eps
     depth = residual_multiplier(spec) if row.role is Role.HIDDEN else 1.0
-    return hparams.eps * lr_multiplier(row, spec) * depth
+    return hparams.eps * lr_multiplier(row, spec, hparams) * depth
 
 
 def init_kind(declaration: Declaration | TensorRole, spec: ModelSpec) -> str:

@@ -105,7 +105,7 @@ def tensor_rules(roles: RoleTable, spec: ModelSpec, hparams: HParams | None = No
     return [
         TensorRule(name=row.name, role=row.role, shape=row.shape, fan_in=row.fan_in,
                    init=init_kind(row, spec), init_std=init_std(row, spec),
-                   lr_multiplier=lr_multiplier(row, spec),
+                   lr_multiplier=lr_multiplier(row, spec, hparams),
                    weight_decay=weight_decay(row, spec, hparams), eps=eps(row, spec, hparams))
         for row in roles
     ]
@@ -138,7 +138,7 @@ def param_groups(model: nn.Module, roles: RoleTable, spec: ModelSpec, hparams: H
     """
     groups: dict[tuple[float, float, float], list[nn.Parameter]] = {}
     for row, parameter in _rows(model, roles):
-        key = (hparams.lr * lr_multiplier(row, spec), weight_decay(row, spec, hparams),
+        key = (hparams.lr * lr_multiplier(row, spec, hparams), weight_decay(row, spec, hparams),
                eps(row, spec, hparams))
         groups.setdefault(key, []).append(parameter)
     return [{"params": params, "lr": lr, "weight_decay": wd, "eps": e}

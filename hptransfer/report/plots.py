@@ -153,9 +153,14 @@ def coord_check_figure(report: CoordCheckReport):
                              sharey=True, squeeze=False)
     for t, ax in enumerate(axes[0], start=1):
         for name in modules:
-            pts = sorted((p.width, p.mean_abs) for p in report.points
+            pts = sorted((p.width, p.mean_abs, p.low, p.high) for p in report.points
                          if p.module == name and p.step == t)
-            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+            widths, means = [p[0] for p in pts], [p[1] for p in pts]
+            (line,) = ax.plot(widths, means, marker="o", label=name)
+            if report.seeds > 1 and all(p[2] is not None for p in pts):
+                # the seeds' spread: the line is their mean
+                ax.fill_between(widths, [p[2] for p in pts], [p[3] for p in pts],
+                                color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(f"t = {t}")
@@ -164,6 +169,8 @@ def coord_check_figure(report: CoordCheckReport):
     axes[0][-1].legend(fontsize=7)
     verdict = "PASS" if report.passed else "FAIL"
     model = "" if report.spec.model == "builtin" else f"{report.spec.model}, "
-    fig.suptitle(f"coord check, {model}{report.param.value}, lr {report.lr:g}: {verdict}")
+    seeds = f", {report.seeds} seeds (band: their spread)" if report.seeds > 1 else ""
+    fig.suptitle(f"coord check, {model}{report.param.value}, lr {report.lr:g}{seeds}: "
+                 f"{verdict}")
     fig.tight_layout()
     return fig

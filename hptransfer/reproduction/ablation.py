@@ -35,7 +35,7 @@ from hptransfer.budget import Budget
 from hptransfer.errors import AblationError, explain_fields
 from hptransfer.hparams import HParams
 from hptransfer.space import SearchSpace
-from hptransfer.spec import FrozenConfig, ModelSpec
+from hptransfer.spec import FrozenConfig, ModelSpec, Parametrization, Preset
 
 if TYPE_CHECKING:
     from hptransfer.data.corpus import Corpus
@@ -77,6 +77,8 @@ class Setting(FrozenConfig):
     seed: int = 0
     data: str | None = Field(None, description="corpus path (relative to the setting file); "
                                                "None: the built-in corpus")
+    preset: Preset | None = Field(None, description="named ModelSpec constants under [spec] "
+                                                    "(lingle: the paper's µP constants)")
     spec: dict[str, Any] = Field(default_factory=dict, description="ModelSpec fields")
     hparams: dict[str, Any] = Field(default_factory=dict, description="HParams fields")
 
@@ -200,6 +202,9 @@ class Ablation(FrozenConfig):
                value: int) -> Point:
         width = value if self.axis is Axis.WIDTH else self.width
         spec = {**setting.spec, **self.spec, "width": width}
+        if setting.preset is not None and Parametrization(spec.get(
+                "param", Parametrization.MUP)) is not Parametrization.SP:
+            spec = {**setting.preset.fields, **spec}  # µP's constants; SP keeps its own
         if self.axis is Axis.DEPTH:
             spec["depth"] = value
         steps = value if self.axis is Axis.STEPS else setting.steps

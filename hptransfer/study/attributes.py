@@ -19,7 +19,9 @@ from hptransfer.study.names import WIDTH_SUFFIX, open_storage_arg, width_study_n
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["bind_config", "check_existing", "confirmation_widths", "is_warm_started",
+__all__ = ["bind_config", "check_existing", "check_one_base", "confirmation_widths",
+           "existing_config",
+           "is_warm_started",
            "ladder_done", "load_config", "mark_ladder_done", "mark_warm_started", "read_plan",
            "read_planner", "study_names", "widths_of", "write_placement", "write_plan",
            "write_planner"]
@@ -77,6 +79,37 @@ def load_config(name: str, storage: optuna.storages.BaseStorage | str | None = N
     width = widths_of(name, storage)[0]
     study = optuna.load_study(study_name=width_study_name(name, width), storage=storage)
     return StudyConfig.model_validate_json(study.user_attrs[CONFIG_ATTR])
+
+
+def check_one_base(name: str, storage: optuna.storages.BaseStorage | str | None = None
+                   ) -> None:
+    """Refuse a study whose widths were tuned under different µP base widths: their LR
+    optima are in different units (α at one M₀ is not α at another), so no fit across them
+    means anything."""
+    storage = open_storage_arg(storage)
+    bases: dict[int, list[int]] = {}
+    for width in widths_of(name, storage):
+        attrs = storage.get_study_user_attrs(
+            storage.get_study_id_from_name(width_study_name(name, width)))
+        config = StudyConfig.model_validate_json(attrs[CONFIG_ATTR])
+        bases.setdefault(config.spec.base_width, []).append(width)
+    if len(bases) > 1:
+        found = "; ".join(f"base {base}: widths {', '.join(map(str, ws))}"
+                          for base, ws in sorted(bases.items()))
+        raise StudyError(f"study {name!r} holds widths tuned under different µP base widths "
+                         f"({found}): their optima do not compare. Tune the widths again "
+                         f"into one study with one --base-width")
+
+
+def existing_config(name: str, storage: str | None) -> StudyConfig | None:
+    """Study ``name``'s config if the storage at URL ``storage`` holds it, else None;
+    nothing is created (a tune asks before it makes the study)."""
+    from hptransfer.study.storage import missing_local_file
+
+    if missing_local_file(storage) is not None:
+        return None
+    opened = open_storage_arg(storage)
+    return load_config(name, opened) if name in study_names(opened) else None
 
 
 def check_existing(name: str, config: StudyConfig, storage) -> None:

@@ -8,6 +8,7 @@ for the command's own options), and explicit overrides such as command-line flag
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,13 +23,16 @@ from hptransfer.spec import FrozenConfig, ModelSpec
 if TYPE_CHECKING:
     from hptransfer.data.corpus import Corpus
 
-__all__ = ["DEFAULT_TRIALS", "LADDER_TRIALS", "OFF", "PROXY_BUDGET", "PROXY_HPARAMS", "PROXY_SPACE",
-           "PROXY_SPEC", "ConfigFile", "StudyConfig", "StudyTemplate", "check_roles",
-           "from_sources", "refuse_different", "roles_digest", "study_config"]
+__all__ = ["BASE_WIDTH_HELP", "DEFAULT_TRIALS", "LADDER_TRIALS", "OFF", "PROXY_BUDGET",
+           "PROXY_HPARAMS", "PROXY_SPACE", "PROXY_SPEC", "ConfigFile", "StudyConfig",
+           "StudyTemplate", "base_width", "check_roles", "from_sources", "refuse_different",
+           "roles_digest", "study_config"]
 
 # The built-in CPU proxy setting (docs/tuning.md): 8 trials of width 128 take about 7 minutes
-# on 2 cores; the LR range spans the bowl of every width from 32 to 256.
-PROXY_SPEC = {"depth": 4, "head_dim": 16, "seq_len": 128, "base_width": 128}
+# on 2 cores; the LR range spans the bowl of every width from 32 to 256. Its base width M₀
+# (where µP is SP) is the narrowest proxy width: base_width() below.
+PROXY_SPEC = {"depth": 4, "head_dim": 16, "seq_len": 128}
+BASE_WIDTH_HELP = "the narrowest of --widths (or the study's, when it exists)"
 PROXY_HPARAMS = {"batch_size": 16}
 PROXY_BUDGET = {"steps": 150, "eval_every": 50}
 PROXY_SPACE = {"lr": (2.0**-12, 2.0**-2), "weight_decay": (1e-5, 1e-1),
@@ -90,21 +94,34 @@ def refuse_different(name: str, old: StudyConfig, new: StudyConfig) -> None:
             f"settings, or start a new one with --study OTHER_NAME")
 
 
+def base_width(widths: Sequence[int], stored: StudyConfig | None = None) -> int:
+    """The base width M₀ a tune of ``widths`` takes when none is given: the study's own if
+    it exists (``stored``: a study's widths share one base), else the narrowest proxy width,
+    so that the cheapest proxy is exactly an SP model and every wider model is µP from
+    there."""
+    return stored.spec.base_width if stored is not None else min(widths)
+
+
 def study_config(*, spec: ModelSpec | None = None, space: SearchSpace | None = None,
                  budget: Budget | None = None, seed: int = 0, corpus: Corpus | None = None,
-                 data: str | None = None) -> StudyConfig:
+                 data: str | None = None, widths: Sequence[int] | None = None) -> StudyConfig:
     """A :class:`StudyConfig`, with the built-in proxy setting for whatever is not given.
 
-    When the batch size is searched and the budget is in steps, the budget becomes the same
-    number of *tokens* at the base batch size: batch sizes are compared at equal data.
+    The base width is ``spec``'s when it sets one, else (with ``widths``) the narrowest of
+    ``widths`` (:func:`base_width`), else ModelSpec's default. When the batch size is
+    searched and the budget is in steps, the budget becomes the same number of *tokens* at
+    the base batch size: batch sizes are compared at equal data.
     """
     from hptransfer.data.corpus import load_corpus
 
     corpus = corpus if corpus is not None else load_corpus(data)
     spec = spec or ModelSpec(**PROXY_SPEC)
+    base = spec.base_width
+    if "base_width" not in spec.model_fields_set and widths:
+        base = base_width(widths)
     # The template's width means nothing (each width study sets its own); store it at the
     # base width so that the same study run with other --widths has the same config.
-    spec = ModelSpec(**{**spec.model_dump(), "width": spec.base_width,
+    spec = ModelSpec(**{**spec.model_dump(), "width": base, "base_width": base,
                         "vocab": max(spec.vocab, corpus.vocab_size)})
     space = space or SearchSpace(**PROXY_SPACE, base=HParams(**PROXY_HPARAMS))
     budget = budget or Budget(**PROXY_BUDGET)
@@ -200,17 +217,20 @@ class StudyTemplate(FrozenConfig):
 
 def from_sources(file: ConfigFile | None = None, *, widths: tuple[int, ...],
                  spec: dict[str, Any] | None = None, space: dict[str, Any] | None = None,
-                 steps: int | None = None) -> StudyTemplate:
+                 steps: int | None = None, stored: StudyConfig | None = None
+                 ) -> StudyTemplate:
     """A tune's study template: the built-in proxy setting, overridden by ``file``'s
     sections, overridden by ``spec`` / ``space`` field values and ``steps`` (None values are
-    not given; a ``space`` range of :data:`OFF` is not searched).
+    not given; a ``space`` range of :data:`OFF` is not searched). The base width, when
+    neither sets it, is :func:`base_width`'s (``stored``: the study's config, if it exists).
 
     Every width of ``widths`` must build, so a bad width is refused before anything runs.
     Raises pydantic's ``ValidationError`` naming the field (the command line turns it into
     the option's name).
     """
     file = file or ConfigFile()
-    template = ModelSpec(**{**PROXY_SPEC, **file.spec, "width": widths[0], **_given(spec)})
+    template = ModelSpec(**{**PROXY_SPEC, "base_width": base_width(widths, stored),
+                            **file.spec, "width": widths[0], **_given(spec)})
     for width in widths:
         ModelSpec(**{**template.model_dump(), "width": width})
     base = HParams(**{**PROXY_HPARAMS, **file.hparams})

@@ -51,6 +51,7 @@ _HOST, _PLACE, _PID, _STARTED = "hptransfer:host", "hptransfer:place", "hptransf
     "hptransfer:started"
 _TOKEN, _BEAT = "hptransfer:lease", "hptransfer:heartbeat"
 _WORKER = "hptransfer:ray_worker"  # host:pid of the process that trains it, when not ours
+RELEASED = "released"  # the token of a lease its holder gave up while its process lives on
 
 
 class LeaseWarning(UserWarning):
@@ -172,6 +173,8 @@ _HELD_LOCK = threading.Lock()
 def holder_alive(holder: dict[str, Any], beat: float | None, grace_s: float) -> bool:
     """Whether the process a lease names (``host``, ``place``, ``pid``, ``started``,
     ``token``) still holds it (module docstring); ``beat``: its last heartbeat."""
+    if holder.get("token") == RELEASED:  # given up: its process may live on, its lease not
+        return False
     me = this_process()
     pid = holder.get("pid")
     if pid is not None and holder.get("place") == me.place:
@@ -236,6 +239,7 @@ class Heartbeat:
 
     def __init__(self, storage, trial_id: int, timing: LeaseTiming | None = None) -> None:
         timing = timing or lease_timing()
+        self._storage, self._trial_id = storage, trial_id
         self._token = uuid.uuid4().hex
         with _HELD_LOCK:
             _HELD.add(self._token)
@@ -255,9 +259,31 @@ class Heartbeat:
         with _HELD_LOCK:
             _HELD.discard(self._token)
 
-    def stop(self) -> None:
+    def stop(self, *, give_up: bool = False) -> None:
+        """Stop beating. ``give_up``: the trial is left unfinished while this process lives
+        on (an error between the run and its record), so say so in the lease: any worker
+        may take the trial over at once instead of waiting for this process to end."""
         self._beat.stop()
         self._release()
+        if give_up:
+            _best_effort(lambda: self._storage.set_trial_system_attr(
+                self._trial_id, _TOKEN, RELEASED), f"trial id {self._trial_id}")
+
+
+def _best_effort(write, what: str) -> None:
+    """A last write of a lease that is going away: a finished trial refuses it (nothing to
+    say), a failing storage is reported (the holder's end is then found as before: when its
+    process ends, or its heartbeat passes the grace)."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        write()
+    except UpdateFinishedTrialError:
+        pass
+    except Exception as error:
+        warnings.warn(f"could not release the lease of {what} ({type(error).__name__}: "
+                      f"{error}); it lapses when this process ends", LeaseWarning,
+                      stacklevel=2)
 
 
 def trial_holder_alive(trial: optuna.trial.FrozenTrial, grace_s: float) -> bool:
@@ -299,8 +325,13 @@ class PlannerLease:
             _HELD.discard(self._token)
 
     def stop(self) -> None:
+        """Stop planning, and say so: followers stop waiting for rounds at once, even while
+        this process lives on (it may be waiting for them to exit)."""
         self._beat.stop()
         self._release()
+        _best_effort(lambda: write_planner(self._study, {**self._holder, "token": RELEASED,
+                                                         "beat": time.time()}),
+                     f"the ladder planner of {self._study.study_name}")
 
 
 def planner_alive(study: optuna.Study, grace_s: float) -> bool | None:

@@ -170,6 +170,7 @@ class OwnedTrial:
         self.study, self.trial = study, trial
         self.storage, self.trial_id = study._storage, trial._trial_id
         self._lease: Heartbeat | None = None
+        self._ended = False  # finished, taken over or handed back: nothing left to give up
         with self._fenced():
             self._lease = Heartbeat(self.storage, self.trial_id, timing)
 
@@ -185,6 +186,7 @@ class OwnedTrial:
         try:
             yield
         except UpdateFinishedTrialError:
+            self._ended = True
             raise TakenOver(self.study.study_name, self.number) from None
 
     def write_inputs(self, **inputs: Any) -> None:
@@ -214,7 +216,9 @@ class OwnedTrial:
             except ValueError:  # "Cannot tell a FAIL trial": finished before tell looked
                 if self.storage.get_trial(self.trial_id).state is TrialState.RUNNING:
                     raise
+                self._ended = True
                 raise TakenOver(self.study.study_name, self.number) from None
+        self._ended = True
         self.release()
         return trial_record(self.study.study_name, self.storage.get_trial(self.trial_id))
 
@@ -222,13 +226,16 @@ class OwnedTrial:
         """Give the trial up unfinished (interrupted): it is marked lost and its retry is
         enqueued now, to run first, instead of after its lease is found dead. False if it
         had finished or was taken over already."""
+        self._ended = True
         self.release()
         return take_over(self.study, self.storage.get_trial(self.trial_id), reason)
 
     def release(self) -> None:
-        """Stop holding the lease (idempotent)."""
+        """Stop holding the lease (idempotent). A trial released before it ended (an error
+        between its run and its record) is given up in its lease, so that any worker takes
+        it over at once rather than when this process ends."""
         if self._lease is not None:
-            self._lease.stop()
+            self._lease.stop(give_up=not self._ended)
             self._lease = None
 
 

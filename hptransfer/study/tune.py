@@ -18,9 +18,16 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from hptransfer.errors import StudyError
-from hptransfer.spec import FrozenConfig
-from hptransfer.study.attributes import check_existing, ladder_done
-from hptransfer.study.config import DEFAULT_TRIALS, LADDER_TRIALS, StudyConfig, study_config
+from hptransfer.spec import FrozenConfig, ModelSpec
+from hptransfer.study.attributes import check_existing, existing_config, ladder_done
+from hptransfer.study.config import (
+    DEFAULT_TRIALS,
+    LADDER_TRIALS,
+    PROXY_SPEC,
+    StudyConfig,
+    base_width,
+    study_config,
+)
 from hptransfer.study.ladder import PRECISION, WidthSearch
 from hptransfer.study.leases import lease_timing
 from hptransfer.study.names import check_name
@@ -79,9 +86,10 @@ def tune(config: StudyConfig | None = None, *, study: str = "proxy",
     (default ``DEFAULT_TRIALS``), starting with ``warm_start`` (default the LR octaves).
 
     ``config`` defaults to :func:`~hptransfer.study.config.study_config` (the built-in proxy
-    setting and corpus). ``runner`` defaults to one local process
-    (:class:`~hptransfer.study.worker.LocalRunner`); ``on_trial`` gets each trial's record
-    as it finishes.
+    setting and corpus), with the study's base width if it exists, else the narrowest of
+    ``widths`` (:func:`~hptransfer.study.config.base_width`). ``runner`` defaults to one
+    local process (:class:`~hptransfer.study.worker.LocalRunner`); ``on_trial`` gets each
+    trial's record as it finishes.
     """
     from hptransfer.data.corpus import check_hash, load_corpus
     from hptransfer.study.storage import normalize, open_storage
@@ -93,8 +101,9 @@ def tune(config: StudyConfig | None = None, *, study: str = "proxy",
     started = time.perf_counter()
     url = normalize(storage)
     runner = runner or LocalRunner()
-    if config is None:
-        config = study_config(corpus=corpus)
+    if config is None:  # the built-in setting, based at the study's base or the narrowest
+        config = study_config(corpus=corpus, spec=ModelSpec(**{
+            **PROXY_SPEC, "base_width": base_width(widths, existing_config(study, url))}))
     ladder = sampler is SamplerKind.LADDER
     if ladder:
         _check_ladder(config, pruning, warm_start, lr_precision)

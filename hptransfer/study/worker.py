@@ -192,10 +192,10 @@ class LocalRunner:
             _interrupt(children)
             raise
         finally:
+            if lease is not None:  # first: a follower waits for rounds while it is held
+                lease.stop()
             for child in children:
                 child.wait()
-            if lease is not None:
-                lease.stop()
         failed = [c.returncode for c in children if c.returncode]
         if failed:
             raise StudyError(f"{len(failed)} worker process(es) exited with {failed}; the "

@@ -26,7 +26,7 @@ from hptransfer.errors import ConfigError
 from hptransfer.hparams import HParams
 from hptransfer.models.family import logits_of
 from hptransfer.models.registry import family_of, role_table
-from hptransfer.mup.rules import FORMULATION
+from hptransfer.mup.rules import formulation
 from hptransfer.provenance import collect
 from hptransfer.record import CurvePoint, RunRecord, Status, Verdict
 from hptransfer.spec import ModelSpec
@@ -236,7 +236,7 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
         tokens_per_s=tokens / train_seconds if train_seconds > 0 else 0.0,
         resumed_at=resumed_at,
         spec=spec, hparams=hparams, budget=budget, seed=seed, corpus=corpus.describe(),
-        parametrization=FORMULATION, provenance=collect(threads))
+        parametrization=formulation(spec), provenance=collect(threads))
 
 
 def _downsample(losses: list[float], tokens_per_step: int) -> tuple[CurvePoint, ...]:

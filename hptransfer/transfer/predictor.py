@@ -215,7 +215,7 @@ def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = N
     ...
     hptransfer.errors.PredictionError: no study named 'gone' in this storage ...
     """
-    from hptransfer.study.attributes import load_config
+    from hptransfer.study.attributes import check_one_base, load_config
     from hptransfer.study.records import load_trials
     from hptransfer.study.storage import Access, missing_local_file, open_storage
 
@@ -228,6 +228,7 @@ def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = N
         storage = open_storage(storage, Access.READ)
     try:
         config = load_config(study, storage)
+        check_one_base(study, storage)
         records = load_trials(study, storage)
     except StudyError as error:
         raise PredictionError(str(error)) from None
