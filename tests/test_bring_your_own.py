@@ -245,7 +245,9 @@ def test_a_factory_without_attention_scale_is_trained_and_the_prediction_says_so
         tmp_path, text_file):
     path = write_model(tmp_path, SMALL_GPT)
     storage = tmp_path / "s.db"
-    invoke(tune_args(f"{path}:make_model", storage, text_file))
+    # 1/√D, the default, is what scaled_dot_product_attention applies anyway: no warning;
+    # Lingle's 1/D cannot be applied to a model that takes no attention_scale
+    invoke(tune_args(f"{path}:make_model", storage, text_file, "--attention-scale", "1/D"))
     result = invoke(["predict", "--study", "mine", "--storage", str(storage),
                      "--target-width", "128"])
     assert "attention scale 1/D was not applied" in result.output
@@ -314,4 +316,8 @@ def test_an_attention_whose_scale_cannot_be_set_is_refused():
         family.configure(model, spec)
     configured = family.make(spec)
     family.configure(configured, spec)
+    assert {m.scaling for m in configured.modules() if hasattr(m, "scaling")} == {1 / 4}
+    lingle = ModelSpec(**{**spec.model_dump(), "attention_scale": "1/D"})
+    configured = family.make(lingle)
+    family.configure(configured, lingle)
     assert {m.scaling for m in configured.modules() if hasattr(m, "scaling")} == {1 / 16}

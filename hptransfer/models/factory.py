@@ -7,8 +7,9 @@ entry-point group (a package's ``[project.entry-points."hptransfer.models"]``,
 
 - the factory is called with the keywords ``width`` and ``depth`` (it may ignore ``depth``)
   and, when its signature names them, ``vocab``, ``seq_len``, ``head_dim`` and
-  ``attention_scale`` (the µP logit multiplier, 1/D under µP; a model that cannot take it is
-  trained at its own scale and the prediction says so);
+  ``attention_scale`` (the logit multiplier, 1/√D by default, 1/D under the ``lingle``
+  preset; a model that cannot take it is trained at its own scale, and the prediction says
+  so when the spec asked for another than 1/√D);
 - it returns an ``nn.Module`` whose forward maps token ids ``(B, T)`` to logits
   ``(B, T, V)`` (or an object with ``.logits``), V at least the corpus vocabulary;
 - its parameters keep their names and change only in size with width.
@@ -160,7 +161,7 @@ class FactoryFamily(ModelFamily):
             return ()
         return (f"the attention scale {spec.attention_scale.value} was not applied: "
                 f"{self.factory.__name__} takes no attention_scale keyword, so its attention "
-                f"keeps its own scale (µP wants 1/D; docs/models.md)",)
+                f"keeps its own scale (docs/models.md)",)
 
     @functools.lru_cache(maxsize=32)  # noqa: B019  (one family object per name, cached)
     def _probe(self, spec_json: str) -> tuple[tuple[int, ...], float] | None:

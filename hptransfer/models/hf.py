@@ -5,10 +5,11 @@ heads = width / head_dim, MLP = ``mlp_ratio`` × width, depth = layers, context 
 ``seq_len``, the vocabulary of the spec; embeddings untied (µP gives the embedding and the
 readout different rules: docs/spec.md §9); dropout off and no KV cache (proxies train).
 Roles are inferred from shapes (:mod:`hptransfer.mup.sources`): GPT-2's ``Conv1D`` stores
-its weight (fan_in, fan_out), which the inference reads from the module type. The µP
-attention scale 1/D is applied by setting every attention module's ``scaling`` (which
-Hugging Face passes to each attention backend); a model whose attention has no
-``scaling`` is refused rather than trained at 1/√D without saying so.
+its weight (fan_in, fan_out), which the inference reads from the module type. The spec's
+attention scale (1/√D by default, 1/D under the ``lingle`` preset) is applied by setting
+every attention module's ``scaling`` (which Hugging Face passes to each attention
+backend); a model whose attention has no ``scaling`` is refused rather than trained at
+another scale without saying so.
 
 ``pip install "hptransfer[hf]"`` installs ``transformers``.
 """
@@ -76,7 +77,8 @@ class _HFFamily(ModelFamily):
                 f"cannot set the attention scale of this {self.name} model: expected "
                 f"{spec.depth} attention modules with a `scaling` attribute, found "
                 f"{sum(hasattr(m, 'scaling') for m in modules)} (a transformers version whose "
-                f"attention keeps its scale elsewhere); µP needs 1/D, so the run is refused")
+                f"attention keeps its scale elsewhere); the spec asks for "
+                f"{spec.attention_scale.value}, so the run is refused")
         scale = attention_scale(spec)
         for module in modules:
             module.scaling = scale

@@ -19,7 +19,7 @@ import math
 
 from hptransfer.hparams import HParams, WeightDecay
 from hptransfer.mup.rules import coupled_decay_scale
-from hptransfer.spec import AttentionScale, FrozenConfig, ModelSpec, NormGain, Parametrization
+from hptransfer.spec import FrozenConfig, ModelSpec, NormGain, Parametrization
 from hptransfer.study.config import StudyConfig
 from hptransfer.transfer.fit import TransferFit, TransferModel, coupled
 
@@ -140,9 +140,6 @@ def _drift_causes(spec: ModelSpec, hparams: HParams) -> str:
         causes.append("the standard parametrization (one global LR)")
     if spec.norm_gain is not NormGain.NONE:
         causes.append("trainable norm gains (they broke transfer in Lingle 2024)")
-    if spec.param is not Parametrization.SP and spec.attention_scale is (
-            AttentionScale.INV_SQRT_D):
-        causes.append("attention scale 1/√D instead of µP's 1/D")
     if hparams.weight_decay_rule is WeightDecay.COUPLED and hparams.weight_decay > 0:
         causes.append("coupled weight decay (its per-step decay shrinks with width)")
     return ("; suspects in this study's spec: " + ", ".join(causes)) if causes else ""
