@@ -1,9 +1,13 @@
-"""Processes in tests: the installed console script, and waiting for a second worker."""
+"""Processes in tests: the installed console script, waiting for a second worker, and
+freezing a process where it holds no lock."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,3 +41,21 @@ def console_script() -> str:
     if found is None:
         pytest.fail("the hptransfer console script is not installed (pip install -e .)")
     return found
+
+
+def freeze_outside_a_transaction(process: subprocess.Popen, db: str | Path) -> bool:
+    """Stop ``process`` (SIGSTOP) if it holds no lock on the SQLite file ``db``, and say
+    whether it did. Stopped inside a transaction, it would keep SQLite's lock until it runs
+    again, and every read or write of the file would wait for it (then fail)."""
+    process.send_signal(signal.SIGSTOP)
+    path = str(db).removeprefix("sqlite:///")
+    connection = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        process.send_signal(signal.SIGCONT)
+        return False
+    finally:
+        connection.close()

@@ -17,8 +17,8 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from processes import PID_ATTR, console_script
-from tiny import TINY_MODEL_TOML
+from processes import PID_ATTR, console_script, freeze_outside_a_transaction
+from tiny import lr_only_toml
 
 from hptransfer.study.lifecycle import INTERRUPTED
 from hptransfer.study.names import confirmation_study_name
@@ -30,20 +30,7 @@ STOP_WITHIN_S = 10.0  # "stops within a few seconds", with margin for a loaded m
 
 
 def _config(tmp_path: Path, steps: int) -> Path:
-    path = tmp_path / f"tiny{steps}.toml"
-    path.write_text(f"""\
-{TINY_MODEL_TOML}
-[space]
-lr = [{2.0**-10}, {2.0**-2}]
-weight_decay = "off"
-batch_sizes = "off"
-
-[budget]
-steps = {steps}
-eval_every = {max(1, steps // 8)}
-eval_tokens = 1024
-""")
-    return path
+    return lr_only_toml(tmp_path / f"tiny{steps}.toml", steps)
 
 
 def _env(tmp_path: Path, monkeypatch) -> None:
@@ -188,11 +175,8 @@ def test_a_frozen_worker_whose_trial_was_taken_over_wakes_up_quietly(tmp_path, m
         assert worker.poll() is None, worker.communicate()[1][-3000:]
         running = [t for t in _running(url, "f.w32") if t.intermediate_values]
         if running:
-            worker.send_signal(signal.SIGSTOP)
-            if _storage_is_free(url):
+            if freeze_outside_a_transaction(worker, url):
                 frozen = running[0]
-            else:  # frozen inside a transaction: everyone would wait for it; again
-                worker.send_signal(signal.SIGCONT)
         time.sleep(0.1)
     assert frozen is not None, "the worker never ran a trial"
     try:
@@ -216,19 +200,3 @@ def test_a_frozen_worker_whose_trial_was_taken_over_wakes_up_quietly(tmp_path, m
     assert retry.status is TrialStatus.COMPLETE and retry.hparams == lost.hparams
     assert sum(r.finished for r in records) == 3
     assert not [r for r in records if r.status in (TrialStatus.RUNNING, TrialStatus.WAITING)]
-
-
-def _storage_is_free(url: str) -> bool:
-    """Whether no process holds the SQLite file's write lock (a frozen one would make every
-    other process wait for it)."""
-    import sqlite3
-
-    connection = sqlite3.connect(url, timeout=0.2, isolation_level=None)
-    try:
-        connection.execute("BEGIN IMMEDIATE")
-        connection.execute("ROLLBACK")
-        return True
-    except sqlite3.OperationalError:
-        return False
-    finally:
-        connection.close()

@@ -12,7 +12,8 @@ import sys
 import time
 
 import pytest
-from tiny import TINY_MODEL_TOML
+from processes import freeze_outside_a_transaction
+from tiny import lr_only_toml
 
 from hptransfer.budget import Budget
 from hptransfer.errors import StudyError
@@ -264,19 +265,7 @@ def test_one_process_or_two_hold_the_same_trials(lr_config, tiny_corpus, tmp_pat
 def test_a_killed_ladder_resumes_to_the_same_trials(text_file, tmp_path):
     """SIGKILL mid-width, run again: the lost trial is retried and the width ends with the
     very trials (points, seeds, losses) of a run that was never interrupted."""
-    config_file = tmp_path / "k.toml"
-    config_file.write_text(f"""\
-{TINY_MODEL_TOML}
-[space]
-lr = [{2.0**-10}, {2.0**-2}]
-weight_decay = "off"
-batch_sizes = "off"
-
-[budget]
-steps = 24
-eval_every = 12
-eval_tokens = 1024
-""")
+    config_file = lr_only_toml(tmp_path / "k.toml", steps=24, eval_every=12)
 
     def command(db):
         return [sys.executable, "-m", "hptransfer.cli", "tune", "--config", str(config_file),
@@ -297,7 +286,8 @@ eval_tokens = 1024
             done = [r for r in load_trials("k", str(db)) if r.finished]
         except Exception:  # not created yet
             continue
-    process.send_signal(signal.SIGSTOP)  # frozen where it is: what it finished is final
+    while not freeze_outside_a_transaction(process, db):  # what it finished is final
+        time.sleep(0.01)
     done = [r for r in load_trials("k", str(db)) if r.finished]
     process.send_signal(signal.SIGKILL)
     process.wait()

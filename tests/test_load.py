@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from processes import console_script
-from tiny import TINY_MODEL_TOML
+from tiny import lr_only_toml
 
 from hptransfer.study.records import load_trials
 from hptransfer.study.schema import TrialStatus
@@ -118,19 +118,7 @@ def test_tune_with_two_workers_under_load_records_what_one_quiet_process_does(
         tmp_path, text_file, busy):
     """``hptransfer tune --workers 2`` beside two busy loops per core: every trial once,
     and exactly the trials and losses one process records on a quiet machine."""
-    config_file = tmp_path / "tiny.toml"
-    config_file.write_text(f"""\
-{TINY_MODEL_TOML}
-[space]
-lr = [{2.0**-10}, {2.0**-2}]
-weight_decay = "off"
-batch_sizes = "off"
-
-[budget]
-steps = 4
-eval_every = 2
-eval_tokens = 1024
-""")
+    config_file = lr_only_toml(tmp_path / "tiny.toml", steps=4, eval_every=2)
 
     def tune(storage: str, workers: str) -> None:
         result = subprocess.run(

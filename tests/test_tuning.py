@@ -26,7 +26,12 @@ import optuna
 import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
-from processes import PID_ATTR, console_script, wait_for_another_worker
+from processes import (
+    PID_ATTR,
+    console_script,
+    freeze_outside_a_transaction,
+    wait_for_another_worker,
+)
 from tiny import TINY_MODEL_TOML
 
 from hptransfer.budget import Budget
@@ -41,7 +46,7 @@ from hptransfer.study.names import width_study_name
 from hptransfer.study.records import load_trials
 from hptransfer.study.schema import TrialRecord, TrialStatus
 from hptransfer.study.search import Pruning, SamplerKind, WarmStart
-from hptransfer.study.storage import normalize, open_storage
+from hptransfer.study.storage import Access, normalize, open_storage
 from hptransfer.study.tune import tune
 from hptransfer.study.worker import LocalRunner
 
@@ -242,7 +247,8 @@ def _trials_if_ready(db: Path, name: str):
         connection.close()
     if found is None:
         return None
-    return optuna.load_study(study_name=name, storage=open_storage(str(db))).get_trials()
+    return optuna.load_study(study_name=name,
+                             storage=open_storage(str(db), Access.READ)).get_trials()
 
 
 def test_kill_9_mid_trial_then_resume(runner, text_file, tiny_toml, tmp_path, home):
@@ -264,7 +270,8 @@ def test_kill_9_mid_trial_then_resume(runner, text_file, tiny_toml, tmp_path, ho
             if any(t.state is TrialState.COMPLETE for t in trials):
                 # frozen first, then looked at again: a trial it finishes between the look
                 # and the kill would leave none running (it raced the test before)
-                os.kill(process.pid, signal.SIGSTOP)
+                if not freeze_outside_a_transaction(process, db):
+                    continue
                 trials = _trials_if_ready(db, "k.w64")
                 complete = {t.number: t.value for t in trials
                             if t.state is TrialState.COMPLETE}

@@ -335,7 +335,10 @@ def open_storage(url: str | None, access: Access = Access.CREATE
                 storage = _create_sqlite(url, path)
             else:
                 storage = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-            serialize_sqlite(storage)
+            if access is not Access.READ:
+                # a reader takes no write lock: it must neither wait behind a writer (a
+                # frozen or busy tune holding it) nor make writers wait behind it
+                serialize_sqlite(storage)
             return storage
         except OSError as error:
             raise StorageError(f"cannot open the storage {path}: {error.strerror or error}"
