@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Access", "can_write_in", "default_storage_url", "home", "local_path",
            "missing_local_file", "normalize", "open_storage", "serialize_sqlite",
-           "storage_kind"]
+           "storage_kind", "unwritable_folder"]
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _KINDS = ("sqlite", "journal", "postgresql", "mysql")
@@ -161,6 +161,14 @@ def can_write_in(folder: Path) -> bool:
         return False
 
 
+def unwritable_folder(folder: Path) -> Path | None:
+    """What stops files from being written in ``folder`` (created with its parents when
+    missing): itself, or its nearest existing parent, when that is not a folder this user
+    can write in (a file, /proc, a read-only mount); None when nothing does."""
+    place = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    return None if place.is_dir() and can_write_in(place) else place
+
+
 def _check_place(path: Path, access: Access, kind: str) -> None:
     """The file exists (or may be created) and is a file hptransfer can use."""
     if path.is_dir():
@@ -171,8 +179,8 @@ def _check_place(path: Path, access: Access, kind: str) -> None:
             raise StorageError(f"there is no storage at {path}: nothing has been recorded "
                                f"there (check --storage, or create the study with hptransfer "
                                f"tune --storage {path})")
-        folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
-        if folder is None or not folder.is_dir() or not can_write_in(folder):
+        folder = unwritable_folder(path.parent)
+        if folder is not None:
             raise StorageError(f"cannot create the storage {path}: {folder} is not a folder "
                                f"you can write to; give --storage a path you can write")
         return

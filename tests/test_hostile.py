@@ -1,0 +1,131 @@
+"""Hostile inputs, round three (issue 22): input that used to give a wrong result without a
+word, poison the storage for every later command, or fail only after the compute. Each is
+refused before anything runs (exit 2, one message, the storage byte-identical) or, when
+already in a storage, reported and skipped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from snapshot import digest
+
+from hptransfer.cli import main
+
+TINY = ["--depth", "1", "--seq-len", "32", "--base-width", "32", "--head-dim", "16"]
+
+
+def run(args: list[str], code: int = 2):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, text_file) -> Path:
+    """A tiny study (widths 32 and 64, three LRs each, 3 steps) in a SQLite file."""
+    storage = tmp_path_factory.mktemp("study") / "s.db"
+    run(["tune", "--widths", "32,64", "--trials", "3", "--steps", "3", *TINY, "--lr-range",
+         "2^-8,2^-4", "--weight-decay-range", "off", "--batch-sizes", "off", "--data",
+         text_file, "--storage", str(storage), "--study", "s", "--threads", "1"], code=0)
+    return storage
+
+
+@pytest.fixture
+def copy(study, tmp_path, monkeypatch) -> Path:
+    """A copy of the study to change; checkpoints and the default storage under tmp_path."""
+    monkeypatch.setenv("HPTRANSFER_HOME", str(tmp_path / "home"))
+    path = tmp_path / "s.db"
+    path.write_bytes(study.read_bytes())
+    return path
+
+
+def confirm_args(storage: Path, *extra: str) -> list[str]:
+    return ["confirm", "--study", "s", "--storage", str(storage), "--target-width", "64",
+            "--offsets", "-1,0", "--threads", "1", "--workers", "1", *extra]
+
+
+# ---- 4. offsets: refused before anything is written; a bad record is skipped -----------------
+
+@pytest.mark.parametrize("offsets", ["0,inf", "0,nan", "-inf,0", "0,9", "-20,0", "0,1e400"])
+def test_offsets_that_are_not_finite_or_absurd_exit_2_and_write_nothing(copy, offsets):
+    before = digest(copy)
+    result = run(confirm_args(copy, "--offsets", offsets))
+    assert "within ±8" in result.output
+    assert digest(copy) == before
+
+
+def test_the_api_refuses_the_same_offsets(copy):
+    from hptransfer.confirmation.runs import confirm
+    from hptransfer.errors import ConfigError
+
+    before = digest(copy)
+    for offsets in [(0.0, float("inf")), (0.0, float("nan")), (0.0, 8.5)]:
+        with pytest.raises(ConfigError, match="within ±8"):
+            confirm(64, study="s", storage=str(copy), offsets=offsets, threads=1, workers=1)
+    assert digest(copy) == before
+
+
+def _add_unreadable_trial(storage: Path, study_name: str) -> None:
+    """A finished trial whose hparams read back as an LR of null: what a run at lr = inf
+    wrote before offsets were checked (pydantic writes inf as null)."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    target = optuna.load_study(study_name=study_name, storage=f"sqlite:///{storage}")
+    target.add_trial(create_trial(
+        state=TrialState.COMPLETE, value=3.0, params={"lr": 0.01},
+        distributions={"lr": FloatDistribution(1e-6, 1.0, log=True)},
+        user_attrs={"hparams": json.dumps({"lr": None, "batch_size": 4}), "status": "complete",
+                    "final_val_loss": 3.0, "width": int(study_name.rpartition(".w")[2])}))
+
+
+def test_a_record_that_does_not_read_back_is_reported_and_skipped(copy, tmp_path):
+    run(confirm_args(copy, "--json"), code=0)
+    _add_unreadable_trial(copy, "s.w32")
+    _add_unreadable_trial(copy, "s.confirm.w64")
+    result = run(["predict", "--study", "s", "--storage", str(copy), "--target-width", "128"],
+                 code=0)
+    assert "has a record that cannot be read" in result.output and "skipped" in result.output
+    run(["status", "--study", "s", "--storage", str(copy)], code=0)
+    run(["report", "--study", "s", "--storage", str(copy), "--out", str(tmp_path / "r")],
+        code=0)
+    again = json.loads(run(confirm_args(copy, "--json"), code=0).stdout)
+    assert [r["status"] for r in again["runs"]] == ["complete", "complete"]
+
+
+# ---- 5. a study name ending in .confirm is reserved ------------------------------------------
+
+def test_a_study_name_ending_in_confirm_is_reserved(copy, tmp_path, text_file):
+    storage = tmp_path / "new.db"
+    result = run(["tune", "--widths", "32", "--trials", "1", "--steps", "2", *TINY, "--data",
+                  text_file, "--storage", str(storage), "--study", "s.confirm"])
+    assert "reserved" in result.output and "'s-confirm'" in result.output
+    assert not storage.exists()
+    before = digest(copy)
+    result = run(["confirm", "--study", "s.confirm", "--storage", str(copy),
+                  "--target-width", "64"])
+    assert "reserved" in result.output and digest(copy) == before
+
+
+# ---- 7, 8. checkpoint folder and device: refused before any run ------------------------------
+
+@pytest.mark.parametrize("folder", ["/proc/ck", "{copy}/ck"])  # (a file: click says so)
+def test_an_unwritable_checkpoint_dir_is_refused_before_any_run(copy, folder):
+    before = digest(copy)
+    result = run(confirm_args(copy, "--checkpoint-dir", folder.format(copy=copy)))
+    assert "cannot write checkpoints" in result.output
+    assert digest(copy) == before
+
+
+@pytest.mark.parametrize("device", ["tpu", "CPU", "cuda:abc", "cuda:-1", "", "mps", " cpu"])
+def test_a_device_that_is_not_one_exits_2_with_the_accepted_forms(copy, device):
+    before = digest(copy)
+    result = run(confirm_args(copy, "--device", device))
+    assert "cpu or cuda" in result.output
+    assert digest(copy) == before
