@@ -129,3 +129,24 @@ def test_a_device_that_is_not_one_exits_2_with_the_accepted_forms(copy, device):
     result = run(confirm_args(copy, "--device", device))
     assert "cpu or cuda" in result.output
     assert digest(copy) == before
+
+
+# ---- 11. a checkpoint belongs to its storage and study ---------------------------------------
+
+def test_a_checkpoint_of_another_storage_is_not_resumed(copy, tmp_path):
+    from hptransfer.confirmation.runs import confirm
+    from hptransfer.study.records import records_of
+    from hptransfer.training.execution import Checkpointing, Execution
+
+    # kept checkpoints after every step: the last of each run, after step 2 of 3, stays
+    execution = Execution(checkpoint=Checkpointing(folder=tmp_path / "ck", every_steps=1,
+                                                   keep=True))
+    other = tmp_path / "other.db"
+    other.write_bytes(copy.read_bytes())
+    for storage in (copy, other):
+        confirm(64, study="s", storage=str(storage), offsets=(0.0, 1.0), threads=1, workers=1,
+                execution=execution)
+    assert len(list((tmp_path / "ck").glob("*.pt"))) == 4  # two runs in each storage
+    runs = records_of(optuna.load_study(study_name="s.confirm.w64",
+                                        storage=f"sqlite:///{other}"))
+    assert [r.resumed_at for r in runs] == [(), ()]

@@ -239,6 +239,21 @@ def _check_checkpoint_folder(placement: _Placement) -> None:
                           f"folder you can write to, or --checkpoint-minutes 0 for none")
 
 
+def _with_owner(placement: _Placement, storage: Any, url: str | None, study: str
+                ) -> _Placement:
+    """The placement with its checkpoints bound to this storage and confirmation study: a
+    run of the same prediction recorded elsewhere must not resume from them (its record
+    would say it resumed from a run it never made)."""
+    policy = placement.execution.checkpoint
+    if policy is None:
+        return placement
+    where = url or getattr(getattr(storage, "_backend", None), "_file_path", None) \
+        or f"{type(storage).__name__}@{id(storage):x}"  # an object: this process's only
+    owned = policy.model_copy(update={"owner": f"{where}#{study}"})
+    return placement._replace(execution=placement.execution.model_copy(
+        update={"checkpoint": owned}))
+
+
 def _storage_url(storage: Any) -> str | None:
     """The URL of ``storage`` (None: the default one), or None if it is an object without
     one (a journal or in-memory storage built by the caller)."""
@@ -341,6 +356,8 @@ def _confirm(target_width: int, *, study: str, storage: Any, offsets: tuple[floa
     prediction = predict_hparams(target_width, study=study, storage=storage, model=model)
     url = _storage_url(storage)
     storage = open_storage_arg(storage, Access.UPDATE)
+    placement = _with_owner(placement, storage, url,
+                            confirmation_study_name(study, target_width))
     try:
         config = load_config(study, storage)
     except StudyError as error:
