@@ -150,3 +150,43 @@ def test_a_checkpoint_of_another_storage_is_not_resumed(copy, tmp_path):
     runs = records_of(optuna.load_study(study_name="s.confirm.w64",
                                         storage=f"sqlite:///{other}"))
     assert [r.resumed_at for r in runs] == [(), ()]
+
+
+# ---- 12. minor: a key in the wrong section, a factory beside its modules ---------------------
+
+@pytest.mark.parametrize("text, where", [("[tune]\nsteps = 5\n", "steps in [budget]"),
+                                         ("[spec]\nlr = 0.01\n", "lr in [hparams]")],
+                         ids=["tune-steps", "spec-lr"])
+def test_a_config_key_in_the_wrong_section_names_its_section(tmp_path, text_file, text, where):
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    storage = tmp_path / "c.db"
+    result = run(["tune", "--config", str(config), "--widths", "32", "--trials", "1",
+                  "--data", text_file, "--storage", str(storage)])
+    assert where in result.output and "Extra inputs" not in result.output
+    assert not storage.exists()
+
+
+def test_a_factory_file_imports_a_module_beside_it(tmp_path):
+    import sys
+
+    (tmp_path / "blocks_beside.py").write_text(
+        "from torch import nn\n\n\ndef block(width):\n    return nn.Linear(width, width)\n")
+    (tmp_path / "made.py").write_text(
+        "import torch\nfrom torch import nn\n\nfrom blocks_beside import block\n\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, width, vocab):\n"
+        "        super().__init__()\n"
+        "        self.embed, self.block = nn.Embedding(vocab, width), block(width)\n"
+        "        self.head = nn.Linear(width, vocab, bias=False)\n\n"
+        "    def forward(self, idx):\n"
+        "        return self.head(torch.relu(self.block(self.embed(idx))))\n\n\n"
+        "def make_model(width, depth=1, vocab=256):\n    return Net(width, vocab)\n")
+    path = list(sys.path)
+    try:
+        result = run(["describe", "--model", f"{tmp_path / 'made.py'}:make_model", "--width",
+                      "64", "--base-width", "32", "--json"], code=0)
+    finally:
+        sys.modules.pop("blocks_beside", None)
+    assert {row["role"] for row in json.loads(result.stdout)} >= {"embedding", "readout"}
+    assert sys.path == path  # the folder was on the import path only while loading
