@@ -190,3 +190,109 @@ def test_a_factory_file_imports_a_module_beside_it(tmp_path):
         sys.modules.pop("blocks_beside", None)
     assert {row["role"] for row in json.loads(result.stdout)} >= {"embedding", "readout"}
     assert sys.path == path  # the folder was on the import path only while loading
+
+
+# ---- 9. a full disk is one error line, and the storage stays whole ---------------------------
+
+def _full_after(monkeypatch, writes: int, marker: bytes) -> None:
+    """From the ``writes``-th write of data holding ``marker`` on, the disk is full: half
+    the data is written, then ENOSPC, as a kernel does when the last blocks run out."""
+    import errno
+    import os
+
+    real, seen = os.write, []
+
+    def write(descriptor, data):
+        if marker in bytes(data):
+            seen.append(1)
+            if len(seen) >= writes:
+                real(descriptor, bytes(data)[:len(data) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(descriptor, data)
+
+    monkeypatch.setattr(os, "write", write)
+
+
+def tune_args(text_file: str, storage: Path, trials: int) -> list[str]:
+    return ["tune", "--widths", "32", "--trials", str(trials), "--steps", "2", *TINY,
+            "--lr-range", "2^-8,2^-4", "--weight-decay-range", "off", "--batch-sizes", "off",
+            "--data", text_file, "--storage", str(storage), "--study", "j", "--threads", "1",
+            "--workers", "1"]
+
+
+def test_a_journal_that_fills_mid_tune_is_an_error_line_and_stays_whole(
+        tmp_path, text_file, monkeypatch):
+    journal = tmp_path / "j.log"
+    run(tune_args(text_file, journal, 1), code=0)
+    _full_after(monkeypatch, 3, b'"op_code"')
+    result = run(tune_args(text_file, journal, 3))
+    assert f"the disk holding the storage {journal} is full" in result.output
+    assert result.output.count("error:") == 1
+    data = journal.read_bytes()
+    assert data.endswith(b"\n") and all(json.loads(line) for line in data.splitlines())
+    monkeypatch.undo()  # space freed: the same command goes on from what was recorded
+    run(["status", "--study", "j", "--storage", str(journal)], code=0)
+    run(tune_args(text_file, journal, 3), code=0)
+
+
+def test_a_full_sqlite_disk_is_named_not_called_data_too_long(copy, text_file):
+    """SQLite on a full disk says "database or disk is full", which Optuna reported as data
+    "exceeding max length". A full disk is simulated by SQLite's own page limit: the file
+    cannot grow by a page."""
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    with sqlite3.connect(copy) as connection:
+        connection.execute("VACUUM")
+        pages = connection.execute("PRAGMA page_count").fetchone()[0]
+
+    def full(dbapi_connection, _record) -> None:
+        dbapi_connection.execute(f"PRAGMA max_page_count = {pages}")
+
+    event.listen(Engine, "connect", full)
+    try:
+        result = run(["tune", "--widths", "32,64", "--trials", "5", "--steps", "3", *TINY,
+                      "--lr-range", "2^-8,2^-4", "--weight-decay-range", "off",
+                      "--batch-sizes", "off", "--data", text_file, "--storage", str(copy),
+                      "--study", "s", "--threads", "1", "--workers", "1"])
+    finally:
+        event.remove(Engine, "connect", full)
+    assert f"the disk holding the storage {copy} is full" in result.output
+    assert "max length" not in result.output and result.output.count("error:") == 1
+    run(["status", "--study", "s", "--storage", str(copy)], code=0)
+
+
+@pytest.mark.parametrize("command", ["predict", "train", "plot", "report"])
+def test_an_output_on_a_full_disk_is_an_error_line_and_leaves_nothing(
+        copy, tmp_path, text_file, monkeypatch, command):
+    """Each file is written to /dev/full (ENOSPC, as a full disk), from the ``fails``-th on:
+    plot and report write several files, and the first ones written must go too."""
+    import os
+    import tempfile
+
+    out = tmp_path / "out" / "deeper"
+    args = {"predict": ["predict", "--study", "s", "--storage", str(copy), "--target-width",
+                        "128", "--out", f"{out}/p.json"],
+            "train": ["train", "--width", "32", *TINY, "--steps", "2", "--batch-size", "2",
+                      "--data", text_file, "--out", f"{out}/run.json", "--threads", "1"],
+            "plot": ["plot", "--study", "s", "--storage", str(copy), "--out", str(out)],
+            "report": ["report", "--study", "s", "--storage", str(copy), "--out", str(out)]}
+    fails = 2 if command in ("plot", "report") else 1
+    real, calls = tempfile.mkstemp, []
+
+    def mkstemp(*args, **kwargs):
+        descriptor, name = real(*args, **kwargs)
+        calls.append(name)
+        if len(calls) < fails:
+            return descriptor, name
+        os.close(descriptor)
+        return os.open("/dev/full", os.O_WRONLY), name
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    before = digest(copy)
+    result = run(args[command])
+    assert "the disk is full" in result.output and result.output.count("error:") == 1
+    assert not (tmp_path / "out").exists()  # neither the files written nor the folders
+    assert digest(copy) == before
