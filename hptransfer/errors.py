@@ -7,7 +7,7 @@ with status 2, without a traceback; anything else is a bug and keeps its traceba
 
 from __future__ import annotations
 
-__all__ = ["AblationError", "ConfigError", "CorpusError", "HPTransferError",
+__all__ = ["AblationError", "ConfigError", "CorpusError", "HPTransferError", "OutputError",
            "PredictionError", "StorageError", "StudyError", "explain_fields"]
 
 
@@ -21,6 +21,10 @@ class ConfigError(HPTransferError):
 
 class CorpusError(HPTransferError):
     """A corpus that cannot be loaded, or is too small for the requested windows."""
+
+
+class OutputError(HPTransferError):
+    """An output file that could not be written (a full disk): nothing partial is left."""
 
 
 class StorageError(HPTransferError):

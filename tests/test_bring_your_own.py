@@ -199,6 +199,21 @@ BAD_MODELS = {
                                          "self.norm = nn.LayerNorm(width)\n"
                                          "        self.mix = nn.Parameter(torch.ones(4, 4))"),
                        "cannot infer a µP role from the shapes of mix"),
+    # (issue 22) a factory that ignores width, even with a role table: every proxy would be
+    # the same model, and describe --width 1024 showed 32×32 shapes with m = 8
+    "ignores-width": (SMALL_GPT.replace("Small(width, depth, vocab)", "Small(32, depth, vocab)")
+                      + 'ROLES = {"embed.weight": "embedding", "blocks.*.weight": "hidden",\n'
+                        '         "blocks.*.bias": "bias", "norm.*": "gain",\n'
+                        '         "head.weight": "readout"}\n',
+                      "no parameter of the model changes size with width"),
+    # (issue 22) an output computed from the embedding: no readout, µP silently incomplete
+    "tied-in-forward": (SMALL_GPT.replace("return self.head(self.norm(x))",
+                                          "return self.norm(x) @ self.embed.weight.T"),
+                        "is the token embedding (tied weights)"),
+    "table-without-readout": (
+        SMALL_GPT + 'ROLES = {"embed.weight": "embedding", "blocks.*.weight": "hidden",\n'
+                    '         "blocks.*.bias": "bias", "norm.*": "gain",\n'
+                    '         "head.weight": "hidden"}\n', "no parameter has the readout role"),
     "wrong-vocabulary": (SMALL_GPT.replace("def make_model(width, depth=1, vocab=256):\n"
                                            "    return Small(width, depth, vocab)",
                                            "def make_model(width, depth=1):\n"
@@ -321,3 +336,56 @@ def test_an_attention_whose_scale_cannot_be_set_is_refused():
     configured = family.make(lingle)
     family.configure(configured, lingle)
     assert {m.scaling for m in configured.modules() if hasattr(m, "scaling")} == {1 / 16}
+
+
+GQA = """
+import torch.nn.functional as F
+
+
+class GroupedQuery(nn.Module):
+    \"\"\"Attention with one key/value head of 16 whatever the width (multi-query): k and v
+    map the width to a fixed 16, like a vocabulary would, and are hidden matrices.\"\"\"
+
+    def __init__(self, width, vocab):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.q = nn.Linear(width, width, bias=False)
+        self.k = nn.Linear(width, 16, bias=False)
+        self.v = nn.Linear(width, 16, bias=False)
+        self.proj = nn.Linear(width, width, bias=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab, bias=False)
+
+    def forward(self, idx):
+        x = self.embed(idx)
+        b, t, m = x.shape
+        q = self.q(x).view(b, t, m // 16, 16).transpose(1, 2)
+        k = self.k(x).view(b, 1, t, 16).expand(b, m // 16, t, 16)
+        v = self.v(x).view(b, 1, t, 16).expand(b, m // 16, t, 16)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, m))
+        return self.head(self.norm(x)).float() / 1.0
+
+
+def make_model(width, depth=1, vocab=256):
+    return GroupedQuery(width, vocab)
+"""
+
+
+def test_the_readout_is_the_matrix_that_maps_to_the_logits(tmp_path):
+    """(issue 22) k/v projections to a fixed 16 were inferred as readouts (init 1/M, the
+    readout's LR) because 16 is a fixed dimension; the readout is traced from the output."""
+    from hptransfer.models.registry import role_table
+
+    path = write_model(tmp_path, GQA)
+    table = role_table(ModelSpec(model=f"{path}:make_model", width=64, base_width=32))
+    roles = {row.name: row.role for row in table}
+    assert roles["k.weight"] is Role.HIDDEN and roles["v.weight"] is Role.HIDDEN
+    assert [n for n, r in roles.items() if r is Role.READOUT] == ["head.weight"]
+
+
+def test_describe_refuses_a_factory_that_ignores_width(tmp_path):
+    body, message = BAD_MODELS["ignores-width"]
+    path = write_model(tmp_path, body)
+    result = invoke(["describe", "--model", f"{path}:make_model", "--width", "1024"], code=2)
+    assert message in result.output

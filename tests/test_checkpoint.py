@@ -180,3 +180,72 @@ def test_a_compiled_run_trains_what_the_eager_run_trains(tiny_corpus):
     assert compiled.ok
     assert [p.loss for p in compiled.val_curve] == pytest.approx(
         [p.loss for p in eager.val_curve], rel=1e-3)
+
+
+def _altered(checkpoint: Path, change) -> None:
+    """Rewrite a checkpoint as a crafted one: ``change(payload, loop)`` edits the loaded
+    payload and the loop state's fields in place."""
+    import json
+
+    import torch
+
+    payload = torch.load(checkpoint, weights_only=True)
+    loop = json.loads(payload["loop"])
+    change(payload, loop)
+    payload["loop"] = json.dumps(loop)
+    torch.save(payload, checkpoint)
+
+
+def _finished(payload, loop) -> None:  # "saved" after the last step: trusted, no loss
+    loop["step"] = 12
+    loop["train_losses"] = loop["train_losses"] + [1.0] * 4
+
+
+def _short_curve(payload, loop) -> None:
+    loop["train_losses"] = loop["train_losses"][:3]
+
+
+def _late_point(payload, loop) -> None:
+    loop["val_curve"].append({"step": 11, "tokens": 11 * 128, "loss": 1.0})
+
+
+def _wide_weights(payload, loop) -> None:
+    import torch
+
+    name = next(iter(payload["model"]))
+    payload["model"][name] = torch.zeros(*payload["model"][name].shape[:-1], 7)
+
+
+@pytest.mark.parametrize("change", [_finished, _short_curve, _late_point, _wide_weights],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_a_checkpoint_that_does_not_fit_the_run_is_set_aside(tmp_path, tiny_corpus,
+                                                             uninterrupted, change):
+    """A crafted or stale checkpoint (step = the planned steps, curves of other lengths,
+    other shapes) is not trusted: before, a step equal to the planned steps recorded the run
+    as complete with no loss, and it was never retried."""
+    train(SPEC, HPARAMS, BUDGET, tiny_corpus, threads=1, execution=_policy(tmp_path, keep=True))
+    checkpoint = _checkpoint_file(tmp_path, tiny_corpus)
+    _altered(checkpoint, change)  # the kept checkpoint, after step 8 of 12, altered
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        record = train(SPEC, HPARAMS, BUDGET, tiny_corpus, threads=1,
+                       execution=_policy(tmp_path))
+    assert any("cannot be resumed from" in str(w.message) for w in caught)
+    assert checkpoint.with_name(checkpoint.name + ".unreadable").exists()
+    _same_run(record, uninterrupted)
+    assert record.resumed_at == ()
+
+
+def test_a_checkpoint_is_bound_to_its_owner(tmp_path, tiny_corpus):
+    """The owner (storage and study) is part of the file name: a run recorded elsewhere
+    trains from step 0 (tests/test_hostile.py runs this through confirm)."""
+    def policy(owner: str) -> Execution:
+        return Execution(checkpoint=Checkpointing(folder=tmp_path, every_steps=4, keep=True,
+                                                  owner=owner))
+
+    train(SPEC, HPARAMS, BUDGET, tiny_corpus, threads=1, execution=policy("a.db#s.confirm.w64"))
+    elsewhere = train(SPEC, HPARAMS, BUDGET, tiny_corpus, threads=1,
+                      execution=policy("b.db#s.confirm.w64"))
+    again = train(SPEC, HPARAMS, BUDGET, tiny_corpus, threads=1,
+                  execution=policy("a.db#s.confirm.w64"))
+    assert elsewhere.resumed_at == () and again.resumed_at == (8,)

@@ -4,7 +4,8 @@ that is otherwise valid, so a bad value that slipped through would show as a run
 
 The bad values follow each option's type (a count of 0 or -3, a non-number, NaN, an unknown
 choice), plus the inputs a cluster or a user can hand hptransfer: bad storages, bad data,
-bad config files, bad names, unwritable outputs, model strings that do not resolve.
+bad config files, bad names (control characters, the reserved ``.confirm``), unwritable
+outputs and checkpoint folders, LR offsets and devices, model strings that do not resolve.
 """
 
 from __future__ import annotations
@@ -97,12 +98,17 @@ def _special(w: dict, command: str) -> dict[str, list[str]]:
         "--data": ["/nonexistent/corpus.txt", f"{f}/binary.txt", f"{f}/dir.db"],
         "--config": [f"{f}/missing.toml", f"{f}/bad.toml", f"{f}/latin.toml",
                      f"{f}/list.yaml"],
-        "--study": ["a/b", "../../x", ""],
+        # control characters (a trailing newline passed a non-full match once) and the
+        # reserved suffix of confirmation studies
+        "--study": ["a/b", "../../x", "", "s\n", "a\tb", "a\x1b[31m", "s.confirm"],
         "--out": ["/proc/nope", f"{f}/notes.db/x"],
         "--results": ["/proc/nope"],
         "--model": ["nope", f"{f}/missing.py:make_model", "hf-bert"],
         "--widths": ["a,b", "0", "-32"],
-        "--offsets": ["1,2", "x"],
+        "--offsets": ["1,2", "x", "0,inf", "0,nan", "-inf,0", "0,9", "-8.5,0"],
+        "--device": ["tpu", "CPU", "cuda:abc", "cuda:-1", "", "mps", "cpu "],
+        "--checkpoint-dir": ["/proc/ck", f"{f}/notes.db/ck"],
+        "--checkpoint-minutes": ["x", "nan", "inf", "2^x", "-1"],
         "--lr-range": ["1", "0.1,0.01", "x,y"],
         "--weight-decay-range": ["1", "0.1,0.01"],
         "--batch-sizes": ["3,5", "x"],

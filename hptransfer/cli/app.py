@@ -2,11 +2,13 @@
 
 Any :class:`~hptransfer.errors.HPTransferError` a command lets through is printed as one
 ``error:`` line with exit status 2 and no traceback: the message already says what is wrong
-and how to fix it; so is a failure of the storage's database layer mid-command. Anything
-else is a bug and keeps its traceback.
+and how to fix it; so is a failure of the storage's database layer mid-command, and a full
+disk. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
+
+import errno
 
 import click
 
@@ -42,6 +44,15 @@ class _Group(click.Group):
             ctx.exit(INTERRUPTED_EXIT)
         except HPTransferError as error:
             click.echo(f"error: {error}", err=True)
+            ctx.exit(2)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # a full disk where no writer named it (storages and outputs do): still one line
+            where = f" writing {error.filename}" if error.filename else ""
+            click.echo(f"error: the disk is full{where} ({error.strerror}); free space and "
+                       f"run the same command again (what was recorded is in the storage)",
+                       err=True)
             ctx.exit(2)
         except Exception as error:
             if not _storage_failure(error):

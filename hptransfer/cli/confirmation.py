@@ -20,7 +20,7 @@ from hptransfer.cli.options import (
     threads_option,
     workers_option,
 )
-from hptransfer.confirmation.verdict import DEFAULT_OFFSETS
+from hptransfer.confirmation.verdict import DEFAULT_OFFSETS, check_offsets
 from hptransfer.errors import explain_fields
 from hptransfer.spec import Precision
 from hptransfer.training.execution import Checkpointing, Compilation, Execution, Sharding
@@ -32,9 +32,10 @@ def _offsets(ctx, param, text: str) -> tuple[float, ...]:
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of octaves "
                                  f"(example: -1,-0.5,0,0.5,1)") from None
-    if 0.0 not in values or len(set(values)) < 2:
-        raise click.BadParameter(f"need 0 (the predicted point) and at least one neighbour, "
-                                 f"got {text!r}")
+    try:
+        check_offsets(values)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
     return values
 
 

@@ -209,12 +209,10 @@ def check_out(path: str | Path | None, *, folder: bool) -> None:
             fail(f"--out {path} is a file; give a folder for the outputs")
         if not folder and target.is_dir():
             fail(f"--out {path} is a folder; give a file name, e.g. {target / 'out.json'}")
-        place = target if folder else target.parent
-    else:
-        place = next((p for p in target.parents if p.exists()), Path("."))
-    from hptransfer.study.storage import can_write_in
+    from hptransfer.study.storage import unwritable_folder
 
-    if not place.is_dir() or not can_write_in(place):
+    place = unwritable_folder(target if folder else target.parent)
+    if place is not None:
         fail(f"--out {path}: cannot write in {place} (permission denied, or not a folder); "
              f"give an --out you can write to")
 

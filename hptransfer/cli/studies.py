@@ -187,6 +187,7 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, lr_pr
     from hptransfer.study.tune import tune as run_tune
 
     file = ConfigFile.read(config_path) if config_path else ConfigFile()
+    file.check_tune(config_path, tuple(TuneOptions.model_fields))
     if proxy_width is not None and widths is not None:
         fail("give --proxy-width or --widths, not both")
     flags = dict(study=study_name, storage=storage, sampler=sampler, pruner=pruner,

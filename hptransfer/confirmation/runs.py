@@ -25,6 +25,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hptransfer.backends import Backend
@@ -34,13 +35,14 @@ from hptransfer.confirmation.verdict import (
     TOLERANCE,
     Confirmation,
     ConfirmationRun,
+    check_offsets,
     summarize,
 )
 from hptransfer.errors import ConfigError, PredictionError, StudyError
 from hptransfer.hparams import HParams
 from hptransfer.study.attributes import load_config, read_plan, write_placement, write_plan
 from hptransfer.study.lifecycle import claim_waiting, enqueue, write_status
-from hptransfer.study.names import confirmation_study_name, open_storage_arg
+from hptransfer.study.names import check_name, confirmation_study_name, open_storage_arg
 from hptransfer.study.records import lost_marks, waiting_count
 from hptransfer.study.schema import Attr, TrialStatus, trial_record
 from hptransfer.study.storage import Access
@@ -166,7 +168,7 @@ def _placement(backend: Backend, *, threads: int | None, workers: int | str, wid
     """Check the backend options against each other (before anything runs). A torchrun
     placement is completed by :func:`hptransfer.confirmation.torchrun.join`."""
     from hptransfer.study.runner import AUTO, auto_placement
-    from hptransfer.training.device import resolve_device, resolve_threads
+    from hptransfer.training.device import check_device, resolve_device, resolve_threads
     from hptransfer.training.execution import Sharding
 
     if workers != AUTO and (not isinstance(workers, int) or workers < 1):
@@ -179,6 +181,7 @@ def _placement(backend: Backend, *, threads: int | None, workers: int | str, wid
                                        or gpus_per_worker):
         raise ConfigError("--address, --cpus-per-worker and --gpus-per-worker apply only with "
                           "--backend ray")
+    check_device(device)  # the form, for every backend ("", "CPU", "cuda:-1" are refused)
     if backend is not Backend.TORCHRUN and device is not None:
         resolve_device(device)  # a clear error where there is no such device
     if backend is Backend.LOCAL:
@@ -218,6 +221,37 @@ def default_execution() -> Execution:
     from hptransfer.study.storage import home
 
     return Execution(checkpoint=Checkpointing(folder=home() / "checkpoints", every_minutes=10))
+
+
+def _check_checkpoint_folder(placement: _Placement) -> None:
+    """An unwritable checkpoint folder (/proc/ck, a read-only mount) is refused now, not
+    found at the first checkpoint after up to ten minutes of training, in every run. A Ray
+    run's rank 0 writes its checkpoints on its own node, which this process cannot see."""
+    from hptransfer.study.storage import unwritable_folder
+
+    policy = placement.execution.checkpoint
+    if policy is None or placement.ray is not None:
+        return
+    blocked = unwritable_folder(Path(policy.folder))
+    if blocked is not None:
+        raise ConfigError(f"--checkpoint-dir {policy.folder}: cannot write checkpoints in "
+                          f"{blocked} (permission denied, read-only, or not a folder); give a "
+                          f"folder you can write to, or --checkpoint-minutes 0 for none")
+
+
+def _with_owner(placement: _Placement, storage: Any, url: str | None, study: str
+                ) -> _Placement:
+    """The placement with its checkpoints bound to this storage and confirmation study: a
+    run of the same prediction recorded elsewhere must not resume from them (its record
+    would say it resumed from a run it never made)."""
+    policy = placement.execution.checkpoint
+    if policy is None:
+        return placement
+    where = url or getattr(getattr(storage, "_backend", None), "_file_path", None) \
+        or f"{type(storage).__name__}@{id(storage):x}"  # an object: this process's only
+    owned = policy.model_copy(update={"owner": f"{where}#{study}"})
+    return placement._replace(execution=placement.execution.model_copy(
+        update={"checkpoint": owned}))
 
 
 def _storage_url(storage: Any) -> str | None:
@@ -272,14 +306,17 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     (bf16 autocast on a GPU: fp32 weights and optimizer state, bf16 matmuls).
     """
     execution = execution if execution is not None else default_execution()
-    offsets = tuple(sorted({float(o) for o in offsets}))
-    if 0.0 not in offsets:
-        raise ConfigError(f"offsets must include 0 (the predicted point), got {list(offsets)}")
+    check_name(study)  # (a reserved name: its confirmation study is no study's)
+    try:  # before anything is written: an lr of inf or nan is a record nothing can read
+        offsets = check_offsets(offsets)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if not 0 < tolerance < 1:
         raise ConfigError(f"tolerance is a relative loss in (0, 1), got {tolerance}")
     placement = _placement(backend, threads=threads, workers=workers, width=target_width,
                            address=address, cpus_per_worker=cpus_per_worker,
                            gpus_per_worker=gpus_per_worker, device=device, execution=execution)
+    _check_checkpoint_folder(placement)
     if backend is not Backend.TORCHRUN:
         return _confirm(target_width, study=study, storage=storage, offsets=offsets,
                         tolerance=tolerance, on_run=on_run, placement=placement,
@@ -319,6 +356,8 @@ def _confirm(target_width: int, *, study: str, storage: Any, offsets: tuple[floa
     prediction = predict_hparams(target_width, study=study, storage=storage, model=model)
     url = _storage_url(storage)
     storage = open_storage_arg(storage, Access.UPDATE)
+    placement = _with_owner(placement, storage, url,
+                            confirmation_study_name(study, target_width))
     try:
         config = load_config(study, storage)
     except StudyError as error:

@@ -35,14 +35,36 @@ from hptransfer.hparams import HParams
 from hptransfer.spec import FrozenConfig
 from hptransfer.study.schema import TrialStatus
 
-__all__ = ["DEFAULT_OFFSETS", "NOISE_SIGMAS", "OFFSET_MATCH", "TOLERANCE", "Confirmation",
-           "ConfirmationRun", "ConfirmationVerdict", "Judgement", "judge", "noise_margin",
-           "summarize"]
+__all__ = ["DEFAULT_OFFSETS", "MAX_OFFSET", "NOISE_SIGMAS", "OFFSET_MATCH", "TOLERANCE",
+           "Confirmation", "ConfirmationRun", "ConfirmationVerdict", "Judgement",
+           "check_offsets", "judge", "noise_margin", "summarize"]
 
 DEFAULT_OFFSETS = (-1.0, -0.5, 0.0, 0.5, 1.0)  # octaves of LR around the prediction
 TOLERANCE = 0.005  # relative loss: see the module docstring
 NOISE_SIGMAS = 2.0  # a regret within 2σ of two runs' seed noise is noise (noise_margin)
 OFFSET_MATCH = 1e-6  # octaves: an lr is at an offset when log2(lr / α) is this close
+# octaves: 2^8 = 256× the predicted LR either way is far outside any bowl a proxy study
+# pins; beyond it an offset is a typo, and inf or nan would train at lr = inf or nan and
+# leave a record no later command can read
+MAX_OFFSET = 8.0
+
+
+def check_offsets(offsets: Sequence[float]) -> tuple[float, ...]:
+    """The offsets, sorted and deduplicated, or a :class:`ValueError` saying what is wrong:
+    each finite and within ±:data:`MAX_OFFSET` octaves, 0 (the prediction) among them, and
+    at least one neighbour."""
+    values = tuple(float(o) for o in offsets)
+    bad = [o for o in values if not math.isfinite(o) or abs(o) > MAX_OFFSET]
+    if bad:
+        raise ValueError(f"offsets are octaves of LR around the prediction, each a finite "
+                         f"number within ±{MAX_OFFSET:g} (2^{MAX_OFFSET:g} = "
+                         f"{2 ** MAX_OFFSET:g}× the predicted LR); got {bad[0]:g} (example: "
+                         f"-1,-0.5,0,0.5,1)")
+    unique = tuple(sorted(set(values)))
+    if 0.0 not in unique or len(unique) < 2:
+        raise ValueError(f"offsets need 0 (the predicted point) and at least one neighbour, "
+                         f"got {','.join(f'{o:g}' for o in values) or 'none'}")
+    return unique
 
 
 class ConfirmationVerdict(str, Enum):

@@ -65,7 +65,13 @@ def _load(target: str) -> Callable[..., Any]:
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module
-            spec.loader.exec_module(module)
+            # its folder on the import path while it loads, as Python has a script's: a
+            # factory file imports the modules beside it (`from layers import Block`)
+            sys.path.insert(0, str(path.parent))
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                sys.path.remove(str(path.parent))
         else:
             module = importlib.import_module(where)
     except ConfigError:

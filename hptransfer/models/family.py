@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from hptransfer.errors import ConfigError
 from hptransfer.mup.roles import Role, RoleTable
+from hptransfer.mup.sources import logits_of  # (re-exported: what a model's forward returns)
 from hptransfer.spec import (
     Activation,
     Bias,
@@ -31,7 +32,6 @@ from hptransfer.spec import (
 )
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
     from hptransfer.mup.sources import Assigner
@@ -214,17 +214,3 @@ def _table(family: ModelFamily, spec_json: str) -> RoleTable:
 def table_of(family: ModelFamily, spec: ModelSpec) -> RoleTable:
     """The role table of ``family``'s model at ``spec`` (cached per family and spec)."""
     return _table(family, spec.model_dump_json())
-
-
-def logits_of(output: Any) -> torch.Tensor:
-    """A model's logits (B, T, V): the output itself, or its ``.logits`` (Hugging Face)."""
-    import torch
-
-    if isinstance(output, torch.Tensor):
-        return output
-    found = getattr(output, "logits", None)
-    if isinstance(found, torch.Tensor):
-        return found
-    raise ConfigError(f"the model returned {type(output).__name__}, not logits: its forward "
-                      f"must map token ids (B, T) to logits (B, T, V), or to an object "
-                      f"with .logits as Hugging Face models return")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from hptransfer.checks.coord_check import CoordCheckReport
-from hptransfer.report.files import write_atomic, write_figure
+from hptransfer.report.files import figure_png, write_together
 from hptransfer.report.plots import coord_check_figure
 
 __all__ = ["write_coord_check"]
@@ -15,7 +15,7 @@ __all__ = ["write_coord_check"]
 def write_coord_check(report: CoordCheckReport, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``coord_check_<param>.json`` and ``.png`` into ``out_dir``; return both paths."""
     stem = Path(out_dir) / f"coord_check_{report.param.value}"
-    png = write_figure(stem.with_suffix(".png"), coord_check_figure(report), dpi=100)
-    data = write_atomic(stem.with_suffix(".json"),
-                        json.dumps(report.model_dump(mode="json"), indent=2))
+    png, data = write_together({
+        stem.with_suffix(".png"): figure_png(coord_check_figure(report), dpi=100),
+        stem.with_suffix(".json"): json.dumps(report.model_dump(mode="json"), indent=2)})
     return data, png

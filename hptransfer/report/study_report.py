@@ -4,7 +4,7 @@
 (images inline): the µTransfer plot, the LR optimum of each proxy width against width with
 the prediction, its rules and warnings, and the confirmation runs with their verdict.
 :func:`write_plot_page` writes what ``hptransfer plot`` shows: the µTransfer plot and a
-table of the widths. Every file goes through :func:`hptransfer.report.files.write_atomic`.
+table of the widths. Every file goes through :func:`hptransfer.report.files.write_together`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hptransfer.report.files import figure_png, write_atomic
+from hptransfer.report.files import figure_png, write_together
 from hptransfer.report.plots import optimum_figure, transfer_figure
 from hptransfer.report.tables import html_table, markdown_table
 from hptransfer.spec import FrozenConfig
@@ -164,10 +164,9 @@ def write_report(study: str = "proxy", *, storage: Any = None,
     images = {key: out / f"{study}_{key}.png" for key in pngs}
     blocks = _sections(study, prediction, problem, confirmation)
     markdown, page = out / f"{study}_report.md", out / f"{study}_report.html"
-    for key, data in pngs.items():
-        write_atomic(images[key], data)
-    write_atomic(markdown, _markdown(study, blocks, images))
-    write_atomic(page, _html(study, blocks, pngs))
+    write_together({**{images[key]: data for key, data in pngs.items()},
+                    markdown: _markdown(study, blocks, images),
+                    page: _html(study, blocks, pngs)})
     return Report(markdown=markdown, html=page, images=tuple(images.values()),
                   target_width=target_width,
                   verdict=confirmation.verdict.value if confirmation else None)
@@ -195,5 +194,6 @@ def write_plot_page(name: str, records: list[TrialRecord], summaries: list[Width
             f"<img alt='validation loss vs learning rate per width' "
             f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
             + html_table(header, rows))
-    return (write_atomic(out / f"{name}_transfer.png", png),
-            write_atomic(out / f"{name}_plot.html", page))
+    png_path, page_path = write_together({out / f"{name}_transfer.png": png,
+                                          out / f"{name}_plot.html": page})
+    return png_path, page_path

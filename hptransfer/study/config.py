@@ -193,9 +193,25 @@ class ConfigFile(FrozenConfig):
         for section, fields in _SECTION_FIELDS.items():
             unknown = sorted(set(getattr(parsed, section)) - set(fields))
             if unknown:
-                raise ConfigError(f"--config {path} [{section}]: unknown key(s) {unknown} "
-                                  f"(known: {', '.join(fields)})")
+                raise ConfigError(f"--config {path} [{section}]: unknown key(s) {unknown}"
+                                  f"{_belongs(unknown, section)} (known: {', '.join(fields)})")
         return parsed
+
+    def check_tune(self, path: str | Path, fields: tuple[str, ...]) -> None:
+        """Refuse a ``[tune]`` key that is not one of ``fields`` (the tune command's), naming
+        the section it belongs in: pydantic would call it an extra input of the flag with
+        the same name (``--steps``), which is a real flag."""
+        unknown = sorted(set(self.tune) - set(fields))
+        if unknown:
+            raise ConfigError(f"--config {path} [tune]: unknown key(s) {unknown}"
+                              f"{_belongs(unknown, 'tune')} (known: {', '.join(fields)})")
+
+
+def _belongs(keys: list[str], section: str) -> str:
+    """Where keys found in ``section`` belong, when another section has them."""
+    found = [f"{key} in [{other}]" for key in keys for other, fields in _SECTION_FIELDS.items()
+             if other != section and key in fields]
+    return f": it belongs in another section ({', '.join(found)})" if found else ""
 
 
 def _given(values: dict[str, Any] | None) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 One hptransfer study ``NAME`` is one Optuna study per proxy width, ``NAME.w{width}``, so
 every sampler models one width's loss surface and optuna-dashboard shows each width on its
-own; confirmation runs at a target width are ``NAME.confirm.w{width}``.
+own; confirmation runs at a target width are ``NAME.confirm.w{width}``. A study name cannot
+end in ``.confirm`` (:data:`CONFIRM_SUFFIX`): the width studies of a study ``X.confirm``
+would be the confirmation studies of ``X``, and each would count or fail the other's trials.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from hptransfer.study.storage import Access
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["WIDTH_SUFFIX", "check_name", "confirmation_study_name", "open_storage_arg",
-           "width_study_name"]
+__all__ = ["CONFIRM_SUFFIX", "WIDTH_SUFFIX", "check_name", "confirmation_study_name",
+           "open_storage_arg", "width_study_name"]
 
 WIDTH_SUFFIX = re.compile(r"(?P<name>.+)\.w(?P<width>\d+)")  # matched whole (fullmatch)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+CONFIRM_SUFFIX = ".confirm"  # reserved: NAME.confirm.wW are NAME's confirmation studies
 
 
 def check_name(name: str) -> str:
@@ -31,6 +34,12 @@ def check_name(name: str) -> str:
         raise StudyError(f"study name {name!r}: use letters, digits, '-', '_' and '.', "
                          f"starting with a letter or digit, at most 128 characters (it names "
                          f"Optuna studies and report files, so no '/' or spaces)")
+    if name.endswith(CONFIRM_SUFFIX):
+        raise StudyError(f"study name {name!r}: names ending in {CONFIRM_SUFFIX!r} are "
+                         f"reserved (the confirmation runs of study "
+                         f"{name.removesuffix(CONFIRM_SUFFIX)!r} are recorded as "
+                         f"{name}.wWIDTH); choose another name, e.g. "
+                         f"{name.removesuffix(CONFIRM_SUFFIX) + '-confirm'!r}")
     return name
 
 

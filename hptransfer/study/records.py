@@ -139,9 +139,13 @@ def live_runs(name: str, storage: optuna.storages.BaseStorage | str | None = Non
             planned = None
             if Attr.HPARAMS in attrs and Attr.SPEC in attrs:
                 config = config or load_config(name, storage)
-                per_step = (HParams.model_validate_json(attrs[Attr.HPARAMS]).batch_size
-                            * ModelSpec.model_validate_json(attrs[Attr.SPEC]).seq_len)
-                planned = config.budget.resolve_steps(tokens_per_step=per_step) * per_step
+                try:
+                    per_step = (HParams.model_validate_json(attrs[Attr.HPARAMS]).batch_size
+                                * ModelSpec.model_validate_json(attrs[Attr.SPEC]).seq_len)
+                except ValueError:  # an unreadable record: shown without its plan
+                    per_step = None
+                if per_step is not None:
+                    planned = config.budget.resolve_steps(tokens_per_step=per_step) * per_step
             found.append(LiveRun(
                 study=summary.study_name, number=trial.number, offset=attrs.get(Attr.OFFSET),
                 points=tuple(sorted(trial.intermediate_values.items())),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -186,9 +187,30 @@ def _status(trial: optuna.trial.FrozenTrial, lost: Mapping[int, str]
 def trial_record(study_name: str, trial: optuna.trial.FrozenTrial,
                  lost: Mapping[int, str] | None = None) -> TrialRecord:
     """``trial`` of the Optuna study ``study_name`` as a record; ``lost``: the study's marks
-    of taken-over trials, number → reason (:func:`hptransfer.study.records.lost_marks`)."""
-    attrs: dict[str, Any] = trial.user_attrs
+    of taken-over trials, number → reason (:func:`hptransfer.study.records.lost_marks`).
+
+    A trial whose attributes do not read back (an LR of inf written by an older version, a
+    hand-edited storage) is reported in one warning and read as an ERROR with no inputs
+    and no loss, which every reader skips: one bad record must not make every later
+    command of the study fail."""
     status, reason = _status(trial, lost or {})
+    try:
+        return _record(study_name, trial, status, reason)
+    except (ValueError, TypeError, KeyError) as error:  # pydantic's ValidationError too
+        cause = " ".join(str(error).split())[:200]
+        warnings.warn(f"trial {trial.number} of {study_name} has a record that cannot be read "
+                      f"({type(error).__name__}: {cause}); it is skipped", stacklevel=2)
+        match = WIDTH_SUFFIX.fullmatch(study_name)
+        kept = status in (TrialStatus.RUNNING, TrialStatus.WAITING, TrialStatus.LOST)
+        return TrialRecord(study=study_name, number=trial.number,
+                           width=int(match["width"]) if match else 0,
+                           status=status if kept else TrialStatus.ERROR,
+                           reason=f"unreadable record: {cause}")
+
+
+def _record(study_name: str, trial: optuna.trial.FrozenTrial, status: TrialStatus,
+            reason: str | None) -> TrialRecord:
+    attrs: dict[str, Any] = trial.user_attrs
     curve = tuple(CurvePoint(**p) for p in json.loads(attrs.get(Attr.VAL_CURVE, "[]")))
     loss = attrs.get(Attr.FINAL_VAL_LOSS)
     if status is TrialStatus.LOST:  # what a late owner wrote is its retry's to record

@@ -15,7 +15,9 @@ tune creates one. Problems are :class:`~hptransfer.errors.StorageError` messages
 what is wrong, where, and how to fix it: a malformed URL, an in-memory storage for work
 that must last, a folder, an unwritable place, a file that is not SQLite, a corrupted
 SQLite file or journal (never modified: the message gives the recovery step), a journal
-whose last record was cut by a crash (read, never written after), an unreachable server.
+whose last record was cut by a crash (read, never written after), an unreachable server,
+and a disk that fills while a command writes: the message names the file, SQLite rolls its
+transaction back and a journal's cut append is undone, so the storage stays whole.
 Several processes creating one new SQLite file at once take turns (a file lock), so the
 schema is created once.
 """
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Access", "can_write_in", "default_storage_url", "home", "local_path",
            "missing_local_file", "normalize", "open_storage", "serialize_sqlite",
-           "storage_kind"]
+           "storage_kind", "unwritable_folder"]
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _KINDS = ("sqlite", "journal", "postgresql", "mysql")
@@ -161,6 +163,14 @@ def can_write_in(folder: Path) -> bool:
         return False
 
 
+def unwritable_folder(folder: Path) -> Path | None:
+    """What stops files from being written in ``folder`` (created with its parents when
+    missing): itself, or its nearest existing parent, when that is not a folder this user
+    can write in (a file, /proc, a read-only mount); None when nothing does."""
+    place = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    return None if place.is_dir() and can_write_in(place) else place
+
+
 def _check_place(path: Path, access: Access, kind: str) -> None:
     """The file exists (or may be created) and is a file hptransfer can use."""
     if path.is_dir():
@@ -171,8 +181,8 @@ def _check_place(path: Path, access: Access, kind: str) -> None:
             raise StorageError(f"there is no storage at {path}: nothing has been recorded "
                                f"there (check --storage, or create the study with hptransfer "
                                f"tune --storage {path})")
-        folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
-        if folder is None or not folder.is_dir() or not can_write_in(folder):
+        folder = unwritable_folder(path.parent)
+        if folder is not None:
             raise StorageError(f"cannot create the storage {path}: {folder} is not a folder "
                                f"you can write to; give --storage a path you can write")
         return
@@ -252,6 +262,67 @@ def _check_journal(path: Path, access: Access) -> None:
             f"trial is retried)")
 
 
+def _disk_full(path: Path, cause: str) -> StorageError:
+    return StorageError(f"the disk holding the storage {path} is full ({cause}): what was being "
+                        f"written was not recorded, and the storage holds everything recorded "
+                        f"before (read it as usual); free space, then run the same command "
+                        f"again")
+
+
+def _journal_backend(path: Path):
+    """Optuna's journal file, whose append never leaves a cut record behind: a write that
+    fails (a full disk) is undone under the journal's lock, the file truncated back to
+    where it ended (which frees space rather than needing it), and raised as a
+    :class:`StorageError` naming the file. Optuna's own append would leave the part it
+    wrote, a cut record that stops every later write (:func:`_check_journal`)."""
+    import errno
+    import json
+
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages.journal._file import get_lock_file
+
+    class Journal(JournalFileBackend):
+        def append_logs(self, logs: list[dict]) -> None:
+            text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
+            try:
+                with get_lock_file(self._lock):
+                    descriptor = os.open(self._file_path, os.O_WRONLY | os.O_APPEND)
+                    try:
+                        end = os.fstat(descriptor).st_size
+                        try:
+                            rest = memoryview(text.encode("utf-8"))
+                            while rest:  # os.write may write part of it
+                                rest = rest[os.write(descriptor, rest):]
+                            os.fsync(descriptor)
+                        except OSError:
+                            os.ftruncate(descriptor, end)
+                            raise
+                    finally:
+                        os.close(descriptor)
+            except OSError as error:
+                if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise _disk_full(path, error.strerror or str(error)) from None
+                raise StorageError(f"cannot write the journal {path}: "
+                                   f"{error.strerror or error}; the record being written was "
+                                   f"undone, the journal holds everything before it"
+                                   ) from None
+
+    return Journal(str(path))
+
+
+def _name_a_full_disk(engine, path: Path) -> None:
+    """SQLite's "database or disk is full" as a :class:`StorageError` naming the file;
+    Optuna would report it as data "exceeding max length". SQLite has rolled the
+    transaction back: the file holds what was committed."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "handle_error")
+    def _full(context) -> None:
+        cause = str(context.original_exception)
+        if "database or disk is full" in cause:
+            raise _disk_full(path, cause)
+
+
 def _create_sqlite(url: str, path: Path):
     """RDBStorage on a new or existing SQLite file; the first process that creates the
     schema holds a lock on the file so that the others wait instead of racing it."""
@@ -309,7 +380,6 @@ def open_storage(url: str | None, access: Access = Access.CREATE
     """An Optuna storage for ``url``, opened for ``access`` (module docstring)."""
     import optuna
     from optuna.storages import JournalStorage, RDBStorage
-    from optuna.storages.journal import JournalFileBackend
 
     url = normalize(url)
     kind = storage_kind(url)
@@ -330,11 +400,12 @@ def open_storage(url: str | None, access: Access = Access.CREATE
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
             if kind == "journal":
-                return JournalStorage(JournalFileBackend(str(path)))
+                return JournalStorage(_journal_backend(path))
             if access is Access.CREATE:
                 storage = _create_sqlite(url, path)
             else:
                 storage = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+            _name_a_full_disk(storage.engine, path)
             if access is not Access.READ:
                 # a reader takes no write lock: it must neither wait behind a writer (a
                 # frozen or busy tune holding it) nor make writers wait behind it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 
@@ -10,7 +11,8 @@ from hptransfer.errors import ConfigError
 from hptransfer.provenance import available_cpus
 from hptransfer.spec import ModelSpec, Precision
 
-__all__ = ["autocast", "available_memory", "check_memory", "resolve_device", "resolve_threads"]
+__all__ = ["DEVICE_FORMS", "autocast", "available_memory", "check_device", "check_memory",
+           "resolve_device", "resolve_threads"]
 
 # bytes per parameter a run holds at the least: fp32 weights, their gradients, and Adam's
 # two moments (Lion keeps one: 12)
@@ -34,16 +36,29 @@ def autocast(spec: ModelSpec, device_type: str = "cpu"):
                           enabled=spec.precision is Precision.BF16)
 
 
+# what --device accepts: torch.device() takes more ("CPU" raises, "cuda:-1" raises, "mps",
+# "xla" and others parse but hptransfer does not train there), and "" would mean the CPU
+_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
+DEVICE_FORMS = "cpu or cuda (cuda:N for the card of index N, from 0)"
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device that is not written as hptransfer accepts it (None: the default);
+    whether this machine has it is :func:`resolve_device`'s question."""
+    if device is not None and not (isinstance(device, str) and _DEVICE.fullmatch(device)):
+        raise ConfigError(f"device {device!r} is not one hptransfer trains on: give "
+                          f"{DEVICE_FORMS}, in lower case, or leave it out for the CPU")
+
+
 def resolve_device(device: str | None = None) -> torch.device:
-    """The device to train on: ``cpu`` (the default) or a CUDA device; a clear error when
-    CUDA is asked for and this torch build or machine has none."""
+    """The device to train on: ``cpu`` (the default) or a CUDA device; a clear error for any
+    other form, and when CUDA is asked for and this torch build or machine has none."""
+    check_device(device)
     resolved = torch.device(device or "cpu")
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} asked for, but torch {torch.__version__} sees no "
                          f"CUDA GPU here; install a CUDA build of torch on a GPU machine, or "
                          f"train on the CPU")
-    if resolved.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be cpu or cuda[:N], got {device!r}")
     return resolved
 
 

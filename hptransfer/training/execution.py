@@ -40,7 +40,8 @@ class Checkpointing(FrozenConfig):
     A checkpoint is saved after a step when ``every_steps`` steps or ``every_minutes``
     minutes have passed since the last one (whichever comes first; either may be None).
     The file is ``folder/<fingerprint of the run>.pt``: a rerun of the same run (same spec,
-    hparams, budget, seed, corpus) finds it, any other run cannot.
+    hparams, budget, seed, corpus, and the same ``owner``: storage and study) finds it, any
+    other run cannot.
     """
 
     folder: Path = Field(description="where checkpoints are written; on a multi-node job a "
@@ -49,6 +50,9 @@ class Checkpointing(FrozenConfig):
     every_minutes: float | None = Field(10.0, gt=0, description="save after this many minutes")
     keep: bool = Field(False, description="keep the checkpoint after the run finished (else "
                                           "it is deleted once the run's record exists)")
+    owner: str = Field("", description="the record the run belongs to (its storage and "
+                                       "study): part of the file's fingerprint, so that a run "
+                                       "recorded elsewhere never resumes from it")
 
     @model_validator(mode="after")
     def _some_interval(self) -> Checkpointing:

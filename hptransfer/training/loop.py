@@ -164,8 +164,8 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
     saver = None
     if execution.checkpoint is not None:
         saver = Checkpointer(execution.checkpoint, ranks=ranks, run=fingerprint(
-            spec, hparams, budget, seed, corpus.content_hash))
-        state = saver.restore(model, optimizer)
+            spec, hparams, budget, seed, corpus.content_hash, execution.checkpoint.owner))
+        state = saver.restore(model, optimizer, planned)
         if state is not None:
             step, first_loss, train_seconds = state.step, state.first_loss, state.train_seconds
             train_losses, val_curve = list(state.train_losses), list(state.val_curve)
