@@ -68,6 +68,19 @@ def test_a_holder_on_this_machine_is_alive_while_its_process_runs(study):
     assert sorted(statuses.values()) == sorted([TrialStatus.LOST, TrialStatus.WAITING])
 
 
+def test_a_trial_whose_holder_never_said_who_it_is_is_gone_after_a_few_beats(study):
+    """Claimed, then killed before it wrote its identity (milliseconds apart): nobody can
+    ask its process, so it is taken over three heartbeats after its claim, not after the
+    whole grace that the next tune would otherwise sit out."""
+    timing = leases.LeaseTiming(heartbeat_s=0.2, grace_s=300)
+    trial = study.ask(LR)  # RUNNING, no lease written
+    cut = _held_by(study, place=leases.this_process().place)  # killed after its first write
+    assert reclaim_lost(study, timing) == []  # just claimed: their holders may be writing
+    time.sleep(leases.IDENTITY_BEATS * timing.heartbeat_s + 0.2)
+    assert sorted(reclaim_lost(study, timing)) == [trial.number, cut.number]
+    assert _statuses(study)[trial.number] is TrialStatus.LOST
+
+
 def test_a_reused_pid_is_another_process(study):
     """A lease naming a pid that runs, but started at another time, is a dead holder's."""
     holder = {**_here(os.getppid()), "started": -1.0}  # the pid runs; its start time differs

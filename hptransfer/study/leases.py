@@ -11,10 +11,11 @@ process runs, checked by pid *and* start time (a reused pid is another process);
 heartbeat does not matter, since a loaded node, a slow disk, SQLite waiting on another
 writer or a long GC pause can hold a beat back for minutes. A holder **on another machine**
 cannot be checked, so it is alive while its heartbeat is younger than ``grace_s`` (default
-300 s: thirty beats). "This machine" is the host name, its boot and the pid namespace, so
-two containers that share a host name are two machines. A beat that fails is retried and
-reported, never dropped silently. Deciding what to do with a trial whose holder is gone is
-the lifecycle's (:mod:`hptransfer.study.lifecycle`).
+300 s: thirty beats). A trial whose holder died between claiming it and writing who it is
+is gone three beats after its claim. "This machine" is the host name, its boot and the pid
+namespace, so two containers that share a host name are two machines. A beat that fails is
+retried and reported, never dropped silently. Deciding what to do with a trial whose
+holder is gone is the lifecycle's (:mod:`hptransfer.study.lifecycle`).
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ from hptransfer.study.attributes import read_planner, write_planner
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["DEFAULT_GRACE_S", "DEFAULT_HEARTBEAT_S", "Heartbeat", "LeaseTiming",
-           "LeaseWarning", "PlannerLease", "Process", "holder_alive", "lease_timing",
-           "planner_alive", "record_worker", "this_process"]
+__all__ = ["DEFAULT_GRACE_S", "DEFAULT_HEARTBEAT_S", "IDENTITY_BEATS", "Heartbeat",
+           "LeaseTiming", "LeaseWarning", "PlannerLease", "Process", "holder_alive", "lease_timing",
+           "planner_alive", "record_worker", "this_process", "trial_holder_alive"]
 
 DEFAULT_HEARTBEAT_S = 10.0
 DEFAULT_GRACE_S = 300.0
@@ -76,6 +77,10 @@ class LeaseTiming(FrozenConfig):
                 f"heartbeats of {self.heartbeat_s:g} s: a holder that is merely slow would be "
                 f"called dead and its trial run twice")
         return self
+
+
+# heartbeats after its claim within which a trial's holder must have written who it is
+IDENTITY_BEATS = 3
 
 
 def lease_timing() -> LeaseTiming:
@@ -286,17 +291,26 @@ def _best_effort(write, what: str) -> None:
                       stacklevel=2)
 
 
-def trial_holder_alive(trial: optuna.trial.FrozenTrial, grace_s: float) -> bool:
-    """Whether a RUNNING trial's holder still holds it. A trial claimed by a process that
-    died before it wrote who it is has only its start time to go by."""
+def trial_holder_alive(trial: optuna.trial.FrozenTrial, timing: LeaseTiming) -> bool:
+    """Whether a RUNNING trial's holder still holds it.
+
+    A trial whose holder never wrote who it is (or wrote only part of it) was claimed by a
+    process that died between the claim and the writes, which are milliseconds apart: it
+    has only its start time to go by, and it is gone once ``IDENTITY_BEATS`` heartbeats
+    have passed since (not the whole grace: the next tune would otherwise wait minutes for
+    a trial nobody runs)."""
     attrs = trial.system_attrs
     holder = {key: attrs.get(attr) for key, attr in (
         ("host", _HOST), ("place", _PLACE), ("pid", _PID), ("started", _STARTED),
         ("token", _TOKEN))}
     beat = attrs.get(_BEAT)
+    if holder["pid"] is None:  # written last (Heartbeat): without it the identity is cut
+        start = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
+        window = min(timing.grace_s, IDENTITY_BEATS * timing.heartbeat_s)
+        return time.time() - max(start, beat or start) <= window
     if beat is None:
         beat = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
-    return holder_alive(holder, beat, grace_s)
+    return holder_alive(holder, beat, timing.grace_s)
 
 
 class PlannerLease:

@@ -265,7 +265,7 @@ def reclaim_lost(study: optuna.Study, timing: LeaseTiming | None = None) -> list
     numbers of the trials this worker took over."""
     from optuna.trial import TrialState
 
-    grace = (timing or lease_timing()).grace_s
+    timing = timing or lease_timing()
     return [trial.number for trial in study.get_trials(deepcopy=False,
                                                        states=(TrialState.RUNNING,))
-            if not trial_holder_alive(trial, grace) and take_over(study, trial, GONE)]
+            if not trial_holder_alive(trial, timing) and take_over(study, trial, GONE)]
