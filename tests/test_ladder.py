@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from processes import freeze_outside_a_transaction
 from tiny import lr_only_toml
@@ -183,6 +184,40 @@ def test_flat_hparams_after_the_lr_then_a_recheck_at_the_choice():
     assert ladder.flat_for_next(rows) == (1e-3, 16)
     prior = prior_from(config, 64, [(32, ladder, rows)])
     assert (prior.weight_decay, prior.batch_size) == (1e-3, 16)
+
+
+# λ's loss on the built-in proxies (width 32, independent λ, 300 steps, LR 2^-5.3, mean of
+# seeds 0 and 1; studies/results/weight_decay_widths.json): its optimum lies between two
+# decades, and above it the loss climbs steeply
+MEASURED_DECAY = {0.0: 2.0474, 1.25e-3: 2.0386, 2.5e-3: 2.0287, 5e-3: 2.0207, 1e-2: 2.0302,
+                  2e-2: 2.1293}
+
+
+def _measured_decay(decay: float) -> float:
+    known = sorted((math.log10(d), v) for d, v in MEASURED_DECAY.items() if d > 0)
+    code = math.log10(decay) if decay > 0 else -math.inf
+    if code <= known[0][0]:  # below the smallest measured λ: towards λ = 0's loss
+        return MEASURED_DECAY[0.0] if decay < 1e-4 else known[0][1] + (
+            MEASURED_DECAY[0.0] - known[0][1]) * (known[0][0] - code) / (known[0][0] + 4)
+    if code >= known[-1][0]:  # above: the cliff goes on
+        return known[-1][1] + 0.3 * (code - known[-1][0])
+    return float(np.interp(code, *zip(*known, strict=True)))
+
+
+def test_weight_decay_is_read_between_the_decades():
+    """On the measured λ curve the decades alone offer 1e-3 and 1e-2, one on each side of
+    the optimum (2.5e-3 … 5e-3); the half decades beside the best find it."""
+    config = _config(weight_decay=(1e-5, 1e-1))
+    ladder = Ladder(config, 32, prior=None, max_trials=30)
+
+    def loss(code, seed, decay, batch):
+        return _bowl(optimum=-5.3)(code, seed, 0.0, batch) - 2.5 + _measured_decay(decay)
+
+    rows = _run(ladder, loss)
+    decays = {r.hparams.weight_decay for r in rows if r.ladder == Step.FLAT.value}
+    assert {1e-4, 1e-3, 1e-2} <= decays and any(2e-3 < d < 5e-3 for d in decays)
+    chosen, _ = ladder.flat_for_next(rows)
+    assert 2.5e-3 <= chosen <= 5e-3
 
 
 def test_the_recheck_brackets_the_lr_where_the_sqrt_rule_guessed_wrong():

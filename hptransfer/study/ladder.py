@@ -20,7 +20,9 @@ process or by many holds the same trials with the same losses. The steps, in ord
 4. **widen** (any width): while the optimum's 95% interval is wider than ``precision``
    octaves, half-octave points further out (the bowl's flanks pin its curvature).
 5. **flat** (first width, when searched): weight decay at the LR optimum (0 and the decades
-   of its range), then the batch sizes with the LR moved by √(b/b₀) (docs/spec.md §4).
+   of its range, then the half decades beside the best of them: a decade is too coarse for
+   λ, whose loss rises steeply above its optimum), then the batch sizes with the LR moved by
+   √(b/b₀) (docs/spec.md §4).
 6. **recheck** (first width, when a weight decay or batch other than the base wins): the
    bowl's middle at the chosen ones, then further out on the side of the best until it has
    a worse LR on each side, so that the LR optimum is read where it will be used.
@@ -342,10 +344,8 @@ class Ladder:
         # same LR, and the near-optimal band compares them, not two LRs
         centre = self._best_code(finished)
         if space.weight_decay is not None:
-            values = [0.0, *_decades(space.weight_decay, FLAT_DECADES)]
-            points = [self._point(centre, Step.FLAT, weight_decay=v) for v in values]
-            if any(self._key_of(p) not in {self._key(r) for r in finished if r.hparams}
-                   for p in points):
+            points = self._weight_decays(finished, centre)
+            if points:
                 return points
         if space.batch_sizes is not None:
             weight_decay, _ = self._flat_choice(finished)
@@ -354,6 +354,35 @@ class Ladder:
                     for b in space.batch_sizes
                     if self._inside(centre + 0.5 * math.log2(b / self.batch), None)]
         return []
+
+    def _weight_decays(self, finished: Sequence[TrialRecord], centre: float
+                       ) -> list[LadderPoint]:
+        """The weight decays still to run at LR code ``centre``: 0 and the decades of the
+        range, then the half decades on each side of the best of them (none when 0 wins).
+
+        Why the second round: measured on the built-in proxies (independent λ, 300 steps,
+        widths 32–256), λ's optimum sat between two decades (2.5e-3 … 5e-3 at every width)
+        and the loss rose steeply above it (λ = 2e-2 cost 0.1 nats), so a choice between
+        1e-3 and 1e-2 made by one trial each picked the decade on the cliff's edge; that
+        cost 0.04 nats at width 256 (docs/transfer.md)."""
+        space = self.config.space
+        tried = {self._key(r) for r in finished if r.hparams is not None}
+        decades = [self._point(centre, Step.FLAT, weight_decay=v)
+                   for v in (0.0, *_decades(space.weight_decay, FLAT_DECADES))]
+        if any(self._key_of(p) not in tried for p in decades):
+            return decades
+        at_centre = [r for r in finished if r.completed_loss is not None
+                     and round(math.log2(r.hparams.lr), 6) == round(centre, 6)
+                     and r.hparams.batch_size == self.batch
+                     and (r.seed if r.seed is not None else self.config.seed)
+                     == self.config.seed]
+        best = min(at_centre, key=lambda r: r.completed_loss).hparams.weight_decay
+        if best == 0:
+            return []
+        low, high = space.weight_decay
+        halves = [self._point(centre, Step.FLAT, weight_decay=best * 10.0**k)
+                  for k in (-0.5, 0.5) if low <= best * 10.0**k <= high]
+        return [p for p in halves if self._key_of(p) not in tried]
 
     def _recheck(self, finished: Sequence[TrialRecord]) -> list[LadderPoint]:
         space = self.config.space
