@@ -105,7 +105,9 @@ def run(args: argparse.Namespace) -> dict:
         name += f"-{key.replace('_', '')}{''.join(c for c in value if c.isalnum())}"
     started = time.perf_counter()
     setting = {**PROXY_SPEC, "param": args.param, **args.spec}
-    config = study_config(spec=ModelSpec(**setting), seed=args.seed)
+    # the base width as tune gives it: the narrowest proxy, unless --spec base_width=… is set
+    config = study_config(spec=ModelSpec(**setting), seed=args.seed,
+                          widths=tuple(args.proxy_widths))
     proxy = tune(config, study=name, widths=tuple(args.proxy_widths), trials=args.trials,
                  storage=args.storage, sampler=SamplerKind(args.sampler))
     print(f"proxies tuned in {proxy.wall_time_s:.0f} s", flush=True)
