@@ -70,6 +70,18 @@ def test_the_api_refuses_the_same_offsets(copy):
     assert digest(copy) == before
 
 
+def test_the_prediction_alone_is_an_api_run_and_a_cli_refusal(copy):
+    """A benchmark trains only the predicted point (offset 0) through the API; the command
+    line asks for a neighbour too, since its verdict compares them."""
+    from hptransfer.confirmation.runs import confirm
+
+    before = digest(copy)
+    result = run(confirm_args(copy, "--offsets", "0"))
+    assert "at least one neighbour" in result.output and digest(copy) == before
+    found = confirm(64, study="s", storage=str(copy), offsets=(0.0,), threads=1, workers=1)
+    assert [r.offset for r in found.runs] == [0.0]
+
+
 def _add_unreadable_trial(storage: Path, study_name: str) -> None:
     """A finished trial whose hparams read back as an LR of null: what a run at lr = inf
     wrote before offsets were checked (pydantic writes inf as null)."""

@@ -33,9 +33,12 @@ def _offsets(ctx, param, text: str) -> tuple[float, ...]:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of octaves "
                                  f"(example: -1,-0.5,0,0.5,1)") from None
     try:
-        check_offsets(values)
+        unique = check_offsets(values)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
+    if len(unique) < 2:  # the verdict compares the prediction with its neighbours
+        raise click.BadParameter(f"need 0 (the predicted point) and at least one neighbour, "
+                                 f"got {text!r}")
     return values
 
 
