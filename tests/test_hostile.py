@@ -10,19 +10,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-from click.testing import CliRunner
 from snapshot import digest
-
-from hptransfer.cli import main
-
-TINY = ["--depth", "1", "--seq-len", "32", "--base-width", "32", "--head-dim", "16"]
-
-
-def run(args: list[str], code: int = 2):
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    return result
+from tiny import TINY_FLAGS as TINY
+from tiny import run_cli as run
 
 
 @pytest.fixture(scope="module")

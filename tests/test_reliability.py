@@ -16,21 +16,12 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from click.testing import CliRunner
 from snapshot import digest
+from tiny import TINY_FLAGS as TINY
+from tiny import run_cli as run
 
-from hptransfer.cli import main
 from hptransfer.errors import CorpusError, StorageError
 from hptransfer.study.storage import Access, normalize, open_storage
-
-TINY = ["--depth", "1", "--seq-len", "32", "--base-width", "32", "--head-dim", "16"]
-
-
-def run(args: list[str], code: int = 2):
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    return result
 
 
 def tune_args(text_file: str, storage: str, *extra: str) -> list[str]:

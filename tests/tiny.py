@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from click.testing import CliRunner, Result
+
+from hptransfer.cli import main
+
 TINY_MODEL_TOML = """\
 [spec]
 depth = 1
@@ -34,3 +38,16 @@ eval_every = {eval_every or max(1, steps // 8)}
 eval_tokens = 1024
 """)
     return path
+
+
+# the same tiny model as command-line flags
+TINY_FLAGS = ["--depth", "1", "--seq-len", "32", "--base-width", "32", "--head-dim", "16"]
+
+
+def run_cli(args: list[str], code: int = 2) -> Result:
+    """``hptransfer ARGS`` in this process; asserts its exit code (2: refused) and that it
+    printed no traceback."""
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    return result
