@@ -22,7 +22,8 @@ Reported (and written to ``--out`` as JSON):
   predictor's fitted drift per doubling of width with its interval and warnings.
 
 Everything is recorded in an Optuna storage (``--storage``, default
-``$HPTRANSFER_HOME/studies.db``; studies ``bench-transfer-PARAM-wW`` and its ``.grid``), so an
+``$HPTRANSFER_HOME/studies.db``; the proxies in ``bench-transfer-PARAM-pWIDTHS[-sSEED]``,
+shared by every target width, each target's grid in its ``.grid-wW``), so an
 interrupted run resumes where it stopped. A benchmark, not a test: it measures.
 
     python benchmarks/transfer.py --param mup --target-width 256 \
@@ -54,6 +55,10 @@ from hptransfer.study.tune import tune
 # the goals of issue 14 (docs/transfer.md): |log2 error| ≤ 0.25 octave, regret ≤ 0.5%, proxy
 # FLOPs ≤ 5% of a 7-point target LR grid, and the 95% interval holds the grid's optimum
 TARGETS = {"lr_error_octaves": 0.25, "regret": 0.005, "compute_ratio": 0.05}
+# a 7-point octave grid per parametrization, centred where its optimum sits at widths
+# 256–512 in this setting (µP near 2^-6 at every width; SP near 2^-8.5 at 256, falling
+# about an octave per doubling), so each grid brackets its own optimum
+DEFAULT_GRIDS = {"mup": (-9, -3), "mup-abs": (-4, 2), "sp": (-12, -6)}
 
 
 def _flops(records) -> float:
@@ -98,16 +103,20 @@ def _octaves(a: float, b: float) -> float:
 def run(args: argparse.Namespace) -> dict:
     from hptransfer import confirm, predict_hparams
 
-    name = f"bench-transfer-{args.param}-w{args.target_width}"
-    if args.seed:
-        name += f"-s{args.seed}"
-    for key, value in sorted(args.spec.items()):
-        name += f"-{key.replace('_', '')}{''.join(c for c in value if c.isalnum())}"
     started = time.perf_counter()
     setting = {**PROXY_SPEC, "param": args.param, **args.spec}
     # the base width as tune gives it: the narrowest proxy, unless --spec base_width=… is set
-    config = study_config(spec=ModelSpec(**setting), seed=args.seed,
+    config = study_config(spec=ModelSpec(**setting), seed=args.seed, data=args.data,
                           widths=tuple(args.proxy_widths))
+    # one proxy study serves every target width (a second target reuses its trials)
+    name = f"bench-transfer-{args.param}-p{'-'.join(map(str, args.proxy_widths))}"
+    if args.seed:
+        name += f"-s{args.seed}"
+    if args.data is not None:
+        name += f"-data{config.corpus_hash.split(':')[-1][:8]}"
+    for key, value in sorted(args.spec.items()):
+        name += f"-{key.replace('_', '')}{''.join(c for c in value if c.isalnum())}"
+    grid_name = f"{name}.grid-w{args.target_width}"
     proxy = tune(config, study=name, widths=tuple(args.proxy_widths), trials=args.trials,
                  storage=args.storage, sampler=SamplerKind(args.sampler))
     print(f"proxies tuned in {proxy.wall_time_s:.0f} s", flush=True)
@@ -118,15 +127,15 @@ def run(args: argparse.Namespace) -> dict:
 
     # The target grid: LR only, every other hparam where the prediction put it, so the
     # grid answers "where is the LR optimum at the target for the predicted λ and batch".
-    low, high = args.grid
+    low, high = args.grid or DEFAULT_GRIDS[args.param]
     grid_config = StudyConfig(
         spec=config.spec, budget=config.budget, seed=config.seed,
         roles_digest=config.roles_digest,
         corpus_hash=config.corpus_hash, data=config.data,
         space=SearchSpace(lr=(2.0**low, 2.0**high), base=predicted))
     points = high - low + 1
-    grid_config = _same_grid(grid_config, f"{name}.grid", args.storage)
-    grid = tune(grid_config, study=f"{name}.grid", widths=(args.target_width,), trials=points,
+    grid_config = _same_grid(grid_config, grid_name, args.storage)
+    grid = tune(grid_config, study=grid_name, widths=(args.target_width,), trials=points,
                 storage=args.storage, sampler=SamplerKind.GRID, warm_start=WarmStart.NONE)
     print(f"target grid ({points} points) done in {grid.wall_time_s:.0f} s", flush=True)
     at_prediction = confirm(args.target_width, study=name, storage=args.storage,
@@ -134,7 +143,7 @@ def run(args: argparse.Namespace) -> dict:
     run_at_prediction = at_prediction.runs[0]
 
     proxy_records = load_trials(name, args.storage)
-    grid_records = load_trials(f"{name}.grid", args.storage)
+    grid_records = load_trials(grid_name, args.storage)
     optimum = _grid_optimum(grid_records, grid_config, args.target_width)
     losses = [r.final_val_loss for r in grid_records if r.status is TrialStatus.COMPLETE]
     if run_at_prediction.loss is not None:
@@ -148,6 +157,9 @@ def run(args: argparse.Namespace) -> dict:
     result = {
         "param": args.param,
         "seed": args.seed,
+        "data": args.data,
+        "corpus_hash": config.corpus_hash,
+        "grid_range": [low, high],
         "sampler": args.sampler,
         "proxy_widths": args.proxy_widths,
         "target_width": args.target_width,
@@ -259,14 +271,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0,
                         help="the whole pipeline's seed: proxies, target grid, confirmation")
     parser.add_argument("--grid", type=lambda s: tuple(int(e) for e in s.split(":")),
-                        default=(-11, -5), help="log2 α range of the target grid, LOW:HIGH")
+                        default=None, help="log2 α range of the target grid, LOW:HIGH "
+                        "(default: 7 octaves around the parametrization's optimum, "
+                        + ", ".join(f"{p} {lo}:{hi}" for p, (lo, hi) in DEFAULT_GRIDS.items())
+                        + ")")
+    parser.add_argument("--data", default=None,
+                        help="corpus of the proxies and the target (default: the built-in)")
     parser.add_argument("--storage", default=None)
     parser.add_argument("--spec", action="append", default=[], metavar="KEY=VALUE",
                         help="a ModelSpec field of the proxies and the target (repeatable), "
                              "e.g. attention_scale=1/D")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    if len(args.grid) != 2 or args.grid[0] >= args.grid[1]:
+    if args.grid is not None and (len(args.grid) != 2 or args.grid[0] >= args.grid[1]):
         sys.exit(f"--grid must be LOW:HIGH with LOW < HIGH (log2 α), got {args.grid}")
     if not all("=" in item for item in args.spec):
         sys.exit(f"--spec takes KEY=VALUE, got {args.spec}")

@@ -10,7 +10,7 @@ left unset; they are resolved when the spec is built, so a stored spec is always
 
 >>> spec = ModelSpec(width=256, head_dim=32)
 >>> spec.heads, spec.width_multiplier, spec.attention_scale.value, spec.readout_init.value
-(8, 2.0, '1/sqrt(D)', 'sp-at-base')
+(8, 2.0, '1/sqrt(D)', 'sp')
 >>> ModelSpec(width=128, param="sp").readout_init.value
 'sp'
 """
@@ -92,10 +92,10 @@ class QueryInit(str, Enum):
 
 
 class ReadoutInit(str, Enum):
-    """Unembedding init std: SP's 1/√M₀ at the base width, shrinking as 1/m beyond it
-    (√M₀/M: µP's default, so that µP is SP at the base width, as microsoft/mup's
-    ``MuReadout``); Lingle's µP 1/M at every width (11× smaller than SP's at M₀ = 128); SP's
-    1/√M at every width; or zero."""
+    """Unembedding init std: SP's 1/√M at every width (µP's default: SP at the base width,
+    and the best of these at the target, docs/parametrization.md); SP's 1/√M₀ at the base
+    width shrinking as 1/m beyond it (√M₀/M, microsoft/mup's ``MuReadout``); Lingle's µP 1/M
+    at every width (11× smaller than SP's at M₀ = 128); or zero."""
 
     SP_AT_BASE = "sp-at-base"
     MUP = "mup"
@@ -150,11 +150,14 @@ class Precision(str, Enum):
 
 
 # Parametrization-dependent defaults, the one place they are decided. µP's are SP's at the
-# base width (docs/parametrization.md, "The base-width identity"): the readout init std
-# √M₀/M is SP's 1/√M at M = M₀ and shrinks as 1/m beyond it, and the attention scale is
-# SP's 1/√D (D is fixed, so it is width-independent). At the base width µP is then exactly
-# the SP model a user would tune directly. Lingle's constants (readout 1/M, attention 1/D)
-# are the ``lingle`` preset (Preset below).
+# base width (docs/parametrization.md, "The base-width identity"), so that there µP is
+# exactly the SP model a user would tune directly: the attention scale is SP's 1/√D (D is
+# fixed, so it is width-independent) and the readout init std is SP's 1/√M. The readout keeps
+# 1/√M beyond the base width too (its LR is µP's α/m): measured at width 256 from proxies
+# at 32 and 64, that reaches the grid-tuned SP model's loss (1.6786 vs 1.6796) where the
+# √M₀/M of microsoft/mup's MuReadout trails it by 0.046 nats, and it transfers (Lingle's
+# `sp-unembedding` ablation; docs/parametrization.md has the numbers). Lingle's constants
+# (readout 1/M, attention 1/D) are the ``lingle`` preset (Preset below).
 _DEFAULTS: dict[Parametrization, dict[str, Enum]] = {
     Parametrization.SP: {
         "attention_scale": AttentionScale.INV_SQRT_D,
@@ -162,8 +165,10 @@ _DEFAULTS: dict[Parametrization, dict[str, Enum]] = {
     },
     Parametrization.MUP: {
         "attention_scale": AttentionScale.INV_SQRT_D,
-        "readout_init": ReadoutInit.SP_AT_BASE,
+        "readout_init": ReadoutInit.SP,
     },
+    # the absolute rule keeps √M₀/M: with 1/√M its coord check fails (MLP activations
+    # shrink ×0.76 per doubling at t = 3, tests/test_coord_check.py)
     Parametrization.MUP_ABS: {
         "attention_scale": AttentionScale.INV_SQRT_D,
         "readout_init": ReadoutInit.SP_AT_BASE,
@@ -219,7 +224,8 @@ class ModelSpec(FrozenConfig):
         json_schema_extra={"cli_default": "1/sqrt(D)"})
     readout_init: ReadoutInit = Field(
         None, description="unembedding init",
-        json_schema_extra={"cli_default": "sp-at-base under µP, sp under --param sp"})
+        json_schema_extra={"cli_default": "sp (1/√M) under µP and SP, sp-at-base under "
+                                        "mup-abs"})
     norm_gain: NormGain = Field(NormGain.NONE, description="trainable RMSNorm gains")
     embedding_norm: EmbeddingNorm = Field(EmbeddingNorm.NONE,
                                           description="RMSNorm after the embedding")

@@ -56,7 +56,7 @@ def test_train_help_has_an_option_per_config_field(runner: CliRunner) -> None:
     for option in ("--width", "--head-dim", "--param", "--lr", "--weight-decay-rule",
                    "--steps", "--tokens", "--eval-every", "--seed", "--data", "--json"):
         assert option in output
-    assert "sp-at-base under µP, sp under --param sp" in " ".join(output.split())
+    assert "sp (1/√M) under µP and SP, sp-at-base under mup-abs" in " ".join(output.split())
 
 
 def test_version(runner: CliRunner) -> None:
@@ -164,7 +164,7 @@ def test_describe_mup_relative_rule(runner: CliRunner) -> None:
 
     readout = rows["readout.weight"]
     assert readout["role"] == "readout"
-    assert readout["init_std"] == pytest.approx(1 / math.sqrt(128) / m)  # SP's at M₀, then 1/m
+    assert readout["init_std"] == pytest.approx(1 / math.sqrt(256))  # SP's 1/√M
     assert readout["lr_multiplier"] == pytest.approx(1 / m)
     assert _by_role(rows, "gain") == [] and _by_role(rows, "bias") == []
 

@@ -58,7 +58,7 @@ def test_width_multiplier_is_exactly_one_at_base_width() -> None:
 
 @pytest.mark.parametrize(("param", "scale", "readout"), [
     ("sp", AttentionScale.INV_SQRT_D, ReadoutInit.SP),
-    ("mup", AttentionScale.INV_SQRT_D, ReadoutInit.SP_AT_BASE),
+    ("mup", AttentionScale.INV_SQRT_D, ReadoutInit.SP),
     ("mup-abs", AttentionScale.INV_SQRT_D, ReadoutInit.SP_AT_BASE),
 ])
 def test_parametrization_defaults(param: str, scale: AttentionScale,

@@ -15,7 +15,15 @@ SMALL = dict(widths=(32, 64, 128, 256), steps=4, depth=2, seq_len=32, batch_size
 def test_mup_passes(tiny_corpus):
     report = coord_check(param="mup", corpus=tiny_corpus, **SMALL)
     assert report.passed, report.failures
-    # the predicted exception: µP logits shrink like 1/√M at t = 1 (before any update)
+    # the default readout (SP's 1/√M) gives width-independent logits at t = 1: no exemption
+    (logits_t1,) = [g for g in report.growth if g.module == "logits" and g.step == 1]
+    assert not logits_t1.exempt and 0.85 < logits_t1.per_doubling < 1.15
+
+
+def test_mup_with_a_shrinking_readout_passes_with_its_predicted_exception(tiny_corpus):
+    report = coord_check(param="mup", corpus=tiny_corpus, readout_init="sp-at-base", **SMALL)
+    assert report.passed, report.failures
+    # the predicted exception: logits shrink like 1/√M at t = 1 (before any update)
     (logits_t1,) = [g for g in report.growth if g.module == "logits" and g.step == 1]
     assert logits_t1.exempt and 0.6 < logits_t1.per_doubling < 0.8
 
@@ -31,6 +39,10 @@ def test_sp_fails_with_growing_hidden_activations(tiny_corpus):
 def test_mup_abs_passes_at_its_own_lr_scale(tiny_corpus):
     report = coord_check(param="mup-abs", lr=2.0**-5 * 128, corpus=tiny_corpus, **SMALL)
     assert report.passed, report.failures
+    # why the absolute rule's default readout shrinks as 1/m: with SP's 1/√M it fails
+    sp_readout = coord_check(param="mup-abs", lr=2.0**-5 * 128, corpus=tiny_corpus,
+                             readout_init="sp", **SMALL)
+    assert {(g.module, g.step) for g in sp_readout.failures} == {("mlp", 3)}
 
 
 def test_cli_exit_codes_and_files(tmp_path, text_file):

@@ -12,7 +12,7 @@ Three cases, each trained 40 steps at α = 2^-6, batch 8, on the synthetic corpu
   them: the same model with one global LR (SP with the same attention scale and readout
   init, so the init is identical) gives a curve far outside the tolerance.
 - ``default-m2``: the same width under µP's default constants (SP's at the base width:
-  attention 1/√D, readout init std √M₀/M); ``tests/assets/golden_default_m2_curve.json``.
+  attention 1/√D, readout init std 1/√M); ``tests/assets/golden_default_m2_curve.json``.
   At m = 1 the default is SP bit for bit (tests/test_parametrization.py).
 
 Each case's 4 validation losses and its training curve must match its asset within rtol

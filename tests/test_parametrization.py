@@ -43,9 +43,12 @@ def test_relative_rule_table(width):
         assert rules[name].init_std == pytest.approx(1 / math.sqrt(width))
         assert rules[name].lr_multiplier == pytest.approx(1 / m)
     assert rules["blocks.0.mlp.w_out"].init_std == pytest.approx(1 / math.sqrt(4 * width))
-    # the default: SP's 1/√M₀ at the base width, shrinking as 1/m
-    assert rules["readout.weight"].init_std == pytest.approx(1 / math.sqrt(128) / m)
+    # the default: SP's 1/√M at every width, with µP's α/m
+    assert rules["readout.weight"].init_std == pytest.approx(1 / math.sqrt(width))
     assert rules["readout.weight"].lr_multiplier == pytest.approx(1 / m)
+    mureadout = _rules(ModelSpec(width=width, base_width=128, depth=1,
+                                 readout_init="sp-at-base"))
+    assert mureadout["readout.weight"].init_std == pytest.approx(1 / math.sqrt(128) / m)
     lingle = _rules(ModelSpec(width=width, base_width=128, depth=1, **Preset.LINGLE.fields))
     assert lingle["readout.weight"].init_std == pytest.approx(1 / width)
 
@@ -151,14 +154,19 @@ def test_lingle_constants_differ_from_sp_at_base_width(tiny_corpus):
     assert lingle.final_val_loss == sp_lingle.final_val_loss
 
 
-def test_the_default_readout_init_is_sp_s_at_the_base_width_and_shrinks_as_one_over_m():
-    for width in (32, 64, 256):
-        spec = ModelSpec(width=width, base_width=32, head_dim=16)
+def test_the_default_readout_init_is_sp_s_and_sp_at_base_shrinks_as_one_over_m():
+    def readout_std(**fields) -> float:
+        spec = ModelSpec(base_width=32, head_dim=16, **fields)
         (readout,) = [r for r in tensor_rules(role_table(spec), spec) if r.role is Role.READOUT]
-        assert readout.init_std == pytest.approx((1 / math.sqrt(32)) * 32 / width, rel=1e-12)
-    base = ModelSpec(width=32, base_width=32, head_dim=16)
-    (readout,) = [r for r in tensor_rules(role_table(base), base) if r.role is Role.READOUT]
-    assert readout.init_std == 1 / math.sqrt(32)  # exactly SP's
+        return readout.init_std
+
+    for width in (32, 64, 256):
+        assert readout_std(width=width) == pytest.approx(1 / math.sqrt(width), rel=1e-12)
+        assert readout_std(width=width, readout_init="sp-at-base") == pytest.approx(
+            (1 / math.sqrt(32)) * 32 / width, rel=1e-12)
+    # exactly SP's at the base width, either way
+    assert readout_std(width=32) == readout_std(width=32, readout_init="sp-at-base") \
+        == 1 / math.sqrt(32)
 
 
 def test_optimizer_groups_carry_the_table_lrs():

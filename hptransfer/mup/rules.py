@@ -8,9 +8,9 @@ role        init std             LR, SP  LR, µP        LR, µP (absolute)
 =========== ==================== ======= ============= =================
 embedding   1                    α       α             α
 hidden      1/√fan_in (or 0)     α       α / m         α / fan_in
-readout     √M₀/M (µP default),  α       α / m         α / fan_in
-            1/M (Lingle), 1/√M
-            (SP), or 0
+readout     1/√M (SP's, µP's     α       α / m         α / fan_in
+            default), √M₀/M,
+            1/M (Lingle), or 0
 gain        1 (ones)             α       α             α
 bias        0 (zeros)            α       α             α
 =========== ==================== ======= ============= =================
@@ -96,10 +96,12 @@ def init_std(declaration: Declaration | TensorRole, spec: ModelSpec) -> float:
         return 1.0
     if role is Role.HIDDEN:
         return 1.0 / math.sqrt(declaration.fan_in)
-    # Readout: std ∝ 1/M under µP keeps logits Θ(1) after the first update while the init
-    # contribution vanishes like 1/√M; SP's 1/√M keeps them Θ(1) at init. µP's default
-    # starts from SP's at the base width and shrinks as 1/m beyond (microsoft/mup's
-    # MuReadout), so that µP is SP there; Lingle's 1/M is √M₀ times smaller at M₀.
+    # Readout: std ∝ 1/M (Lingle's µP) keeps logits Θ(1) after the first update while the
+    # init contribution vanishes like 1/√M; SP's 1/√M keeps them Θ(1) at init. µP's default
+    # is SP's 1/√M at every width (with µP's α/m LR): SP at the base width, and at short
+    # horizons the readout that starts larger wins (docs/parametrization.md: 0.046 nats at
+    # width 256 over √M₀/M, which starts from SP's at the base width and shrinks as 1/m
+    # beyond, microsoft/mup's MuReadout); Lingle's 1/M is √M₀ times smaller at M₀.
     if spec.readout_init is ReadoutInit.ZERO:
         return 0.0
     if spec.readout_init is ReadoutInit.MUP:
@@ -222,6 +224,8 @@ def coupled_decay_scale(spec: ModelSpec) -> float:
 
 
 def logits_shrink_at_init(spec: ModelSpec) -> bool:
-    """Whether the network output shrinks with width before the first update: under µP a
-    non-zero readout of init std 1/M gives logits of size 1/√M (docs/spec.md §6)."""
-    return spec.param is not Parametrization.SP and spec.readout_init is not ReadoutInit.ZERO
+    """Whether the network output shrinks with width before the first update: a non-zero
+    readout whose init std falls like 1/M (Lingle's, or √M₀/M) gives logits of size 1/√M
+    (docs/spec.md §6); SP's 1/√M gives width-independent ones."""
+    return spec.param is not Parametrization.SP and spec.readout_init in (
+        ReadoutInit.MUP, ReadoutInit.SP_AT_BASE)
