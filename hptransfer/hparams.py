@@ -17,7 +17,11 @@ from pydantic import Field
 
 from hptransfer.spec import FrozenConfig
 
-__all__ = ["EpsRule", "HParams", "Optimizer", "Schedule", "WeightDecay"]
+__all__ = ["MULTIPLIERS", "EpsRule", "HParams", "Optimizer", "Schedule", "WeightDecay"]
+
+# The per-module multipliers: width-independent under µP (Tensor Programs V treats them as
+# hyperparameters), so the ladder tunes them on its cheapest proxy and holds them.
+MULTIPLIERS = ("embedding_lr_mult", "readout_mult")
 
 
 class WeightDecay(str, Enum):
@@ -63,6 +67,10 @@ class HParams(FrozenConfig):
     embedding_lr_mult: float = Field(
         1.0, gt=0, description="the token embedding's LR is α times this (width-independent "
                                "under µP: tuned on the proxies, carried to the target)")
+    readout_mult: float = Field(
+        1.0, gt=0, description="output multiplier τ of the readout: its init std and its LR "
+                               "are τ times the µP table's (under Adam and Lion exactly "
+                               "logits × τ, microsoft/mup's output_mult; width-independent)")
     weight_decay: float = Field(0.0, ge=0, description="weight decay λ (0 disables it)")
     weight_decay_rule: WeightDecay = Field(WeightDecay.INDEPENDENT,
                                            description="weight decay convention (docs/spec.md §3)")
@@ -78,3 +86,8 @@ class HParams(FrozenConfig):
     eps: float = Field(1e-9, gt=0, description="Adam epsilon (unused by Lion)")
     eps_rule: EpsRule = Field(EpsRule.CONSTANT, description="per-tensor Adam epsilon")
     grad_clip: float = Field(1.0, ge=0, description="global gradient-norm clip (0 disables)")
+
+    def multipliers_text(self) -> str:
+        """The per-module multipliers in words, e.g. ``embedding LR ×1, readout ×2``."""
+        return (f"embedding LR ×{self.embedding_lr_mult:g}, readout (output) "
+                f"×{self.readout_mult:g}")

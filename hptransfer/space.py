@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, model_validator
 
-from hptransfer.hparams import HParams
+from hptransfer.hparams import MULTIPLIERS, HParams
 from hptransfer.spec import FrozenConfig
 
 if TYPE_CHECKING:
@@ -34,12 +34,16 @@ class SearchSpace(FrozenConfig):
         None, description="log-uniform range of λ (zero is also a choice); None: fixed")
     batch_sizes: tuple[int, ...] | None = Field(
         None, description="powers of two to choose the batch size from; None: fixed")
+    multipliers: tuple[float, float] | None = Field(
+        None, description="log-uniform range of each per-module multiplier (the embedding's "
+                          "LR, the readout's output multiplier: HParams' MULTIPLIERS); "
+                          "None: held at base")
     base: HParams = Field(default_factory=HParams,
                           description="values of every hparam that is not searched")
 
     @model_validator(mode="after")
     def _check(self) -> SearchSpace:
-        for name in ("lr", "weight_decay"):
+        for name in ("lr", "weight_decay", "multipliers"):
             bounds = getattr(self, name)
             if bounds is not None and not 0 < bounds[0] < bounds[1]:
                 raise ValueError(f"{name} range must satisfy 0 < low < high, got {bounds}")
@@ -71,6 +75,9 @@ class SearchSpace(FrozenConfig):
         if self.batch_sizes is not None:
             values["batch_size"] = trial.suggest_categorical("batch_size",
                                                              list(self.batch_sizes))
+        if self.multipliers is not None:
+            for name in MULTIPLIERS:
+                values[name] = trial.suggest_float(name, *self.multipliers, log=True)
         return HParams(**{**self.base.model_dump(), **values})
 
     def lr_octaves(self, step: int = 1) -> list[float]:
@@ -93,4 +100,6 @@ class SearchSpace(FrozenConfig):
         if self.batch_sizes is not None:
             params["batch_size"] = (self.base.batch_size if self.base.batch_size in
                                     self.batch_sizes else self.batch_sizes[0])
+        if self.multipliers is not None:
+            params.update({name: getattr(self.base, name) for name in MULTIPLIERS})
         return params

@@ -14,11 +14,11 @@ import time
 import numpy as np
 import pytest
 from processes import freeze_outside_a_transaction
-from tiny import lr_only_toml
+from tiny import lr_only_toml, run_cli
 
 from hptransfer.budget import Budget
 from hptransfer.errors import StudyError
-from hptransfer.hparams import HParams, WeightDecay
+from hptransfer.hparams import MULTIPLIERS, HParams, WeightDecay
 from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
 from hptransfer.study.config import StudyConfig
@@ -35,11 +35,12 @@ from hptransfer.study.worker import LocalRunner
 
 
 def _config(*, weight_decay=None, batch_sizes=None, rule=WeightDecay.INDEPENDENT, seed=0,
-            lr=(2.0**-12, 2.0**-2)) -> StudyConfig:
+            lr=(2.0**-12, 2.0**-2), multipliers=None) -> StudyConfig:
     return StudyConfig(
         spec=ModelSpec(width=32, depth=1, head_dim=16, seq_len=32, base_width=32),
         budget=Budget(steps=4, eval_every=2, eval_tokens=1024),
         space=SearchSpace(lr=lr, weight_decay=weight_decay, batch_sizes=batch_sizes,
+                          multipliers=multipliers,
                           base=HParams(batch_size=8, weight_decay_rule=rule)),
         seed=seed, corpus_hash="sha256:test")
 
@@ -64,7 +65,9 @@ def _bowl(optimum=-7.3, curvature=0.03, wall=None, noise=0.0, best_decay=0.0, be
     return loss
 
 
-def _run(ladder: Ladder, loss, width=32, max_rounds=40) -> list[TrialRecord]:
+def _run(ladder: Ladder, loss, width=32, max_rounds=40, multipliers=None
+         ) -> list[TrialRecord]:
+    """The ladder's rounds on ``loss``; ``multipliers(values)`` adds their loss."""
     rows: list[TrialRecord] = []
     for _ in range(max_rounds):
         plan = ladder.plan(rows)
@@ -73,11 +76,14 @@ def _run(ladder: Ladder, loss, width=32, max_rounds=40) -> list[TrialRecord]:
         assert plan.points, plan
         for p in plan.points:
             value = loss(p.lr_code, p.seed, p.weight_decay, p.batch_size)
+            if value is not None and multipliers is not None:
+                value += multipliers(p.multipliers)
             rows.append(TrialRecord(
                 study="s", number=len(rows), width=width,
                 status=TrialStatus.COMPLETE if value is not None else TrialStatus.DIVERGED,
                 hparams=HParams(lr=p.lr, weight_decay=p.weight_decay, batch_size=p.batch_size,
-                                weight_decay_rule=ladder.config.space.base.weight_decay_rule),
+                                weight_decay_rule=ladder.config.space.base.weight_decay_rule,
+                                **dict(zip(MULTIPLIERS, p.multipliers, strict=True))),
                 final_val_loss=value, seed=p.seed, ladder=p.step.value, flops=1.0))
     raise AssertionError("the ladder did not stop")
 
@@ -184,6 +190,52 @@ def test_flat_hparams_after_the_lr_then_a_recheck_at_the_choice():
     assert ladder.flat_for_next(rows) == (1e-3, 16)
     prior = prior_from(config, 64, [(32, ladder, rows)])
     assert (prior.weight_decay, prior.batch_size) == (1e-3, 16)
+
+
+def test_the_multipliers_step_moves_the_one_that_matters_and_holds_it():
+    """A readout multiplier whose loss is best at 4 (2 octaves up), an embedding LR
+    multiplier that changes nothing: step 7 tries each at 2^±2, then 2^±1 beside the
+    readout's best; the readout moves to 4, the embedding stays at 1; the LR bowl is
+    rechecked there, and the next width holds the choice."""
+    config = _config(weight_decay=(1e-5, 1e-1), multipliers=(2.0**-4, 2.0**4))
+    ladder = Ladder(config, 32, prior=None, max_trials=40)
+
+    def readout(values):  # relative loss: 3% per octave from 4
+        return 2.5 * 0.03 * abs(math.log2(values[1]) - 2.0)
+
+    rows = _run(ladder, _bowl(optimum=-7.0, best_decay=1e-3), multipliers=readout)
+    step = [r for r in rows if r.ladder == Step.MULTIPLIERS.value]
+    tried = {(r.hparams.embedding_lr_mult, r.hparams.readout_mult) for r in step}
+    assert {(0.25, 1.0), (4.0, 1.0), (1.0, 0.25), (1.0, 4.0)} <= tried
+    assert {(1.0, 2.0), (1.0, 8.0)} <= tried  # one octave beside the moved best
+    assert all(r.hparams.weight_decay == 1e-3 for r in step)  # at the chosen λ
+    assert ladder.multipliers_for_next(rows) == (1.0, 4.0)
+    at_choice = [r for r in rows if r.hparams.readout_mult == 4.0
+                 and r.hparams.embedding_lr_mult == 1.0 and r.hparams.weight_decay == 1e-3]
+    assert {r.ladder for r in at_choice} == {"multipliers", "recheck"}
+    assert len({r.hparams.lr for r in at_choice}) >= 3  # the bowl, rechecked at the choice
+    prior = prior_from(config, 64, [(32, ladder, rows)])
+    assert prior.multipliers == (1.0, 4.0)
+    later = Ladder(config, 64, prior=prior, max_trials=20)
+    first = later.plan([]).points
+    assert {p.multipliers for p in first} == {(1.0, 4.0)}
+    assert not any(p.step is Step.MULTIPLIERS for p in first)
+
+
+def test_a_multiplier_stays_at_its_base_unless_it_beats_the_seed_noise():
+    """A gain of 0.1% (under twice the seed noise the bowl's replicates measure) is noise:
+    nothing moves, and no recheck is spent."""
+    config = _config(multipliers=(2.0**-4, 2.0**4))
+    ladder = Ladder(config, 32, prior=None, max_trials=40)
+
+    def tiny_gain(values):
+        return -0.001 * 2.5 if values == (1.0, 4.0) else 0.0
+
+    rows = _run(ladder, _bowl(optimum=-7.0, noise=0.01), multipliers=tiny_gain)
+    assert 2 * ladder.noise(rows) > 0.001
+    assert ladder.multipliers_for_next(rows) == (1.0, 1.0)
+    assert not [r for r in rows if r.ladder == Step.RECHECK.value]
+    assert len([r for r in rows if r.ladder == Step.MULTIPLIERS.value]) == 4
 
 
 # λ's loss on the built-in proxies (width 32, independent λ, 300 steps, LR 2^-5.3, mean of
@@ -384,3 +436,44 @@ def test_the_prediction_uses_the_measured_seed_noise(lr_config, tiny_corpus, tmp
     assert span(noisy) >= span(quiet)
     assert noisy.regret is not None and noisy.regret.expected >= 0
     assert noisy.regret.at_low >= 0 and noisy.regret.at_high >= 0
+
+
+def test_tune_searches_the_multipliers_on_the_narrowest_width_and_predict_carries_them(
+        text_file, tmp_path):
+    """The command line end to end: --multiplier-range turns step 7 on; its trials are on
+    the narrowest width only, each recorded with its multipliers; the wider width holds
+    the choice, and predict, its JSON and its snippet carry it to the target."""
+    import json
+
+    from hptransfer.study.attributes import load_config
+    from hptransfer.transfer.predictor import predict_hparams
+
+    config_file = lr_only_toml(tmp_path / "m.toml", steps=16, eval_every=8)
+    db = str(tmp_path / "m.db")
+    common = ["--config", str(config_file), "--data", text_file, "--study", "m",
+              "--storage", db, "--workers", "1", "--threads", "1"]
+    run_cli(["tune", *common, "--sampler", "tpe", "--widths", "32",
+             "--multiplier-range", "2^-2,2^2"])  # an Optuna sampler does not run step 7
+    run_cli(["tune", *common, "--widths", "32,64", "--trials", "20",
+             "--multiplier-range", "2^-2,2^2", "--json"], code=0)
+    assert load_config("m", db).space.multipliers == (0.25, 4.0)
+    rows = load_trials("m", db)
+    step = [r for r in rows if r.ladder == Step.MULTIPLIERS.value]
+    assert {r.width for r in step} == {32}
+    assert {(r.hparams.embedding_lr_mult, r.hparams.readout_mult) for r in step} >= {
+        (0.25, 1.0), (4.0, 1.0), (1.0, 0.25), (1.0, 4.0)}
+    chosen = {(r.hparams.embedding_lr_mult, r.hparams.readout_mult)
+              for r in rows if r.width == 64}
+    assert len(chosen) == 1  # the wider width holds one choice
+    prediction = predict_hparams(512, study="m", storage=db)
+    assert (prediction.hparams.embedding_lr_mult, prediction.hparams.readout_mult) in chosen
+    assert any(rule.name == "multipliers" for rule in prediction.rules)
+    shown = run_cli(["predict", "--target-width", "512", "--study", "m", "--storage", db],
+                    code=0).output
+    assert "multipliers" in shown and "tuned on the narrowest proxy" in shown
+    as_json = json.loads(run_cli(["predict", "--target-width", "512", "--study", "m",
+                                  "--storage", db, "--json"], code=0).output)
+    assert as_json["hparams"]["readout_mult"] == prediction.hparams.readout_mult
+    snippet = run_cli(["predict", "--target-width", "512", "--study", "m", "--storage", db,
+                       "--snippet", "torch"], code=0).output
+    assert "readout_mult" in snippet and "hparams=hparams" in snippet

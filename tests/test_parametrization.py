@@ -173,3 +173,60 @@ def test_optimizer_groups_carry_the_table_lrs():
     spec = ModelSpec(width=256, base_width=128, depth=1)
     optimizer = build_optimizer(Transformer(spec), role_table(spec), spec, HParams(lr=0.01))
     assert sorted({g["lr"] for g in optimizer.param_groups}) == [0.005, 0.01]
+
+
+def test_the_readout_multiplier_is_an_output_multiplier_under_adam():
+    """τ on the readout's init and LR (how hptransfer applies ``readout_mult``, to any
+    model) trains exactly like logits × τ (microsoft/mup's output multiplier): Adam's update
+    does not depend on the gradient's scale. No clip here: a global clip would see the
+    readout's gradient at another scale."""
+    from hptransfer.models.family import logits_of
+    from hptransfer.models.registry import build_model
+
+    spec = ModelSpec(width=64, base_width=32, depth=1, head_dim=16, seq_len=16)
+    tau = 4.0
+    scaled = HParams(lr=2.0**-6, grad_clip=0.0, readout_mult=tau)
+    plain = scaled.model_copy(update={"readout_mult": 1.0})
+    batch = torch.randint(0, spec.vocab, (4, spec.seq_len + 1),
+                          generator=torch.Generator().manual_seed(0))
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    runs = []
+    for hparams, factor in ((scaled, 1.0), (plain, tau)):
+        model = build_model(spec, seed=0, hparams=hparams)
+        optimizer = build_optimizer(model, role_table(spec), spec, hparams)
+        for _ in range(5):
+            logits = factor * logits_of(model(inputs))
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        runs.append((factor * logits_of(model(inputs))).detach())
+    # equal up to float rounding (Adam's early, sign-like steps amplify it on the smallest
+    # gradients), far below what τ itself moves
+    gap = (runs[0] - runs[1]).abs().max().item()
+    assert gap < 1e-2
+    model = build_model(spec, seed=0, hparams=plain)
+    optimizer = build_optimizer(model, role_table(spec), spec, plain)
+    for _ in range(5):
+        loss = nn.functional.cross_entropy(logits_of(model(inputs)).flatten(0, 1),
+                                           targets.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert (logits_of(model(inputs)) - runs[0]).abs().max().item() > 100 * gap
+
+
+def test_the_multipliers_reach_the_optimizer_and_the_rules_table():
+    spec = ModelSpec(width=256, base_width=32, depth=1, head_dim=16)
+    hparams = HParams(lr=0.01, embedding_lr_mult=0.25, readout_mult=2.0)
+    rules = {r.name: r for r in tensor_rules(role_table(spec), spec, hparams)}
+    assert rules["embed.weight"].lr_multiplier == 0.25
+    assert rules["readout.weight"].lr_multiplier == pytest.approx(2.0 / 8)
+    assert rules["readout.weight"].init_std == pytest.approx(2.0 / math.sqrt(256))
+    assert rules["blocks.0.mlp.w_in"].lr_multiplier == pytest.approx(1 / 8)
+    model = Transformer(spec)
+    lrs = {id(p): g["lr"] for g in param_groups(model, role_table(spec), spec, hparams)
+           for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert lrs[id(named["embed.weight"])] == pytest.approx(0.0025)
+    assert lrs[id(named["readout.weight"])] == pytest.approx(0.01 * 2 / 8)

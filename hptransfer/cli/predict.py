@@ -38,6 +38,10 @@ def print_prediction(prediction, *, baselines: bool = False) -> None:
                  if interval else "(not tuned: the study's value)"
                  if name not in p.evidence.searched else "(set by --target-batch)")
         echo(f"  {name:<13} {_value(name, value):<22} {shown}")
+    tuned = any(rule.name == "multipliers" for rule in p.rules)
+    echo(f"  {'multipliers':<13} {h.multipliers_text():<22} "
+         + ("(tuned on the narrowest proxy, held at every width)" if tuned
+            else "(not tuned: the study's values)"))
     echo(f"  {'':<13} hidden matrices at the target: {p.hidden_lr()}; weight decay rule "
          f"{h.weight_decay_rule.value}")
     if p.regret is not None:

@@ -163,6 +163,10 @@ class TuneOptions(FrozenConfig):
                    "[default: 1e-5,0.1]")
 @click.option("--batch-sizes", default=None, callback=batch_sizes_option,
               help="comma-separated powers of two, or 'off' [default: 8,16,32]")
+@click.option("--multiplier-range", default=None, callback=range_option,
+              help="LOW,HIGH of each per-module multiplier (the embedding's LR, the "
+                   "readout's output multiplier), tuned by the ladder on the narrowest width "
+                   "and held at every width, e.g. 2^-4,2^4; or 'off' [default: off]")
 @config_options(ModelSpec, exclude=("width",),
                 defaults={**PROXY_SPEC, "base_width": BASE_WIDTH_HELP})
 @click.option("--config", "config_path", type=click.Path(), default=None,
@@ -173,7 +177,7 @@ class TuneOptions(FrozenConfig):
 def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, lr_precision, pruner,
          workers, backend, address, cpus_per_trial, gpus_per_trial, concurrent, scheduler,
          max_failures, seed, warm_start, lr_range, weight_decay_range, batch_sizes,
-         config_path, data, threads, as_json, **spec_values) -> None:
+         multiplier_range, config_path, data, threads, as_json, **spec_values) -> None:
     """Tune lr, weight decay and batch size of µP proxies, recorded in an Optuna storage.
 
     With no flag: width 128, depth 4, seq 128, trials of 150 steps on the built-in corpus,
@@ -208,7 +212,8 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, lr_pr
     try:  # every width and section is valid before the corpus is read or anything runs
         template = from_sources(file, widths=opts.widths, spec=spec_values, steps=steps,
                                 space={"lr": lr_range, "weight_decay": weight_decay_range,
-                                       "batch_sizes": batch_sizes},
+                                       "batch_sizes": batch_sizes,
+                                       "multipliers": multiplier_range},
                                 stored=existing_config(opts.study, opts.storage))
     except ValidationError as error:
         fail(explain(error))

@@ -16,6 +16,7 @@ from hptransfer.spec import ModelSpec
 if TYPE_CHECKING:
     from torch import nn
 
+    from hptransfer.hparams import HParams
     from hptransfer.mup.roles import RoleTable
 
 __all__ = ["build_model", "family_of", "role_table"]
@@ -44,8 +45,15 @@ def role_table(spec: ModelSpec) -> RoleTable:
     return table_of(family_of(spec), spec)
 
 
-def build_model(spec: ModelSpec, *, seed: int = 0) -> nn.Module:
-    """``spec``'s model, checked, configured and initialised from ``seed``."""
+def build_model(spec: ModelSpec, *, seed: int = 0, hparams: HParams | None = None
+                ) -> nn.Module:
+    """``spec``'s model, checked, configured and initialised from ``seed``; with
+    ``hparams``, its per-module init multipliers applied (the readout's τ)."""
     family = family_of(spec)
     family.check(spec)
-    return family.build(spec, seed=seed)
+    model = family.build(spec, seed=seed)
+    if hparams is not None:
+        from hptransfer.mup.tensors import scale_init
+
+        scale_init(model, role_table(spec), hparams)
+    return model

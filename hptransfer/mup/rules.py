@@ -39,6 +39,7 @@ __all__ = [
     "describe_hidden_lr",
     "eps",
     "init_kind",
+    "init_multiplier",
     "init_std",
     "logits_shrink_at_init",
     "lr_multiplier",
@@ -139,9 +140,26 @@ def lr_multiplier(row: TensorRole, spec: ModelSpec, hparams: HParams | None = No
 
 def module_lr_multiplier(row: TensorRole, hparams: HParams | None) -> float:
     """A module's LR multiplier that does not depend on width, tuned on the proxies and
-    carried to the target as it is (µP makes it width-independent): the embedding's."""
-    if hparams is not None and row.role is Role.EMBEDDING:
+    carried to the target as it is (µP makes it width-independent): the embedding's, and
+    the readout's output multiplier τ (:func:`init_multiplier`)."""
+    if hparams is None:
+        return 1.0
+    if row.role is Role.EMBEDDING:
         return hparams.embedding_lr_mult
+    if row.role is Role.READOUT:
+        return hparams.readout_mult
+    return 1.0
+
+
+def init_multiplier(row: Declaration | TensorRole, hparams: HParams | None) -> float:
+    """A module's init std multiplier from ``hparams``: τ = ``readout_mult`` for the readout.
+
+    Why τ on both the readout's init and its LR: logits = τ·W·h with W at the table's init
+    and LR trains exactly like W' = τ·W with τ× the init and τ× the LR under Adam and Lion
+    (their updates do not depend on the gradient's scale; up to ε and the global clip), so
+    this is microsoft/mup's output multiplier without touching a model's forward."""
+    if hparams is not None and row.role is Role.READOUT:
+        return hparams.readout_mult
     return 1.0
 
 

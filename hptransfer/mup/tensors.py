@@ -18,11 +18,18 @@ from torch import nn
 from hptransfer.errors import ConfigError
 from hptransfer.hparams import HParams
 from hptransfer.mup.roles import Declaration, Role, RoleTable, TensorRole
-from hptransfer.mup.rules import eps, init_kind, init_std, lr_multiplier, weight_decay
+from hptransfer.mup.rules import (
+    eps,
+    init_kind,
+    init_multiplier,
+    init_std,
+    lr_multiplier,
+    weight_decay,
+)
 from hptransfer.spec import ModelSpec
 
 __all__ = ["Declared", "TensorRule", "declared_parameters", "initialize", "param_groups",
-           "tensor_rules"]
+           "scale_init", "tensor_rules"]
 
 
 class Declared(nn.Module):
@@ -104,7 +111,8 @@ def tensor_rules(roles: RoleTable, spec: ModelSpec, hparams: HParams | None = No
     hparams = hparams or HParams()
     return [
         TensorRule(name=row.name, role=row.role, shape=row.shape, fan_in=row.fan_in,
-                   init=init_kind(row, spec), init_std=init_std(row, spec),
+                   init=init_kind(row, spec),
+                   init_std=init_std(row, spec) * init_multiplier(row, hparams),
                    lr_multiplier=lr_multiplier(row, spec, hparams),
                    weight_decay=weight_decay(row, spec, hparams), eps=eps(row, spec, hparams))
         for row in roles
@@ -126,6 +134,18 @@ def initialize(model: nn.Module, roles: Mapping[str, Declaration | TensorRole] |
             parameter.zero_()
         else:
             parameter.normal_(0.0, std, generator=generator)
+
+
+@torch.no_grad()
+def scale_init(model: nn.Module, roles: RoleTable, hparams: HParams) -> None:
+    """Multiply each freshly initialised tensor of ``model`` by its module's init multiplier
+    from ``hparams`` (the readout's τ; :func:`hptransfer.mup.rules.init_multiplier`).
+    A model's own build knows only its spec; the multipliers are hparams of a run, so they
+    are applied here, once, before training. A no-op at the default multipliers."""
+    for row, parameter in _rows(model, roles):
+        factor = init_multiplier(row, hparams)
+        if factor != 1.0:
+            parameter.mul_(factor)
 
 
 def param_groups(model: nn.Module, roles: RoleTable, spec: ModelSpec, hparams: HParams

@@ -46,7 +46,8 @@ def _sections(name: str, prediction, problem: str | None, confirmation) -> list[
         blocks += [("h2", f"Prediction at width {prediction.target_width}"),
                    ("p", f"lr {h.lr:.4g} (2^{math.log2(h.lr):.2f}), 95% interval "
                          f"{low:.4g} … {high:.4g}; weight decay {h.weight_decay:.3g}; batch "
-                         f"{h.batch_size}; hidden matrices: {prediction.hidden_lr()}"),
+                         f"{h.batch_size}; multipliers: {h.multipliers_text()}; hidden "
+                         f"matrices: {prediction.hidden_lr()}"),
                    *_expectations(prediction),
                    ("image", "optimum"),
                    ("h3", "Rules applied"),

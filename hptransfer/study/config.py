@@ -23,7 +23,8 @@ from hptransfer.spec import FrozenConfig, ModelSpec
 if TYPE_CHECKING:
     from hptransfer.data.corpus import Corpus
 
-__all__ = ["BASE_WIDTH_HELP", "DEFAULT_TRIALS", "LADDER_TRIALS", "OFF", "PROXY_BUDGET",
+__all__ = ["BASE_WIDTH_HELP", "DEFAULT_TRIALS", "LADDER_TRIALS", "MULTIPLIER_RANGE", "OFF",
+           "PROXY_BUDGET",
            "PROXY_HPARAMS", "PROXY_SPACE", "PROXY_SPEC", "ConfigFile", "StudyConfig",
            "StudyTemplate", "base_width", "check_roles", "from_sources", "refuse_different",
            "roles_digest", "study_config"]
@@ -40,6 +41,9 @@ PROXY_SPACE = {"lr": (2.0**-12, 2.0**-2), "weight_decay": (1e-5, 1e-1),
 DEFAULT_TRIALS = 8  # finished trials per width with an Optuna sampler
 LADDER_TRIALS = 24  # the ladder's cap per width; it usually stops before (study/ladder.py)
 OFF = "off"  # a [space] range (or flag) set to this is not searched (TOML has no null)
+# --multiplier-range's suggested range: 4 octaves each side of 1 holds the step's points
+# (2^±2, then 2^±1 beside a moved best) with room for a second move
+MULTIPLIER_RANGE = (1 / 16, 16.0)
 
 
 class StudyConfig(FrozenConfig):
@@ -136,7 +140,7 @@ def study_config(*, spec: ModelSpec | None = None, space: SearchSpace | None = N
 
 _SECTION_FIELDS = {"spec": tuple(ModelSpec.model_fields),
                    "hparams": tuple(HParams.model_fields),
-                   "space": ("lr", "weight_decay", "batch_sizes"),
+                   "space": ("lr", "weight_decay", "batch_sizes", "multipliers"),
                    "budget": tuple(Budget.model_fields)}
 
 

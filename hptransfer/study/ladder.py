@@ -26,9 +26,14 @@ process or by many holds the same trials with the same losses. The steps, in ord
 6. **recheck** (first width, when a weight decay or batch other than the base wins): the
    bowl's middle at the chosen ones, then further out on the side of the best until it has
    a worse LR on each side, so that the LR optimum is read where it will be used.
+7. **multipliers** (first width, when the space searches them): each per-module multiplier
+   (HParams' ``MULTIPLIERS``: the embedding's LR, the readout's output multiplier) alone at
+   the LR optimum of the chosen weight decay and batch, two octaves each side of its base,
+   then one octave beside the best; a multiplier leaves its base only when it beats it by
+   more than twice the seed noise. When one does, step 6 runs again at the choice.
 
-Later widths hold the first width's weight decay and batch (µP transfers them; coupled λ is
-moved to the width by the ladder's own rule) and run steps 1, 2 and 4.
+Later widths hold the first width's weight decay, batch and multipliers (µP transfers them;
+coupled λ is moved to the width by the ladder's own rule) and run steps 1, 2 and 4.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from hptransfer.hparams import HParams
+from hptransfer.hparams import MULTIPLIERS, HParams
 from hptransfer.mup.rules import coupled_decay_scale, weight_decay_depends_on_width
 from hptransfer.spec import FrozenConfig
 from hptransfer.study.config import StudyConfig
@@ -49,7 +54,7 @@ from hptransfer.study.optimum import BAND, WINDOW_OCTAVES, fit_width, seed_noise
 from hptransfer.study.schema import TrialRecord, TrialStatus
 
 __all__ = ["BOWL_OCTAVES", "PRECISION", "Ladder", "LadderPoint", "Prior", "Round", "Step",
-           "WidthSearch", "prior_from"]
+           "WidthSearch", "chosen_multipliers", "multipliers_of", "prior_from"]
 
 SPACING = 0.5  # octaves between LR points of a bowl: about the noise-limited resolution
 COARSE = 2.0  # octaves between the first width's bracketing points: the paper's grid
@@ -61,6 +66,8 @@ WIDEN_OCTAVES = 2.0  # the widen step goes at most this far from the optimum (th
 PRECISION = 0.75  # octaves: the width of a 95% LR interval at which a width stops widening
 SEED_POINTS = 3  # LRs run again with another seed on the first width
 FLAT_DECADES = 3  # weight decays tried besides 0 (decades inside the range)
+MULTIPLIER_OCTAVES = 2.0  # the multipliers step's first points: base × 2^±2, then ± 1 octave
+DEFAULT_NOISE = 0.005  # relative seed noise assumed before the seed step has measured one
 _FIT_BOOTSTRAP = 400  # resamples behind the ladder's own stopping decisions
 
 
@@ -73,6 +80,7 @@ class Step(str, Enum):
     WIDEN = "widen"
     FLAT = "flat"
     RECHECK = "recheck"
+    MULTIPLIERS = "multipliers"
 
 
 class LadderPoint(FrozenConfig):
@@ -83,6 +91,8 @@ class LadderPoint(FrozenConfig):
     batch_size: int
     seed: int
     step: Step
+    multipliers: tuple[float, ...] = Field(
+        (1.0,) * len(MULTIPLIERS), description="the values of HParams' MULTIPLIERS, in order")
 
     @property
     def lr(self) -> float:
@@ -98,6 +108,8 @@ class LadderPoint(FrozenConfig):
                 params["weight_decay"] = self.weight_decay
         if space.batch_sizes is not None:
             params["batch_size"] = self.batch_size
+        if space.multipliers is not None:
+            params.update(zip(MULTIPLIERS, self.multipliers, strict=True))
         return params
 
 
@@ -116,6 +128,7 @@ class Prior(FrozenConfig):
     interval: tuple[float, float]
     weight_decay: float
     batch_size: int
+    multipliers: tuple[float, ...] = (1.0,) * len(MULTIPLIERS)
     noise: float | None = Field(None, description="relative seed noise measured so far")
     from_widths: tuple[int, ...]
 
@@ -136,10 +149,16 @@ def _half(code: float) -> float:
     return round(code / SPACING) * SPACING
 
 
-def _same_flat(r: TrialRecord, weight_decay: float, batch: int) -> bool:
+def multipliers_of(hparams: HParams) -> tuple[float, ...]:
+    """The values of HParams' MULTIPLIERS, in order (rounded: they are compared)."""
+    return tuple(round(getattr(hparams, name), 9) for name in MULTIPLIERS)
+
+
+def _same_flat(r: TrialRecord, weight_decay: float, batch: int,
+               multipliers: tuple[float, ...]) -> bool:
     return (r.hparams is not None and math.isclose(r.hparams.weight_decay, weight_decay,
                                                    rel_tol=1e-9, abs_tol=0.0)
-            and r.hparams.batch_size == batch)
+            and r.hparams.batch_size == batch and multipliers_of(r.hparams) == multipliers)
 
 
 class Ladder:
@@ -157,18 +176,23 @@ class Ladder:
         base = config.space.base
         self.weight_decay = base.weight_decay if prior is None else prior.weight_decay
         self.batch = base.batch_size if prior is None else prior.batch_size
+        self.base_multipliers = multipliers_of(base)
+        self.multipliers = self.base_multipliers if prior is None else prior.multipliers
         self.low = math.log2(config.space.lr[0])
         self.high = math.log2(config.space.lr[1])
 
     # ---- points --------------------------------------------------------------------------
 
     def _point(self, code: float, step: Step, *, seed: int | None = None,
-               weight_decay: float | None = None, batch: int | None = None) -> LadderPoint:
+               weight_decay: float | None = None, batch: int | None = None,
+               multipliers: tuple[float, ...] | None = None) -> LadderPoint:
         return LadderPoint(lr_code=code, step=step,
                            seed=self.config.seed if seed is None else seed,
                            weight_decay=self.weight_decay if weight_decay is None
                            else weight_decay,
-                           batch_size=self.batch if batch is None else batch)
+                           batch_size=self.batch if batch is None else batch,
+                           multipliers=self.multipliers if multipliers is None
+                           else multipliers)
 
     def _inside(self, code: float, ceiling: float | None) -> bool:
         top = self.high if ceiling is None else min(self.high, ceiling - SPACING / 2)
@@ -186,7 +210,7 @@ class Ladder:
             return Round(done=f"reached its cap of {self.max_trials} trials")
         tried = {self._key(r) for r in live if r.hparams is not None}
         for step in (self._bracket, self._bowl, self._seed, self._widen, self._flat,
-                     self._recheck):
+                     self._recheck, self._multipliers):
             points = [p for p in step(finished) if self._key_of(p) not in tried]
             points = list(dict.fromkeys(points))[:self.max_trials - len(finished)]
             if points:
@@ -197,20 +221,22 @@ class Ladder:
     def _key(r: TrialRecord) -> tuple:
         h = r.hparams
         return (round(math.log2(h.lr), 6), round(h.weight_decay, 12), h.batch_size,
-                r.seed)
+                r.seed, multipliers_of(h))
 
     def _key_of(self, p: LadderPoint) -> tuple:
-        return (round(p.lr_code, 6), round(p.weight_decay, 12), p.batch_size, p.seed)
+        return (round(p.lr_code, 6), round(p.weight_decay, 12), p.batch_size, p.seed,
+                tuple(round(v, 9) for v in p.multipliers))
 
     def _bowl_rows(self, finished: Sequence[TrialRecord], *, seed: int | None = None,
-                   weight_decay: float | None = None, batch: int | None = None
-                   ) -> list[TrialRecord]:
-        """Trials on this width's LR bowl: at the held weight decay and batch (or the given
-        ones) and the study's seed (or the given one)."""
+                   weight_decay: float | None = None, batch: int | None = None,
+                   multipliers: tuple[float, ...] | None = None) -> list[TrialRecord]:
+        """Trials on this width's LR bowl: at the held weight decay, batch and multipliers
+        (or the given ones) and the study's seed (or the given one)."""
         seed = self.config.seed if seed is None else seed
         weight_decay = self.weight_decay if weight_decay is None else weight_decay
         batch = self.batch if batch is None else batch
-        return [r for r in finished if _same_flat(r, weight_decay, batch)
+        multipliers = self.multipliers if multipliers is None else multipliers
+        return [r for r in finished if _same_flat(r, weight_decay, batch, multipliers)
                 and (r.seed if r.seed is not None else self.config.seed) == seed]
 
     def _fit(self, rows: Sequence[TrialRecord], noise: float | None = None):
@@ -300,7 +326,8 @@ class Ladder:
 
     def interval(self, finished: Sequence[TrialRecord]) -> tuple[float, float]:
         """This width's 95% LR interval (log2), with the seed noise, on its bowl trials."""
-        rows = [r for r in finished if _same_flat(r, self.weight_decay, self.batch)]
+        rows = [r for r in finished
+                if _same_flat(r, self.weight_decay, self.batch, self.multipliers)]
         fit = self._fit(rows, self.noise(finished))
         low, high = fit.evidence.optima["lr"].interval
         return math.log2(low), math.log2(high)
@@ -325,8 +352,11 @@ class Ladder:
 
     def _flat_choice(self, finished: Sequence[TrialRecord]) -> tuple[float, int]:
         """The weight decay and batch the predictor's estimator picks on these trials."""
+        # the flat step runs at the held multipliers: the multipliers step's trials (other
+        # multipliers at one LR) would only blur the weight decay and batch bands
         primary = [r for r in finished
-                   if (r.seed if r.seed is not None else self.config.seed) == self.config.seed]
+                   if (r.seed if r.seed is not None else self.config.seed) == self.config.seed
+                   and r.hparams is not None and multipliers_of(r.hparams) == self.multipliers]
         fit = fit_width(self.width, primary, self.config, band=BAND, window=WINDOW_OCTAVES,
                         bootstrap=_FIT_BOOTSTRAP, rng=np.random.default_rng(self.width))
         optima = fit.evidence.optima
@@ -390,9 +420,11 @@ class Ladder:
                 not any(r.completed_loss is not None for r in self._bowl_rows(finished)):
             return []
         weight_decay, batch = self._flat_choice(finished)
-        if math.isclose(weight_decay, self.weight_decay) and batch == self.batch:
+        multipliers = self._multiplier_choice(finished)
+        if math.isclose(weight_decay, self.weight_decay) and batch == self.batch and \
+                multipliers == self.multipliers:
             return []
-        flat = dict(weight_decay=weight_decay, batch=batch)
+        flat = dict(weight_decay=weight_decay, batch=batch, multipliers=multipliers)
         rows = self._bowl_rows(finished, **flat)
         done = [r for r in rows if r.completed_loss is not None]
         centre = self._best_code(finished) + 0.5 * math.log2(batch / self.batch)
@@ -409,6 +441,94 @@ class Ladder:
         ceiling = self._ceiling(rows)
         return [self._point(c, Step.RECHECK, **flat) for c in codes
                 if self._inside(c, ceiling)]
+
+    # ---- the per-module multipliers -------------------------------------------------------
+
+    def _multiplier_centre(self, finished: Sequence[TrialRecord]
+                           ) -> tuple[float, dict[str, Any]] | None:
+        """The LR code and flat hparams the multipliers are tried at: the best trial at the
+        chosen weight decay and batch (and the held multipliers); None before there is one."""
+        if not self.first or self.config.space.multipliers is None or not any(
+                r.completed_loss is not None for r in self._bowl_rows(finished)):
+            return None
+        weight_decay, batch = self._flat_choice(finished)
+        flat = dict(weight_decay=weight_decay, batch=batch)
+        at_flat = [r for r in self._bowl_rows(finished, **flat) if r.completed_loss is not None]
+        if not at_flat:
+            return None  # the recheck runs first
+        best = min(at_flat, key=lambda r: r.completed_loss)
+        return math.log2(best.hparams.lr), flat
+
+    def _varied(self, index: int, value: float) -> tuple[float, ...]:
+        return tuple(round(value, 9) if i == index else v
+                     for i, v in enumerate(self.multipliers))
+
+    def _multiplier_losses(self, finished: Sequence[TrialRecord], index: int, centre: float,
+                           flat: dict[str, Any]) -> dict[float, float]:
+        """Loss by value of multiplier ``index``, the others held, at ``centre``."""
+        losses = {}
+        for r in finished:
+            if r.completed_loss is None or r.hparams is None or \
+                    (r.seed if r.seed is not None else self.config.seed) != self.config.seed \
+                    or round(math.log2(r.hparams.lr), 6) != round(centre, 6) \
+                    or not math.isclose(r.hparams.weight_decay, flat["weight_decay"],
+                                        rel_tol=1e-9, abs_tol=0.0) \
+                    or r.hparams.batch_size != flat["batch"]:
+                continue
+            values = multipliers_of(r.hparams)
+            if all(v == held for i, (v, held) in enumerate(zip(values, self.multipliers,
+                                                                strict=True)) if i != index):
+                losses[values[index]] = r.completed_loss
+        return losses
+
+    def _best_multiplier(self, finished: Sequence[TrialRecord], index: int, centre: float,
+                         flat: dict[str, Any]) -> float:
+        """The value multiplier ``index`` takes: the best tried, but the held value unless
+        another beats it by more than twice the seed noise (one trial each: a smaller gap
+        is noise, and a multiplier moved for nothing is carried to every width)."""
+        held = self.multipliers[index]
+        losses = self._multiplier_losses(finished, index, centre, flat)
+        if held not in losses:
+            return held
+        best = min(losses, key=losses.get)
+        noise = self.noise(finished) or DEFAULT_NOISE
+        return best if losses[best] < losses[held] * (1 - 2 * noise) else held
+
+    def _multiplier_choice(self, finished: Sequence[TrialRecord]) -> tuple[float, ...]:
+        """The multipliers the first width chooses (the held ones until step 7 has run)."""
+        where = self._multiplier_centre(finished)
+        if where is None:
+            return self.multipliers
+        centre, flat = where
+        return tuple(self._best_multiplier(finished, i, centre, flat)
+                     for i in range(len(MULTIPLIERS)))
+
+    def _multipliers(self, finished: Sequence[TrialRecord]) -> list[LadderPoint]:
+        """Step 7: each multiplier alone at 2^±2 of its held value, then 2^±1 beside the
+        best when that moved (a synthetic-bowl test and docs/tuning.md say why)."""
+        where = self._multiplier_centre(finished)
+        if where is None:
+            return []
+        centre, flat = where
+        low, high = self.config.space.multipliers
+        tried = {self._key(r) for r in finished if r.hparams is not None}
+        ring = []
+        for index, held in enumerate(self.multipliers):
+            ring += [self._point(centre, Step.MULTIPLIERS, **flat,
+                                 multipliers=self._varied(index, held * 2.0**k))
+                     for k in (-MULTIPLIER_OCTAVES, MULTIPLIER_OCTAVES)
+                     if low <= held * 2.0**k <= high]
+        fresh = [p for p in ring if self._key_of(p) not in tried]
+        if fresh:
+            return fresh
+        beside = []
+        for index, held in enumerate(self.multipliers):
+            best = self._best_multiplier(finished, index, centre, flat)
+            if best != held:
+                beside += [self._point(centre, Step.MULTIPLIERS, **flat,
+                                       multipliers=self._varied(index, best * 2.0**k))
+                           for k in (-1.0, 1.0) if low <= best * 2.0**k <= high]
+        return [p for p in beside if self._key_of(p) not in tried]
 
     def _done_note(self, finished: Sequence[TrialRecord]) -> str:
         if not self._bowl_rows(finished):
@@ -441,6 +561,10 @@ class Ladder:
             return self.weight_decay, self.batch
         return self._flat_choice(finished)
 
+    def multipliers_for_next(self, finished: Sequence[TrialRecord]) -> tuple[float, ...]:
+        """The multipliers the next widths hold (the first width's choice)."""
+        return self._multiplier_choice(finished)
+
 
 def _decades(bounds: tuple[float, float], count: int) -> list[float]:
     """Up to ``count`` powers of ten strictly inside ``bounds``, evenly spread."""
@@ -471,6 +595,7 @@ def prior_from(config: StudyConfig, width: int, earlier: Sequence[tuple[int, Lad
         centre, interval = centre + shift, (interval[0] + shift, interval[1] + shift)
     first_width, first, first_rows = earlier[0]
     weight_decay, batch = first.flat_for_next([r for r in first_rows if r.finished])
+    multipliers = first.multipliers_for_next([r for r in first_rows if r.finished])
     spec = config.spec
     if weight_decay > 0 and weight_decay_depends_on_width(spec, config.space.base
                                                           .weight_decay_rule):
@@ -478,11 +603,20 @@ def prior_from(config: StudyConfig, width: int, earlier: Sequence[tuple[int, Lad
                          / coupled_decay_scale(config.spec_at(first_width)))
     noises = [n for _, _, _, n in fits if n is not None]
     return Prior(lr_code=centre, interval=interval, weight_decay=weight_decay,
-                 batch_size=batch, noise=noises[0] if noises else None,
+                 batch_size=batch, multipliers=multipliers, noise=noises[0] if noises else None,
                  from_widths=tuple(w for w, _, _, _ in fits))
+
+
+def chosen_multipliers(config: StudyConfig, width: int, rows: Sequence[TrialRecord]
+                       ) -> tuple[float, ...]:
+    """The multipliers the ladder chose on its first width ``width`` from its trials
+    ``rows`` (the held base values when the space does not search them)."""
+    ladder = Ladder(config, width, prior=None, max_trials=len(rows) + 1)
+    return ladder.multipliers_for_next([r for r in rows if r.finished])
 
 
 def base_hparams(config: StudyConfig, point: LadderPoint) -> HParams:
     """The HParams a ladder point trains (the study's base with the point's values)."""
     return HParams(**{**config.space.base.model_dump(), "lr": point.lr,
-                      "weight_decay": point.weight_decay, "batch_size": point.batch_size})
+                      "weight_decay": point.weight_decay, "batch_size": point.batch_size,
+                      **dict(zip(MULTIPLIERS, point.multipliers, strict=True))})

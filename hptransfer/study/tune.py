@@ -105,6 +105,7 @@ def tune(config: StudyConfig | None = None, *, study: str = "proxy",
         config = study_config(corpus=corpus, spec=ModelSpec(**{
             **PROXY_SPEC, "base_width": base_width(widths, existing_config(study, url))}))
     ladder = sampler is SamplerKind.LADDER
+    _check_sampler(config, sampler)
     if ladder:
         _check_ladder(config, pruning, warm_start, lr_precision)
         widths = tuple(sorted(set(widths), key=lambda w: config.spec_at(w).flops_per_token()))
@@ -137,6 +138,13 @@ def tune(config: StudyConfig | None = None, *, study: str = "proxy",
     summaries = summarize(load_trials(study, optuna_storage, list(widths)))
     return TuneResult(study=study, storage=url, widths=tuple(summaries),
                       wall_time_s=time.perf_counter() - started, search=tuple(searches))
+
+
+def _check_sampler(config: StudyConfig, sampler: SamplerKind) -> None:
+    if sampler is not SamplerKind.LADDER and config.space.multipliers is not None:
+        raise StudyError("the per-module multipliers are tuned by the ladder's multipliers "
+                         "step, which an Optuna sampler does not run: use --sampler ladder, "
+                         "or leave --multiplier-range off")
 
 
 def _check_ladder(config: StudyConfig, pruning: Pruning, warm_start: WarmStart | None,

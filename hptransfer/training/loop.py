@@ -27,6 +27,7 @@ from hptransfer.hparams import HParams
 from hptransfer.models.family import logits_of
 from hptransfer.models.registry import family_of, role_table
 from hptransfer.mup.rules import formulation
+from hptransfer.mup.tensors import scale_init
 from hptransfer.provenance import collect
 from hptransfer.record import CurvePoint, RunRecord, Status, Verdict
 from hptransfer.spec import ModelSpec
@@ -138,7 +139,9 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
                  + (f" sharded over {ranks.size} ranks" if sharded else ""))
     roles = role_table(spec)
     torch.manual_seed(seed)
-    model = family.build(spec, seed=seed).to(on)
+    model = family.build(spec, seed=seed)
+    scale_init(model, roles, hparams)  # the readout's τ (an hparam, unknown to the build)
+    model = model.to(on)
     # DDP all-reduces gradients during backward; FSDP2 shards `model` in place. Either way
     # the optimizer (built after sharding, as FSDP2 requires), clipping and evaluation work
     # on `model`, whose parameters keep their names and global shapes.

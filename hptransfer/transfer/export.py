@@ -94,7 +94,8 @@ def _setup(spec: ModelSpec, hparams: HParams, names: str) -> str:
             f"from hptransfer.transfer.export import {names}\n\n"
             f"spec = ModelSpec.model_validate_json({spec.model_dump_json()!r})\n"
             f"hparams = HParams.model_validate_json({hparams.model_dump_json()!r})\n"
-            "model = build_model(spec, seed=0)  # the spec's model, µP init\n")
+            "model = build_model(spec, seed=0, hparams=hparams)  # the spec's model, µP "
+            "init (with the readout's multiplier)\n")
 
 
 def torch_snippet(spec: ModelSpec, hparams: HParams, *, study: str, tokens: int) -> str:

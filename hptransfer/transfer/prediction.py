@@ -75,10 +75,21 @@ class Prediction(FrozenConfig):
         return family_of(self.spec).limitations(self.spec)
 
     def build_model(self, *, seed: int = 0) -> nn.Module:
-        """The target model (``spec``'s family at the target width) with its µP init."""
+        """The target model (``spec``'s family at the target width) with its µP init, the
+        readout's multiplier τ included (a model built elsewhere needs
+        :meth:`scale_init`)."""
         from hptransfer.models.registry import build_model
 
-        return build_model(self.spec, seed=seed)
+        return build_model(self.spec, seed=seed, hparams=self.hparams)
+
+    def scale_init(self, model: nn.Module) -> None:
+        """Apply the predicted per-module init multipliers (the readout's τ) to a freshly
+        initialised target ``model``: with :meth:`param_groups`, τ is then an output
+        multiplier (a no-op at τ = 1)."""
+        from hptransfer.models.registry import role_table
+        from hptransfer.mup.tensors import scale_init
+
+        scale_init(model, role_table(self.spec), self.hparams)
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """Torch param groups of the target ``model`` (the spec's family at the target

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from hptransfer.errors import ConfigError, PredictionError, StudyError, explain_fields
-from hptransfer.hparams import HParams
+from hptransfer.hparams import MULTIPLIERS, HParams
 from hptransfer.models.registry import family_of
 from hptransfer.spec import DepthRule, ModelSpec
 from hptransfer.study.config import StudyConfig
+from hptransfer.study.ladder import chosen_multipliers, multipliers_of
 from hptransfer.study.optimum import BAND, BOOTSTRAP, WINDOW_OCTAVES, fit_width, seed_noise
 from hptransfer.study.schema import TrialRecord, TrialStatus
 from hptransfer.transfer.baselines import baselines
@@ -114,11 +115,27 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
             raise PredictionError(f"target width {target_width}: {error}") from None
     usable, left_out = _usable_widths(records, study)
     rng = np.random.default_rng(seed)
-    noise = seed_noise(records, config)
+    # steps 1–6 of the ladder run at the base multipliers: the seed replicates are there
+    base_multipliers = multipliers_of(config.space.base)
+    noise = seed_noise([r for r in records if r.hparams is not None
+                        and multipliers_of(r.hparams) == base_multipliers], config)
+    notes = Notes()
+    multipliers = base_multipliers
+    if config.space.multipliers is not None:
+        first = min(usable)
+        multipliers = chosen_multipliers(config, first, usable[first])
+        notes.rule("multipliers",
+                   ", ".join(f"{name} {value:g}" for name, value in
+                             zip(MULTIPLIERS, multipliers, strict=True))
+                   + f": chosen on width {first} (the ladder's multipliers step), held at "
+                     f"every width (µP makes them width-independent)")
+        # every width's bowl is read where it was searched: at the chosen multipliers
+        usable = {w: [r for r in rows if r.hparams is not None
+                      and multipliers_of(r.hparams) == multipliers]
+                  for w, rows in usable.items()}
     fits = [fit_width(w, rows, config, band=band, window=window, bootstrap=bootstrap,
                       rng=rng, noise=noise.shape if noise is not None else None)
             for w, rows in sorted(usable.items())]
-    notes = Notes()
     if target_width < min(usable):
         notes.warnings.append(
             f"the target width {target_width} is narrower than every proxy ({min(usable)} and "
@@ -166,7 +183,8 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
                 f"for depth {config.spec.depth}")
 
     hparams = HParams(**{**config.space.base.model_dump(), "lr": 2.0**lr, "weight_decay": wd,
-                         "batch_size": target_batch or proxy_batch})
+                         "batch_size": target_batch or proxy_batch,
+                         **dict(zip(MULTIPLIERS, multipliers, strict=True))})
     intervals: dict[str, tuple[float, float]] = {"lr": (2.0**lr_low, 2.0**lr_high)}
     if wd_interval is not None:
         intervals["weight_decay"] = wd_interval
