@@ -30,7 +30,8 @@ process or by many holds the same trials with the same losses. The steps, in ord
    (HParams' ``MULTIPLIERS``: the embedding's LR, the readout's output multiplier) alone at
    the LR optimum of the chosen weight decay and batch, two octaves each side of its base,
    then one octave beside the best; a multiplier leaves its base only when it beats it by
-   more than twice the seed noise. When one does, step 6 runs again at the choice.
+   more than twice the seed noise and 0.5%. When one does, step 6 runs again at the choice
+   (the width's cap grows by the step's 12 trials at most, so it is never cut short).
 
 Later widths hold the first width's weight decay, batch and multipliers (µP transfers them;
 coupled λ is moved to the width by the ladder's own rule) and run steps 1, 2 and 4.
@@ -67,7 +68,14 @@ PRECISION = 0.75  # octaves: the width of a 95% LR interval at which a width sto
 SEED_POINTS = 3  # LRs run again with another seed on the first width
 FLAT_DECADES = 3  # weight decays tried besides 0 (decades inside the range)
 MULTIPLIER_OCTAVES = 2.0  # the multipliers step's first points: base × 2^±2, then ± 1 octave
-DEFAULT_NOISE = 0.005  # relative seed noise assumed before the seed step has measured one
+# A multiplier moves only for a gain above twice the seed noise and above this floor: two
+# configurations on one seed are two trajectories, and at width 256 runs a quarter octave
+# apart land ±1% from a smooth bowl (docs/transfer.md), so a smaller gain of one trial is
+# not evidence; a moved multiplier is carried to every width.
+MULTIPLIER_MIN_GAIN = 0.005
+# the step's most trials (2 per multiplier, 2 beside each moved one, a 4-point recheck):
+# the first width's cap grows by this when the step runs, so the cap never cuts it short
+MULTIPLIER_TRIALS = 4 * 2 + 4
 _FIT_BOOTSTRAP = 400  # resamples behind the ladder's own stopping decisions
 
 
@@ -171,8 +179,10 @@ class Ladder:
             raise ValueError("the ladder searches the LR: the study's space must have an "
                              "lr range")
         self.config, self.width, self.prior = config, width, prior
-        self.max_trials, self.precision = max_trials, precision
         self.first = prior is None
+        if self.first and config.space.multipliers is not None:
+            max_trials += MULTIPLIER_TRIALS
+        self.max_trials, self.precision = max_trials, precision
         base = config.space.base
         self.weight_decay = base.weight_decay if prior is None else prior.weight_decay
         self.batch = base.batch_size if prior is None else prior.batch_size
@@ -491,8 +501,8 @@ class Ladder:
         if held not in losses:
             return held
         best = min(losses, key=losses.get)
-        noise = self.noise(finished) or DEFAULT_NOISE
-        return best if losses[best] < losses[held] * (1 - 2 * noise) else held
+        gain = max(2 * (self.noise(finished) or 0.0), MULTIPLIER_MIN_GAIN)
+        return best if losses[best] < losses[held] * (1 - gain) else held
 
     def _multiplier_choice(self, finished: Sequence[TrialRecord]) -> tuple[float, ...]:
         """The multipliers the first width chooses (the held ones until step 7 has run)."""
@@ -562,8 +572,16 @@ class Ladder:
         return self._flat_choice(finished)
 
     def multipliers_for_next(self, finished: Sequence[TrialRecord]) -> tuple[float, ...]:
-        """The multipliers the next widths hold (the first width's choice)."""
-        return self._multiplier_choice(finished)
+        """The multipliers the next widths hold: the first width's choice, once its LR bowl
+        has been rechecked there (three LRs or more completed); the held ones until then."""
+        chosen = self._multiplier_choice(finished)
+        if chosen == self.multipliers:
+            return chosen
+        weight_decay, batch = self._flat_choice(finished)
+        rechecked = {r.hparams.lr for r in self._bowl_rows(
+            finished, weight_decay=weight_decay, batch=batch, multipliers=chosen)
+            if r.completed_loss is not None}
+        return chosen if len(rechecked) >= 3 else self.multipliers
 
 
 def _decades(bounds: tuple[float, float], count: int) -> list[float]:
