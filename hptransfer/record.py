@@ -45,6 +45,10 @@ class RunRecord(FrozenConfig):
     reason: str | None = Field(None, description="why the run stopped early, if it did")
     final_val_loss: float | None = Field(
         None, description="validation loss at the last evaluation; None if never evaluated")
+    final_val_bpb: float | None = Field(
+        None, description="final_val_loss in bits per byte of text (comparable across "
+                          "tokenizers); None when the corpus's bytes per token are unknown "
+                          "(corpus.bytes_per_token_note says why)")
     val_curve: tuple[CurvePoint, ...]
     train_curve: tuple[CurvePoint, ...]
     steps: int  # optimizer steps completed

@@ -118,8 +118,11 @@ def test_builtin_corpus_describe_is_plain_data() -> None:
         "tokenizer": "bytes",
         "train_tokens": len(corpus.train),
         "validation_tokens": len(corpus.validation),
+        "tokenizer_hash": None,
+        "bytes_per_token": 1.0,  # bytes: one per token, so bits per byte = loss / ln 2
+        "bytes_per_token_note": None,
     }
-    assert all(type(v) in (str, int) for v in record.values())
+    assert all(type(v) in (str, int, float, type(None)) for v in record.values())
 
 
 # --- text files -----------------------------------------------------------------------
@@ -328,7 +331,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
     corpus = _tiny_corpus(np.arange(100), np.arange(100))
     with pytest.raises(ValueError, match="positive"):
         corpus.train_batch(np.random.default_rng(0), batch_size=0, seq_len=4)
-    with pytest.raises(CorpusError, match="1-D uint16"):
+    with pytest.raises(CorpusError, match="1-D uint16 or uint32"):
         Corpus(
             name="bad",
             source=CorpusSource.TEXT,

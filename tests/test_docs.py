@@ -43,7 +43,28 @@ def workdir(tmp_path_factory) -> Path:
     run from the repository root, so its example models are linked in."""
     folder = tmp_path_factory.mktemp("docs")
     (folder / "integrations").symlink_to(ROOT / "integrations")  # read-only examples
+    _write_my_data(folder / "my_data")
     return folder
+
+
+def _write_my_data(folder: Path) -> None:
+    """The users' own data and tokenizer that docs/data.md and the README point at, in every
+    format: a BPE tokenizer.json trained here, its ids as uint32 tokens, a Megatron pair, a
+    Parquet table of text and one of ids (nothing downloaded)."""
+    import numpy as np
+    from data_files import documents, sample_text, train_bpe, write_megatron, write_parquet
+
+    from hptransfer.data.tokenizer import JsonTokenizer
+
+    folder.mkdir()
+    text = sample_text(400_000)
+    tokenizer = JsonTokenizer(train_bpe(folder / "tokenizer.json", text, vocab_size=1024))
+    texts = documents(text, 200)
+    docs = tokenizer.encode_batch(texts)
+    np.concatenate(docs).astype(np.uint32).tofile(folder / "tokens.bin")
+    write_megatron(folder / "corpus_text_document", docs)
+    write_parquet(folder / "text.parquet", {"text": texts})
+    write_parquet(folder / "ids.parquet", {"input_ids": [d.tolist() for d in docs]})
 
 
 @pytest.mark.slow

@@ -96,6 +96,9 @@ def _special(w: dict, command: str) -> dict[str, list[str]]:
     return {
         "--storage": storages,
         "--data": ["/nonexistent/corpus.txt", f"{f}/binary.txt", f"{f}/dir.db"],
+        # a tokenizer that is missing or does not load; a column of a text file (not a table)
+        "--tokenizer": [f"{f}/missing.json", f"{f}/bad.toml"],
+        "--data-column": ["text"],
         "--config": [f"{f}/missing.toml", f"{f}/bad.toml", f"{f}/latin.toml",
                      f"{f}/list.yaml"],
         # control characters (a trailing newline passed a non-full match once) and the

@@ -158,11 +158,13 @@ def print_confirmation(result) -> None:
     echo = click.echo
     echo(f"study {result.study} → width {result.target_width}: predicted lr "
          f"{result.predicted_lr:.4g}")
-    echo(f"  {'offset':>7} {'lr':>10} {'status':>9} {'val loss':>9}")
+    echo(f"  {'offset':>7} {'lr':>10} {'status':>9} {'val loss':>9} {'bits/byte':>9}")
     for run in result.runs:
         loss = "" if run.loss is None else f"{run.loss:.4f}"
+        bpb = "" if run.bits_per_byte is None else f"{run.bits_per_byte:.4f}"
         mark = "  ← best" if run.offset == result.best_offset else ""
-        echo(f"  {run.offset:>+7g} {run.lr:>10.4g} {run.status.value:>9} {loss:>9}{mark}")
+        echo(f"  {run.offset:>+7g} {run.lr:>10.4g} {run.status.value:>9} {loss:>9} {bpb:>9}"
+             f"{mark}")
     regret = "n/a" if result.regret is None else f"{100 * result.regret:.2f}%"
     color = {"CONFIRMED": "green", "INCONCLUSIVE": "yellow"}.get(result.verdict.value, "red")
     echo("")

@@ -229,10 +229,40 @@ model_option = click.option(
     "--model", default=None,
     help="the model family the study was tuned on (a check: refused if it is another) "
          "[default: the study's]")
-data_option = click.option(
-    "--data", type=click.Path(), default=None,
-    help="corpus: a text file, a .bin token file, or a folder with train.bin and val.bin "
-         "[default: the built-in Python standard library corpus]")
+def data_option(command):
+    """``--data`` and how to read it (``--tokenizer``, ``--token-dtype``, ``--data-column``;
+    docs/data.md), given to ``command`` as one ``data``: a
+    :class:`~hptransfer.data.source.DataSource`, or None for the built-in corpus."""
+    import functools
+
+    @functools.wraps(command)
+    def wrapped(*args, data, tokenizer, token_dtype, data_column, **kwargs):
+        from hptransfer.data.source import DataSource
+
+        given = dict(path=data, tokenizer=tokenizer, token_dtype=token_dtype,
+                     column=data_column)
+        source = DataSource(**given) if any(v is not None for v in given.values()) else None
+        return command(*args, data=source, **kwargs)
+
+    for option in reversed((
+        click.option("--data", type=click.Path(), default=None,
+                     help="corpus: a text file; token ids (a .bin file, a folder with "
+                          "train.bin and val.bin, a Megatron PREFIX.bin with its .idx); a "
+                          "Parquet/Arrow table or a datasets folder [default: the built-in "
+                          "Python standard library corpus]"),
+        click.option("--tokenizer", type=click.Path(), default=None,
+                     help="a local tokenizer.json (Hugging Face tokenizers; nothing is "
+                          "downloaded) for text, and for bits per byte of token ids "
+                          "[default: bytes for text]"),
+        click.option("--token-dtype", type=click.Choice(["uint16", "uint32"]), default=None,
+                     help="width of the ids in flat token files [default: meta.json's "
+                          "dtype beside them, else uint16]"),
+        click.option("--data-column", default=None,
+                     help="the Parquet/Arrow column to read [default: input_ids, ids or "
+                          "tokens, else text]"),
+    )):
+        wrapped = option(wrapped)
+    return wrapped
 address_option = click.option(
     "--address", default=None,
     help="--backend ray: the cluster (auto, HOST:PORT, ray://HOST:10001) "

@@ -25,6 +25,7 @@ from hptransfer.cli.options import (
     threads_option,
     widths_option,
 )
+from hptransfer.data.source import DataSource
 from hptransfer.hparams import HParams
 from hptransfer.spec import DepthRule, ModelSpec, Parametrization, RoleSource
 from hptransfer.study.config import PROXY_BUDGET, PROXY_SPEC
@@ -38,7 +39,7 @@ from hptransfer.study.config import PROXY_BUDGET, PROXY_SPEC
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="also write the run record (JSON) to this file")
 @click.option("--json", "as_json", is_flag=True, help="print the run record as JSON")
-def train(seed: int, data: str | None, threads: int | None, out: str | None, as_json: bool,
+def train(seed: int, data: DataSource | None, threads: int | None, out: str | None, as_json: bool,
           **values: Any) -> None:
     """Train one model and print its record (validation loss, cost, status)."""
     from hptransfer.data.corpus import load_corpus
@@ -60,6 +61,8 @@ def train(seed: int, data: str | None, threads: int | None, out: str | None, as_
         click.echo(text)
         return
     final = "n/a" if record.final_val_loss is None else f"{record.final_val_loss:.4f}"
+    if record.final_val_bpb is not None:
+        final += f" ({record.final_val_bpb:.4f} bits/byte)"
     click.echo(f"{record.status.value}: validation loss {final} after {record.steps} steps "
                f"({record.tokens_seen:,} tokens, {record.flops:.3g} FLOPs, "
                f"{record.wall_time_s:.1f} s, {record.tokens_per_s:,.0f} tokens/s)")
@@ -134,7 +137,7 @@ def describe(as_json: bool, **values: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def coord_check_command(widths: tuple[int, ...], param: str, steps: int, lr: float | None,
                         depth: int, head_dim: int, model: str, roles: str, tolerance: float,
-                        seed: int, seeds: int, out: str, data: str | None,
+                        seed: int, seeds: int, out: str, data: DataSource | None,
                         threads: int | None, as_json: bool) -> None:
     """Check that activations stay flat in width (exit 0) or not (exit 1)."""
     from hptransfer.checks.coord_check import coord_check

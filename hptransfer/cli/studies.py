@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 from typing import Literal
 
 import click
@@ -33,6 +32,7 @@ from hptransfer.cli.options import (
     widths_option,
     workers_option,
 )
+from hptransfer.data.source import DataSource
 from hptransfer.spec import FrozenConfig, ModelSpec
 from hptransfer.study.config import (
     BASE_WIDTH_HELP,
@@ -63,7 +63,7 @@ class TuneOptions(FrozenConfig):
     lr_precision: float = Field(PRECISION, gt=0)
     seed: int = 0
     warm_start: WarmStart | None = None  # None: the sampler's (tune's own default)
-    data: str | None = None
+    data: DataSource | None = None  # a path, or a table {path, tokenizer, ...}
     backend: Backend = Backend.LOCAL
     # --backend ray only (hptransfer.backends.ray_tune.RayOptions)
     address: str | None = None
@@ -207,8 +207,8 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, lr_pr
         fail(f"{explain(error)}" + (f" (in --config {config_path} [tune] or the flags)"
                                      if config_path else ""))
     check_name(opts.study)
-    if opts.data is not None:  # workers started elsewhere must find the same file
-        opts = opts.model_copy(update={"data": str(Path(opts.data).expanduser().resolve())})
+    if opts.data is not None:  # workers started elsewhere must find the same files
+        opts = opts.model_copy(update={"data": opts.data.resolved()})
     try:  # every width and section is valid before the corpus is read or anything runs
         template = from_sources(file, widths=opts.widths, spec=spec_values, steps=steps,
                                 space={"lr": lr_range, "weight_decay": weight_decay_range,

@@ -419,7 +419,8 @@ def _confirm(target_width: int, *, study: str, storage: Any, offsets: tuple[floa
     notes = [f"prediction warning: {w}" for w in prediction.warnings]
     noise = prediction.evidence.seed_noise
     return summarize(study, target_width, predicted, _runs(runs_study, predicted, offsets),
-                      tolerance, notes, noise=noise.shape if noise is not None else None)
+                      tolerance, notes, noise=noise.shape if noise is not None else None,
+                      corpus=config.corpus)  # the study's record: as load_confirmation reads
 
 
 class _Job(NamedTuple):
@@ -565,5 +566,9 @@ def load_confirmation(study: str, target_width: int, storage: Any = None
     info = json.loads(stored)
     predicted = HParams.model_validate_json(info["hparams"])
     offsets = [float(o) for o in info["offsets"]]
+    try:
+        corpus = load_config(study, storage).corpus
+    except StudyError:  # the runs outlive their study: judged without bits per byte
+        corpus = None
     return summarize(study, target_width, predicted, _runs(runs_study, predicted, offsets),
-                      float(info["tolerance"]), noise=info.get("noise"))
+                      float(info["tolerance"]), noise=info.get("noise"), corpus=corpus)

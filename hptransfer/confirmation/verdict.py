@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 from pydantic import Field
 
+from hptransfer.data.source import CorpusRecord
 from hptransfer.hparams import HParams
 from hptransfer.spec import FrozenConfig
 from hptransfer.study.schema import TrialStatus
@@ -84,6 +85,9 @@ class ConfirmationRun(FrozenConfig):
     loss: float | None = None
     number: int | None = None
     reason: str | None = None
+    bits_per_byte: float | None = Field(
+        None, description="loss in bits per byte of text; None when the corpus's bytes per "
+                          "token are unknown")
 
 
 class Confirmation(FrozenConfig):
@@ -157,8 +161,13 @@ def judge(runs: Sequence[ConfirmationRun], tolerance: float = TOLERANCE,
 
 def summarize(study: str, width: int, predicted: HParams, runs: list[ConfirmationRun],
               tolerance: float, extra_notes: Sequence[str] = (),
-              noise: float | None = None) -> Confirmation:
-    """The :class:`Confirmation` of ``predicted`` at ``width`` from its runs."""
+              noise: float | None = None, corpus: CorpusRecord | None = None
+              ) -> Confirmation:
+    """The :class:`Confirmation` of ``predicted`` at ``width`` from its runs; ``corpus``
+    (the study's record of it) gives each run's loss in bits per byte."""
+    if corpus is not None:
+        runs = [r.model_copy(update={"bits_per_byte": corpus.bits_per_byte(r.loss)})
+                for r in runs]
     judgement = judge(runs, tolerance, noise)
     return Confirmation(study=study, target_width=width, predicted_lr=predicted.lr,
                         runs=tuple(runs), verdict=judgement.verdict, regret=judgement.regret,

@@ -58,11 +58,13 @@ def _sections(name: str, prediction, problem: str | None, confirmation) -> list[
         c = confirmation
         regret = "n/a" if c.regret is None else f"{100 * c.regret:.2f}%"
         rows = [[f"{r.offset:+g}", f"{r.lr:.4g}", r.status.value,
-                 "" if r.loss is None else f"{r.loss:.4f}"] for r in c.runs]
+                 "" if r.loss is None else f"{r.loss:.4f}",
+                 "" if r.bits_per_byte is None else f"{r.bits_per_byte:.4f}"] for r in c.runs]
         blocks += [("h2", f"Confirmation at width {c.target_width}"),
                    ("p", f"Verdict: **{c.verdict.value}**, regret {regret} (tolerance "
                          f"{100 * c.tolerance:.2g}%)"),
-                   ("table", (["offset (octaves)", "lr", "status", "val loss"], rows))]
+                   ("table", (["offset (octaves)", "lr", "status", "val loss", "bits/byte"],
+                              rows))]
         if c.notes:
             blocks.append(("list", list(c.notes)))
     elif prediction is not None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, ValidationError
 
 from hptransfer.budget import Budget
+from hptransfer.data.source import CorpusRecord, DataSource
 from hptransfer.errors import ConfigError, StudyError, explain_fields
 from hptransfer.hparams import HParams
 from hptransfer.space import SearchSpace
@@ -54,7 +55,12 @@ class StudyConfig(FrozenConfig):
     space: SearchSpace
     seed: int = 0
     corpus_hash: str
-    data: str | None = Field(None, description="--data path, None for the built-in corpus")
+    data: DataSource | None = Field(None, description="--data and how to read it (--tokenizer, "
+                                                      "--token-dtype, --data-column); None "
+                                                      "for the built-in corpus")
+    corpus: CorpusRecord | None = Field(
+        None, description="the corpus's tokenizer and bytes per token (None in studies made "
+                          "before they were recorded)")
     roles_digest: str | None = Field(
         None, description="digest of the model's role table at the base width (None in "
                           "studies made before role tables were recorded)")
@@ -89,7 +95,7 @@ def check_roles(name: str, config: StudyConfig) -> None:
 def refuse_different(name: str, old: StudyConfig, new: StudyConfig) -> None:
     """Refuse to resume study ``name`` (made with ``old``) with a different config."""
     diff = [k for k in StudyConfig.model_fields if getattr(old, k) != getattr(new, k)
-            and not (k == "roles_digest" and old.roles_digest is None)]
+            and not (k in ("roles_digest", "corpus") and getattr(old, k) is None)]
     if diff:
         what = ", ".join("role table (the model's parameters or their µP roles)"
                          if k == "roles_digest" else k for k in diff)
@@ -108,7 +114,8 @@ def base_width(widths: Sequence[int], stored: StudyConfig | None = None) -> int:
 
 def study_config(*, spec: ModelSpec | None = None, space: SearchSpace | None = None,
                  budget: Budget | None = None, seed: int = 0, corpus: Corpus | None = None,
-                 data: str | None = None, widths: Sequence[int] | None = None) -> StudyConfig:
+                 data: DataSource | str | None = None, widths: Sequence[int] | None = None
+                 ) -> StudyConfig:
     """A :class:`StudyConfig`, with the built-in proxy setting for whatever is not given.
 
     The base width is ``spec``'s when it sets one, else (with ``widths``) the narrowest of
@@ -133,7 +140,8 @@ def study_config(*, spec: ModelSpec | None = None, space: SearchSpace | None = N
         budget = Budget(**{**budget.model_dump(), "steps": None,
                            "tokens": budget.steps * space.base.batch_size * spec.seq_len})
     return StudyConfig(spec=spec, budget=budget, space=space, seed=seed,
-                       corpus_hash=corpus.content_hash, data=data, roles_digest=roles_digest(spec))
+                       corpus_hash=corpus.content_hash, data=data, corpus=corpus.record(),
+                       roles_digest=roles_digest(spec))
 
 
 # ---- config files ----------------------------------------------------------------------------
@@ -229,7 +237,7 @@ class StudyTemplate(FrozenConfig):
     space: SearchSpace
     budget: Budget
 
-    def config(self, corpus: Corpus, *, seed: int = 0, data: str | None = None
+    def config(self, corpus: Corpus, *, seed: int = 0, data: DataSource | str | None = None
                ) -> StudyConfig:
         return study_config(spec=self.spec, space=self.space, budget=self.budget, seed=seed,
                             corpus=corpus, data=data)

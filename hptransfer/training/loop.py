@@ -227,10 +227,10 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
     if saver is not None:
         saver.discard()
     tokens = step * tokens_per_step
+    final = val_curve[-1].loss if val_curve and status is not Status.DIVERGED else None
     return RunRecord(
         status=status, reason=reason,
-        final_val_loss=val_curve[-1].loss if val_curve and status is not Status.DIVERGED
-        else None,
+        final_val_loss=final, final_val_bpb=corpus.bits_per_byte(final),
         val_curve=tuple(val_curve),
         train_curve=_downsample(train_losses, tokens_per_step),
         steps=step, planned_steps=planned, tokens_seen=tokens,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from hptransfer.budget import Budget
+from hptransfer.data.source import DataSource
 from hptransfer.hparams import HParams
 from hptransfer.record import RunRecord
 from hptransfer.spec import FrozenConfig, ModelSpec
@@ -26,8 +27,9 @@ class RunOrder(FrozenConfig):
     hparams: HParams
     budget: Budget
     seed: int = 0
-    data: str | None = Field(None, description="corpus path every process can read; None: "
-                                               "the built-in corpus")
+    data: DataSource | None = Field(None, description="corpus every process can read (paths "
+                                                      "and tokenizer); None: the built-in "
+                                                      "corpus")
     corpus_hash: str = Field(description="content hash the processes' corpus must have")
     execution: Execution = Execution()
 
