@@ -47,6 +47,8 @@ _EXPORTS = {
     "write_coord_check": "hptransfer.report.coord_check",
     "write_plot_page": "hptransfer.report.study_report",
     "write_report": "hptransfer.report.study_report",
+    "Tracking": "hptransfer.tracking",
+    "TrackerKind": "hptransfer.tracking",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
     from hptransfer.study.records import load_trials, summarize
     from hptransfer.study.tune import TuneResult, tune
     from hptransfer.study.worker import LocalRunner
+    from hptransfer.tracking import TrackerKind, Tracking
     from hptransfer.training.loop import train
     from hptransfer.transfer import Prediction, predict_hparams
 

@@ -23,6 +23,7 @@ LAYERS = [
     ("models",),
     ("training",),
     ("checks",),
+    ("tracking",),
     ("study",),
     ("backends",),
     ("transfer",),
@@ -36,7 +37,10 @@ LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
 LIGHT = {"training": ("optuna", "ray"), "checks": ("optuna", "ray"),
          "mup.rules": ("torch", "optuna", "ray"), "data": ("torch", "optuna", "ray"),
          "study.config": ("torch", "optuna", "ray"), "transfer": ("torch", "ray"),
-         "cli": ("torch", "optuna", "ray", "matplotlib")}
+         "cli": ("torch", "optuna", "ray", "matplotlib"),
+         # the adapters import their library: only when that tracker is asked for
+         "tracking.tracker": ("torch", "optuna", "ray", "wandb", "mlflow", "tensorboard"),
+         "tracking.run": ("torch", "optuna", "ray", "wandb", "mlflow", "tensorboard")}
 
 
 def _modules() -> dict[str, Path]:

@@ -9,7 +9,8 @@ the one a local run returns, up to float rounding. The workers get a
 :class:`~hptransfer.training.order.RunOrder` (spec, hparams, budget, seed, execution by
 value, the corpus by path). The caller records the run; rank 0 writes only the validation
 curve's points, as the Optuna trial's intermediate values while it trains (``progress``),
-so ``hptransfer status`` and optuna-dashboard show a long run as it goes.
+so ``hptransfer status`` and optuna-dashboard show a long run as it goes, and logs the run
+to the experiment trackers asked for (``tracked``: rank 0 is the process that trains it).
 
 With ``gpus_per_worker`` > 0 each worker gets that share of a GPU (Ray pins it with
 ``CUDA_VISIBLE_DEVICES``), trains on ``ray.train.torch.get_device()``, and the process group
@@ -34,6 +35,7 @@ from pydantic import Field
 from hptransfer.errors import ConfigError
 from hptransfer.record import RunRecord
 from hptransfer.spec import FrozenConfig
+from hptransfer.tracking import RunInfo, Tracking
 from hptransfer.training.order import RunOrder
 
 __all__ = ["Progress", "RayScaling", "check_gpus", "train_on_ray"]
@@ -64,14 +66,16 @@ class RayScaling(FrozenConfig):
 
 def train_on_ray(run: RunOrder, *, scaling: RayScaling | None = None, name: str = "run",
                  address: str | None = None, storage_path: str | Path | None = None,
-                 progress: Progress | None = None) -> RunRecord:
+                 progress: Progress | None = None,
+                 tracked: tuple[Tracking, RunInfo] | None = None) -> RunRecord:
     """Train ``run`` as a Ray Train job with ``scaling.workers`` data-parallel workers and
     return its record.
 
     ``scaling``: None is one worker of one CPU. ``address``: the Ray cluster, as for
     :func:`hptransfer.backends.cluster.connect` (reused when this process is already connected).
     ``name`` labels the job; a timestamp and a random suffix make each job's folder under
-    ``storage_path`` (default ``$HPTRANSFER_HOME/ray``) its own. An exception the training
+    ``storage_path`` (default ``$HPTRANSFER_HOME/ray``) its own. ``tracked``: the trackers
+    rank 0 logs the run to, and the run as they show it. An exception the training
     function raised on a worker is raised here as itself (e.g. the ValueError of a bad
     config), not as Ray's wrapper.
     """
@@ -95,7 +99,9 @@ def train_on_ray(run: RunOrder, *, scaling: RayScaling | None = None, name: str 
         # the driver's Ray decides which Train runs the job: tell the workers (module doc)
         train_loop_config={"run": run.model_dump_json(), "threads": scaling.cpus_per_worker,
                            "report": not v2, "gpu": gpu,
-                           "progress": progress.model_dump_json() if progress else None},
+                           "progress": progress.model_dump_json() if progress else None,
+                           "tracked": [part.model_dump_json() for part in tracked]
+                           if tracked else None},
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=scaling.workers, use_gpu=gpu,
@@ -129,10 +135,25 @@ def _train_loop(config: dict[str, Any]) -> str:
 
         device = str(get_device())
     on_eval = None
-    if config["progress"] is not None and ray.train.get_context().get_world_rank() == 0:
+    rank0 = ray.train.get_context().get_world_rank() == 0
+    if config["progress"] is not None and rank0:
         on_eval = _reporter(Progress.model_validate_json(config["progress"]))
-    record = run.train(threads=config["threads"], device=device,
-                       on_eval=on_eval).model_dump_json()
+    log = None
+    if config["tracked"] is not None and rank0:
+        from hptransfer.tracking import RunLog
+
+        tracking, info = config["tracked"]
+        log = RunLog(Tracking.model_validate_json(tracking), RunInfo.model_validate_json(info))
+        on_eval = _logging(log, on_eval)
+    try:
+        trained = run.train(threads=config["threads"], device=device, on_eval=on_eval)
+    except Exception as error:
+        if log is not None:
+            log.finish("error", reason=f"{type(error).__name__}: {error}")
+        raise
+    if log is not None:
+        log.finish(trained.status.value, trained)
+    record = trained.model_dump_json()
     if config["report"]:
         ray.train.report({_RECORD: record})
     return record
@@ -150,6 +171,17 @@ def _reporter(progress: Progress):
         return Verdict.CONTINUE
 
     return on_eval
+
+
+def _logging(log, on_eval):
+    """``on_eval`` that logs each point to the trackers first."""
+    from hptransfer.record import Verdict
+
+    def logged(point) -> Verdict:
+        log.point(point)
+        return on_eval(point) if on_eval is not None else Verdict.CONTINUE
+
+    return logged
 
 
 def check_gpus(workers: int, per_worker: float, address: str | None = None,

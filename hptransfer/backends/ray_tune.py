@@ -12,7 +12,8 @@ Who writes what: the **driver** (this process) asks Optuna for the trial, holds 
 (Ray, not hptransfer, retries a dead Ray worker, so the lease must outlive the worker) and
 tells Optuna the final state; the **Ray worker** (:func:`_train_trial`) writes what it
 trains, trains with :func:`hptransfer.training.loop.train` reporting each validation point to
-Ray (for ASHA) and to Optuna (the curve), and writes the outcome. A killed worker is
+Ray (for ASHA), to Optuna (the curve) and to the experiment trackers asked for
+(:mod:`hptransfer.tracking`), and writes the outcome. A killed worker is
 restarted by Ray with the same Optuna trial, up to ``max_failures`` times; a killed driver's
 leases lapse and the same command run again reclaims them. ASHA, like the local pruners,
 never stops a trial before half its token budget (docs/spec.md §8).
@@ -89,7 +90,10 @@ def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
     from hptransfer.study.config import check_roles
     from hptransfer.study.leases import record_worker
     from hptransfer.study.lifecycle import trial_seed, write_inputs, write_outcome
+    from hptransfer.study.schema import TrialStatus
     from hptransfer.study.storage import Access, open_storage
+    from hptransfer.study.trial import run_info
+    from hptransfer.tracking import RunLog, Tracking
     from hptransfer.training.loop import train
 
     config = StudyConfig.model_validate_json(job["config"])
@@ -98,9 +102,15 @@ def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
     params = {k: v for k, v in ray_config.items() if k != "optuna_trial_id"}
     record_worker(storage, trial_id)
     spec, hparams = config.spec_at(job["width"]), _hparams_of(config, params)
-    seed = trial_seed(storage.get_trial_user_attrs(trial_id), config)
+    attrs = storage.get_trial_user_attrs(trial_id)
+    seed = trial_seed(attrs, config)
+    # this worker trains the trial, so it logs it (the driver only asks and tells)
+    tracking = Tracking.model_validate_json(job["tracking"]) if job["tracking"] else None
+    log = RunLog(tracking, run_info(job["study"], storage.get_trial(trial_id).number,
+                                    spec=spec, hparams=hparams, seed=seed, attrs=attrs))
 
     def on_eval(point: CurvePoint) -> Verdict:
+        log.point(point)
         try:
             storage.set_trial_intermediate_value(trial_id, point.tokens, point.loss)
         except UpdateFinishedTrialError:  # taken over (the driver's lease lapsed): stop
@@ -122,9 +132,12 @@ def _train_trial(ray_config: dict[str, Any], *, job: dict[str, Any]) -> None:
     except Exception as error:
         outcome = error
     try:
-        write_outcome(storage, trial_id, outcome)
+        status = write_outcome(storage, trial_id, outcome).value
     except UpdateFinishedTrialError:
-        pass  # taken over: the driver says so, and the trial's retry records the run
+        status = TrialStatus.LOST.value  # taken over: the driver says so, its retry records
+    record = outcome if not isinstance(outcome, Exception) else None
+    log.finish(status, record, None if record is not None else f"{type(outcome).__name__}: "
+                                                              f"{outcome}")
     loss = getattr(outcome, "final_val_loss", None)
     ray_tune.report({METRIC: math.inf if loss is None else loss, "final": True,
                      "tokens": getattr(outcome, "tokens_seen", 0)})
@@ -308,6 +321,8 @@ class RayTune:
         # Ray gives a trial with a GPU share its own CUDA_VISIBLE_DEVICES: "cuda" is that card
         worker_job = {"config": config.model_dump_json(), "storage": job.storage_url,
                       "name": job.name, "width": job.width, "threads": options.cpus_per_trial,
+                      "study": job.study.study_name,
+                      "tracking": job.tracking.model_dump_json() if job.tracking else None,
                       "device": "cuda" if options.gpus_per_trial > 0 else None}
         trainable = ray_tune.with_resources(
             ray_tune.with_parameters(_train_trial, job=worker_job),

@@ -18,6 +18,8 @@ from hptransfer.cli.options import (
     model_option,
     storage_option,
     threads_option,
+    tracker_options,
+    tracking_of,
     workers_option,
 )
 from hptransfer.confirmation.verdict import DEFAULT_OFFSETS, check_offsets
@@ -99,9 +101,11 @@ def _existing_storage_or_fail(storage: str | None, study: str) -> None:
               help="where checkpoints go; on a multi-node job a path rank 0 of every attempt "
                    "can reach [default: $HPTRANSFER_HOME/checkpoints]")
 @model_option
+@tracker_options
 def confirm(target_width, study_name, storage, offsets, as_json, threads, backend, address,
             workers, cpus_per_worker, gpus_per_worker, device, sharding, compiled, precision,
-            checkpoint_minutes, checkpoint_every, checkpoint_dir, model) -> None:
+            checkpoint_minutes, checkpoint_every, checkpoint_dir, model, trackers,
+            tracker_dir) -> None:
     """Train the predicted point and its LR neighbours at --target-width and judge it.
 
     The runs are recorded in the study's storage (as the Optuna study
@@ -120,6 +124,7 @@ def confirm(target_width, study_name, storage, offsets, as_json, threads, backen
     from hptransfer.confirmation.runs import default_execution
 
     _existing_storage_or_fail(storage, study_name)
+    tracking = tracking_of(trackers, tracker_dir)  # $HPTRANSFER_TRACKER: a bad name exits 2
     if checkpoint_minutes < 0:
         fail(f"--checkpoint-minutes must be 0 (no time-based checkpoints) or more, got "
              f"{checkpoint_minutes:g}")
@@ -140,7 +145,8 @@ def confirm(target_width, study_name, storage, offsets, as_json, threads, backen
                          threads=threads, on_run=progress, backend=Backend(backend),
                          workers=workers, address=address, cpus_per_worker=cpus_per_worker,
                          gpus_per_worker=gpus_per_worker, device=device, execution=execution,
-                         precision=Precision(precision) if precision else None, model=model)
+                         precision=Precision(precision) if precision else None, model=model,
+                         tracking=tracking)
     if result is None:  # a torchrun rank other than 0: it trained, rank 0 reports
         return
     if as_json:

@@ -271,3 +271,30 @@ address_option = click.option(
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
     help="torch threads [default: $HPTRANSFER_THREADS, else all available CPUs]")
+
+
+def tracker_options(command):
+    """``--tracker`` (repeatable) and ``--tracker-dir``: the experiment trackers a command's
+    runs are logged to (:mod:`hptransfer.tracking`; docs/trackers.md). An unknown name is a
+    usage error (exit 2); a known one that cannot log here is off, with one warning."""
+    from hptransfer.tracking.tracker import ENV, TrackerKind
+
+    command = click.option(
+        "--tracker-dir", type=click.Path(file_okay=False), default=None,
+        help="where local tracker files go: W&B's wandb/, MLflow's mlflow.db (unless "
+             "MLFLOW_TRACKING_URI is set), TensorBoard's runs/ [default: the current "
+             "directory]")(command)
+    return click.option(
+        "--tracker", "trackers", multiple=True,
+        type=click.Choice([k.value for k in TrackerKind]),
+        help=f"log every run to this experiment tracker too (repeat for several; pip install "
+             f"'hptransfer[NAME]') [default: ${ENV}, names separated by commas, else "
+             f"none]")(command)
+
+
+def tracking_of(trackers: tuple[str, ...] | None, folder: str | None):
+    """The :class:`~hptransfer.tracking.Tracking` a command asks for: ``trackers`` (its
+    flags, or a config file's), else ``$HPTRANSFER_TRACKER``'s."""
+    from hptransfer.tracking import resolve
+
+    return resolve(tuple(trackers) if trackers else None, folder)

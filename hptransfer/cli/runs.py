@@ -23,6 +23,8 @@ from hptransfer.cli.options import (
     explain,
     fail,
     threads_option,
+    tracker_options,
+    tracking_of,
     widths_option,
 )
 from hptransfer.data.source import DataSource
@@ -188,7 +190,9 @@ GRID_POINTS = 7  # the LR grid a target would need without transfer (2^-11 … 2
 @click.option("--target-width", type=click.IntRange(min=1), default=QUICKSTART_TARGET,
               show_default=True, help="the width to predict, then confirm")
 @threads_option
-def quickstart(out: str, steps: int, target_width: int, threads: int | None) -> None:
+@tracker_options
+def quickstart(out: str, steps: int, target_width: int, threads: int | None, trackers,
+               tracker_dir) -> None:
     """The README's first job: coord check, tune µP proxies with the ladder, predict a wider
     model, confirm the prediction there, and say what it cost.
 
@@ -200,11 +204,15 @@ def quickstart(out: str, steps: int, target_width: int, threads: int | None) -> 
     from hptransfer.cli.predict import print_prediction
     from hptransfer.cli.studies import TrialProgress, print_search
     from hptransfer.report.files import write_atomic
+    from hptransfer.tracking import ready
 
     check_out(out, folder=True)
     build(ModelSpec, {**PROXY_SPEC, "width": target_width})  # a target it can predict for
     folder = Path(out).resolve()
     storage = f"sqlite:///{folder / 'studies.db'}"
+    # checked once here: a tracker that cannot log warns once, not in the tune and again in
+    # the confirm; its local files go in --out with the rest
+    tracking = ready(tracking_of(trackers, tracker_dir or str(folder)))
     started = time.perf_counter()
     click.echo("1/4 coord check, µP, widths 32..256")
     report = hp.coord_check(threads=threads)
@@ -222,7 +230,7 @@ def quickstart(out: str, steps: int, target_width: int, threads: int | None) -> 
     progress = TrialProgress(None, quiet=False)
     try:
         result = hp.tune(config, study="quickstart", widths=widths, storage=storage,
-                         runner=runner, on_trial=progress.update)
+                         runner=runner, on_trial=progress.update, tracking=tracking)
     finally:
         progress.close()
     print_search(result.search)
@@ -234,7 +242,7 @@ def quickstart(out: str, steps: int, target_width: int, threads: int | None) -> 
 
     click.echo(f"4/4 confirm at width {target_width}: the predicted LR and ±½, ±1 octave")
     confirmation = hp.confirm(target_width, study="quickstart", storage=storage,
-                              threads=threads)
+                              threads=threads, tracking=tracking)
     print_confirmation(confirmation)
     written = hp.write_report("quickstart", storage=storage, target_width=target_width,
                               out_dir=folder)

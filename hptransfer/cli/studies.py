@@ -29,6 +29,8 @@ from hptransfer.cli.options import (
     range_option,
     storage_option,
     threads_option,
+    tracker_options,
+    tracking_of,
     widths_option,
     workers_option,
 )
@@ -45,6 +47,7 @@ from hptransfer.study.ladder import PRECISION
 from hptransfer.study.names import check_name
 from hptransfer.study.runner import AUTO
 from hptransfer.study.search import Pruning, SamplerKind, WarmStart
+from hptransfer.tracking.tracker import TrackerKind
 
 __all__ = ["TrialProgress", "TuneOptions", "print_search"]
 
@@ -72,6 +75,10 @@ class TuneOptions(FrozenConfig):
     concurrent: int | None = Field(None, ge=1)
     scheduler: Scheduler = Scheduler.FIFO
     max_failures: int = Field(2, ge=0)
+    # experiment trackers (hptransfer.tracking): not part of the study config, which every
+    # trial shares and a resume must match; a tracker may be added or dropped on any run
+    tracker: tuple[TrackerKind, ...] | None = None  # None: $HPTRANSFER_TRACKER's
+    tracker_dir: str | None = None
 
     @model_validator(mode="after")
     def _flags_fit_the_backend(self) -> TuneOptions:
@@ -173,11 +180,13 @@ class TuneOptions(FrozenConfig):
               help="TOML or YAML file with [tune], [spec], [hparams], [space], [budget]")
 @data_option
 @threads_option
+@tracker_options
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, lr_precision, pruner,
          workers, backend, address, cpus_per_trial, gpus_per_trial, concurrent, scheduler,
          max_failures, seed, warm_start, lr_range, weight_decay_range, batch_sizes,
-         multiplier_range, config_path, data, threads, as_json, **spec_values) -> None:
+         multiplier_range, config_path, data, threads, trackers, tracker_dir, as_json,
+         **spec_values) -> None:
     """Tune lr, weight decay and batch size of µP proxies, recorded in an Optuna storage.
 
     With no flag: width 128, depth 4, seq 128, trials of 150 steps on the built-in corpus,
@@ -199,7 +208,7 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, lr_pr
                  data=data, trials=trials,
                  backend=backend, address=address, cpus_per_trial=cpus_per_trial,
                  gpus_per_trial=gpus_per_trial, concurrent=concurrent, scheduler=scheduler,
-                 max_failures=max_failures,
+                 max_failures=max_failures, tracker=trackers or None, tracker_dir=tracker_dir,
                  widths=(proxy_width,) if proxy_width is not None else widths)
     try:
         opts = TuneOptions(**{**file.tune, **{k: v for k, v in flags.items() if v is not None}})
@@ -207,6 +216,7 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, lr_pr
         fail(f"{explain(error)}" + (f" (in --config {config_path} [tune] or the flags)"
                                      if config_path else ""))
     check_name(opts.study)
+    tracking = tracking_of(opts.tracker, opts.tracker_dir)  # a bad $HPTRANSFER_TRACKER: exit 2
     if opts.data is not None:  # workers started elsewhere must find the same files
         opts = opts.model_copy(update={"data": opts.data.resolved()})
     try:  # every width and section is valid before the corpus is read or anything runs
@@ -232,7 +242,7 @@ def tune(proxy_width, widths, trials, steps, study_name, storage, sampler, lr_pr
         result = run_tune(config, study=opts.study, widths=opts.widths, trials=opts.trials,
                           storage=opts.storage, sampler=opts.sampler, pruning=opts.pruner,
                           warm_start=opts.warm_start, lr_precision=opts.lr_precision, corpus=corpus,
-                          runner=runner, on_trial=progress.update)
+                          runner=runner, on_trial=progress.update, tracking=tracking)
     finally:
         progress.close()
     if as_json:
@@ -334,8 +344,10 @@ def _print_summary(name: str, storage: str, summaries) -> None:
 @click.option("--pruner", type=click.Choice([p.value for p in Pruning]), default="none",
               show_default=True, help="stop poor trials early, never before half the budget")
 @threads_option
+@tracker_options
 @click.option("--quiet", is_flag=True, help="no progress output")
-def worker(study_name, storage, width, trials, sampler, pruner, threads, quiet) -> None:
+def worker(study_name, storage, width, trials, sampler, pruner, threads, trackers, tracker_dir,
+           quiet) -> None:
     """Join a study from this or another machine: run its trials until it has enough.
 
     The study's spec, budget, search space and corpus come from the storage itself.
@@ -345,8 +357,10 @@ def worker(study_name, storage, width, trials, sampler, pruner, threads, quiet) 
     from hptransfer.study.config import check_roles
     from hptransfer.study.storage import Access, open_storage
     from hptransfer.study.worker import run_worker
+    from hptransfer.tracking import ready
     from hptransfer.training.device import resolve_threads
 
+    tracking = tracking_of(trackers, tracker_dir)
     optuna_storage = open_storage(storage, Access.UPDATE)
     config = load_config(study_name, optuna_storage)
     widths = widths_of(study_name, optuna_storage)
@@ -358,12 +372,14 @@ def worker(study_name, storage, width, trials, sampler, pruner, threads, quiet) 
     corpus = load_corpus(config.data)
     check_hash(corpus, config.corpus_hash)
     check_roles(study_name, config)
+    tracking = ready(tracking)  # one warning for a tracker that cannot log, then none
     progress = TrialProgress(len(widths) * trials, quiet=quiet)
     try:
         for w in widths:
             run_worker(study_name, w, config, optuna_storage, corpus, trials=trials,
                        sampler=SamplerKind(sampler), pruning=Pruning(pruner),
-                       threads=resolve_threads(threads), on_trial=progress.update)
+                       threads=resolve_threads(threads), on_trial=progress.update,
+                       tracking=tracking)
     except KeyboardInterrupt:
         if quiet:  # a tune's own worker process: the tune says how to resume, once
             sys.exit(130)

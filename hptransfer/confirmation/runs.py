@@ -46,6 +46,7 @@ from hptransfer.study.names import check_name, confirmation_study_name, open_sto
 from hptransfer.study.records import lost_marks, waiting_count
 from hptransfer.study.schema import Attr, TrialStatus, trial_record
 from hptransfer.study.storage import Access
+from hptransfer.tracking import Tracking, log_result, ready, resolve
 from hptransfer.training.execution import Checkpointing, Execution
 
 if TYPE_CHECKING:
@@ -132,12 +133,13 @@ class _Placement(NamedTuple):
 
 
 def _run_one(optuna_study, trial, hparams: HParams, attrs: tuple[tuple[str, Any], ...], spec,
-             config, corpus, placement: _Placement) -> None:
+             config, corpus, placement: _Placement, tracking: Tracking | None) -> None:
     """Train one confirmation run and record it like a tune trial (no pruning): in this
     process, as a Ray Train job, or on every rank of the torchrun job (this process holds
-    the lease and writes the record)."""
+    the lease and writes the record). The process that trains it logs it to ``tracking``'s
+    trackers: this one, a torchrun job's rank 0 (this one too), a Ray Train job's rank 0."""
     from hptransfer.study.lifecycle import trial_seed
-    from hptransfer.study.trial import record_run
+    from hptransfer.study.trial import record_run, run_info
     from hptransfer.training.order import RunOrder
 
     trainer = None
@@ -153,13 +155,17 @@ def _run_one(optuna_study, trial, hparams: HParams, attrs: tuple[tuple[str, Any]
 
             progress = (Progress(storage=placement.storage_url, trial_id=trial._trial_id)
                         if placement.storage_url is not None else None)
+            tracked = None if tracking is None else (tracking, run_info(
+                optuna_study.study_name, trial.number, spec=spec, hparams=hparams,
+                seed=order.seed, attrs={**trial.user_attrs, **dict(attrs)}))
             return train_on_ray(order, scaling=placement.ray, address=placement.address,
                                 name=f"{optuna_study.study_name}.t{trial.number}",
-                                progress=progress)
+                                progress=progress, tracked=tracked)
 
     record_run(optuna_study, trial, spec=spec, hparams=hparams, config=config, corpus=corpus,
                threads=placement.threads, attrs=(*attrs, *placement.attrs),
-               device=placement.device, execution=placement.execution, trainer=trainer)
+               device=placement.device, execution=placement.execution, trainer=trainer,
+               tracking=None if placement.ray is not None else tracking)
 
 
 def _placement(backend: Backend, *, threads: int | None, workers: int | str, width: int,
@@ -271,8 +277,8 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
             backend: Backend = Backend.LOCAL, workers: int | str = "auto",
             address: str | None = None, cpus_per_worker: int = 1, gpus_per_worker: float = 0.0,
             device: str | None = None, execution: Execution | None = None,
-            precision: Precision | None = None, model: str | None = None
-            ) -> Confirmation | None:
+            precision: Precision | None = None, model: str | None = None,
+            tracking: Tracking | None = None) -> Confirmation | None:
     """Train the prediction for ``target_width`` and its LR neighbours α·2^offset, record
     them in ``storage`` and judge the prediction (module docstring).
 
@@ -304,6 +310,10 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     (FSDP2 over a Ray or torchrun job's workers), ``torch.compile`` and checkpoints (None:
     :func:`default_execution`). ``precision`` overrides the study's for the target runs
     (bf16 autocast on a GPU: fp32 weights and optimizer state, bf16 matmuls).
+
+    ``tracking`` logs every run to experiment trackers (:mod:`hptransfer.tracking`; None:
+    ``$HPTRANSFER_TRACKER``'s, if set) from the process that trains it, and the verdict
+    as a run of its own beside them; a tracker that cannot log is off, with one warning.
     """
     execution = execution if execution is not None else default_execution()
     check_name(study)  # (a reserved name: its confirmation study is no study's)
@@ -320,7 +330,7 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     if backend is not Backend.TORCHRUN:
         return _confirm(target_width, study=study, storage=storage, offsets=offsets,
                         tolerance=tolerance, on_run=on_run, placement=placement,
-                        precision=precision, model=model)
+                        precision=precision, model=model, tracking=tracking)
     from hptransfer.confirmation import torchrun
 
     job = torchrun.join(device, threads)
@@ -330,15 +340,16 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
     try:
         return _confirm(target_width, study=study, storage=storage, offsets=offsets,
                         tolerance=tolerance, on_run=on_run, precision=precision, model=model,
-                        placement=placement._replace(threads=job.threads, torchrun=job))
+                        placement=placement._replace(threads=job.threads, torchrun=job),
+                        tracking=tracking)
     finally:
         torchrun.release(job)
 
 
 def _confirm(target_width: int, *, study: str, storage: Any, offsets: tuple[float, ...],
              tolerance: float, on_run: Callable[[ConfirmationRun], None] | None,
-             placement: _Placement, precision: Precision | None, model: str | None
-             ) -> Confirmation:
+             placement: _Placement, precision: Precision | None, model: str | None,
+             tracking: Tracking | None) -> Confirmation:
     """:func:`confirm` in the process that records the runs."""
     import optuna
 
@@ -353,6 +364,7 @@ def _confirm(target_width: int, *, study: str, storage: Any, offsets: tuple[floa
 
     quiet_optuna()
     lease_timing()  # a bad HPTRANSFER_GRACE_S is refused before anything runs
+    tracking = ready(tracking if tracking is not None else resolve())
     prediction = predict_hparams(target_width, study=study, storage=storage, model=model)
     url = _storage_url(storage)
     storage = open_storage_arg(storage, Access.UPDATE)
@@ -412,15 +424,46 @@ def _confirm(target_width: int, *, study: str, storage: Any, offsets: tuple[floa
             enqueue(runs_study, {"lr": predicted.lr * 2.0 ** offset},
                     **{Attr.OFFSET: offset, Attr.ROLE: ROLE})
     job = _Job(study=study, predicted=predicted, offsets=offsets, spec=spec,
-               config=config, corpus=corpus, placement=placement)
+               config=config, corpus=corpus, placement=placement, tracking=tracking)
     helpers = min(processes, waiting_count(runs_study)) - 1
     _train_all(runs_study, job, on_run, [(url, study, target_width, placement.threads,
-                                          placement.execution.model_dump_json())] * helpers)
+                                          placement.execution.model_dump_json(),
+                                          tracking.model_dump_json() if tracking else None)]
+               * helpers)
     notes = [f"prediction warning: {w}" for w in prediction.warnings]
     noise = prediction.evidence.seed_noise
-    return summarize(study, target_width, predicted, _runs(runs_study, predicted, offsets),
-                      tolerance, notes, noise=noise.shape if noise is not None else None,
-                      corpus=config.corpus)  # the study's record: as load_confirmation reads
+    confirmation = summarize(study, target_width, predicted,
+                             _runs(runs_study, predicted, offsets), tolerance, notes,
+                             noise=noise.shape if noise is not None else None,
+                             corpus=config.corpus)  # the study's record: as load_confirmation
+    _log_verdict(tracking, confirmation, spec)
+    return confirmation
+
+
+def _log_verdict(tracking: Tracking | None, confirmation: Confirmation, spec) -> None:
+    """The verdict as a run of its own in the study's group, beside the runs it judged:
+    only this process knows it, once every run has finished (they may have trained in
+    other processes, or on other machines)."""
+    if tracking is None or not tracking.trackers:
+        return
+    width = confirmation.target_width
+    summary: dict[str, Any] = {"verdict": confirmation.verdict.value,
+                               "predicted_lr": confirmation.predicted_lr,
+                               "tolerance": confirmation.tolerance}
+    for key in ("regret", "best_offset", "noise"):
+        if getattr(confirmation, key) is not None:
+            summary[key] = getattr(confirmation, key)
+    for run in confirmation.runs:  # each run's loss and trial, by its offset (no "+": MLflow
+        summary[f"trial/offset {run.offset:g}"] = run.number  # refuses it in a name)
+        if run.loss is not None:
+            summary[f"val_loss/offset {run.offset:g}"] = run.loss
+    log_result(tracking, group=confirmation.study,
+               name=f"{confirmation.study} w{width} verdict: {confirmation.verdict.value}",
+               slug=f"confirm-w{width}-verdict",
+               params={"study": confirmation.study, "role": "verdict", "width": width,
+                       "depth": spec.depth, "parametrization": spec.param.value,
+                       "predicted_lr": confirmation.predicted_lr},
+               summary=summary, status=TrialStatus.COMPLETE.value)
 
 
 class _Job(NamedTuple):
@@ -433,6 +476,7 @@ class _Job(NamedTuple):
     config: Any
     corpus: Any
     placement: _Placement
+    tracking: Tracking | None = None
 
 
 def _train_all(runs_study, job: _Job, on_run: Callable[[ConfirmationRun], None] | None,
@@ -508,13 +552,14 @@ def _work(runs_study, job: _Job, on_run: Callable[[ConfirmationRun], None] | Non
         hparams = HParams(**{**predicted.model_dump(), "lr": lr})
         attrs = ((Attr.OFFSET, offset), (Attr.PREDICTED_LR, predicted.lr), (Attr.ROLE, ROLE))
         _run_one(runs_study, trial, hparams, attrs, job.spec, job.config, job.corpus,
-                 job.placement)
+                 job.placement, job.tracking)
         if on_run is not None:
             on_run(next(r for r in _runs(runs_study, predicted, offsets)
                         if r.offset == offset))
 
 
-def _helper(url: str, study: str, target_width: int, threads: int, execution: str) -> None:
+def _helper(url: str, study: str, target_width: int, threads: int, execution: str,
+            tracking: str | None) -> None:
     """A second process training the waiting runs of a confirmation (``workers`` > 1).
     Ctrl-C reaches it once, forwarded by the process that started it (a session of its own:
     the terminal's signal goes to the foreground group only), and ends it quietly with 130."""
@@ -522,12 +567,13 @@ def _helper(url: str, study: str, target_width: int, threads: int, execution: st
 
     os.setsid()
     try:
-        _help(url, study, target_width, threads, execution)
+        _help(url, study, target_width, threads, execution, tracking)
     except KeyboardInterrupt:
         sys.exit(130)
 
 
-def _help(url: str, study: str, target_width: int, threads: int, execution: str) -> None:
+def _help(url: str, study: str, target_width: int, threads: int, execution: str,
+          tracking: str | None) -> None:
     import optuna
 
     from hptransfer.data.corpus import load_corpus
@@ -545,7 +591,8 @@ def _help(url: str, study: str, target_width: int, threads: int, execution: str)
                offsets=tuple(float(o) for o in plan["offsets"]),
                spec=ModelSpec.model_validate_json(plan["spec"]), config=config,
                corpus=load_corpus(config.data), placement=_Placement(
-                   threads=threads, execution=Execution.model_validate_json(execution)))
+                   threads=threads, execution=Execution.model_validate_json(execution)),
+               tracking=Tracking.model_validate_json(tracking) if tracking else None)
     _work(runs_study, job, None)
 
 

@@ -18,6 +18,7 @@ from hptransfer.spec import FrozenConfig
 from hptransfer.study.config import StudyConfig
 from hptransfer.study.schema import TrialRecord
 from hptransfer.study.search import Pruning, SamplerKind
+from hptransfer.tracking import Tracking
 
 if TYPE_CHECKING:
     import optuna
@@ -45,6 +46,7 @@ class WidthJob:
     corpus: Corpus
     on_trial: Callable[[TrialRecord], None] | None
     ladder: Ladder | None = None  # the ladder search's planner of this width, if it is one
+    tracking: Tracking | None = None  # the trackers its trials are logged to (checked ready)
 
 
 class TrialRunner(Protocol):

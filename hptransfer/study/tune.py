@@ -43,6 +43,7 @@ from hptransfer.study.search import (
     open_width_study,
     quiet_optuna,
 )
+from hptransfer.tracking import Tracking, ready, resolve
 
 if TYPE_CHECKING:
     from hptransfer.data.corpus import Corpus
@@ -75,7 +76,8 @@ def tune(config: StudyConfig | None = None, *, study: str = "proxy",
          pruning: Pruning = Pruning.NONE, warm_start: WarmStart | None = None,
          lr_precision: float = PRECISION, corpus: Corpus | None = None,
          runner: TrialRunner | None = None,
-         on_trial: Callable[[TrialRecord], None] | None = None) -> TuneResult:
+         on_trial: Callable[[TrialRecord], None] | None = None,
+         tracking: Tracking | None = None) -> TuneResult:
     """Tune every width of ``widths``; re-running the same call resumes.
 
     With the default ``sampler=SamplerKind.LADDER`` (:mod:`hptransfer.study.ladder`) the
@@ -89,7 +91,9 @@ def tune(config: StudyConfig | None = None, *, study: str = "proxy",
     setting and corpus), with the study's base width if it exists, else the narrowest of
     ``widths`` (:func:`~hptransfer.study.config.base_width`). ``runner`` defaults to one
     local process (:class:`~hptransfer.study.worker.LocalRunner`); ``on_trial`` gets each
-    trial's record as it finishes.
+    trial's record as it finishes. ``tracking`` logs every trial to experiment trackers
+    (:mod:`hptransfer.tracking`; None: ``$HPTRANSFER_TRACKER``'s, if set), from the process
+    that trains it; a tracker that cannot log is off, with one warning, and the tune goes on.
     """
     from hptransfer.data.corpus import check_hash, load_corpus
     from hptransfer.study.storage import normalize, open_storage
@@ -117,6 +121,7 @@ def tune(config: StudyConfig | None = None, *, study: str = "proxy",
         raise StudyError(f"--sampler grid has {grid_size(config)} points (LR octaves × batch "
                          f"sizes); ask for at most that many --trials or widen --lr-range")
     runner.prepare(url, pruning, sampler)  # e.g. the Ray install line, not a half-made study
+    tracking = ready(tracking if tracking is not None else resolve())
     optuna_storage = open_storage(url)
     check_existing(study, config, optuna_storage)
     previous: list[TrialRecord] = []
@@ -130,7 +135,7 @@ def tune(config: StudyConfig | None = None, *, study: str = "proxy",
         runner.run_width(WidthJob(study=width_study, name=study, width=width, config=config,
                                   storage_url=url, trials=trials, sampler=sampler,
                                   pruning=pruning, corpus=corpus, on_trial=on_trial,
-                                  ladder=planner))
+                                  ladder=planner, tracking=tracking))
         previous = load_trials(study, optuna_storage, [width])
         if planner is not None:
             earlier.append((width, planner, previous))

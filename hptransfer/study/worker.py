@@ -9,6 +9,7 @@ each counting what the others run.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -28,6 +29,8 @@ from hptransfer.study.schema import Attr, TrialRecord
 from hptransfer.study.search import Pruning, SamplerKind, open_width_study, quiet_optuna
 from hptransfer.study.storage import storage_kind
 from hptransfer.study.trial import record_run
+from hptransfer.tracking import Tracking
+from hptransfer.tracking.tracker import ENV
 
 if TYPE_CHECKING:
     import optuna
@@ -43,8 +46,10 @@ STOP_CHILDREN_S = 20.0  # how long Ctrl-C waits for worker processes to hand the
 
 def work(study: optuna.Study, width: int, config: StudyConfig, corpus: Corpus, *,
          trials: int, threads: int,
-         on_trial: Callable[[TrialRecord], None] | None = None) -> None:
-    """Run trials of ``study`` (one width) until it holds ``trials`` finished ones."""
+         on_trial: Callable[[TrialRecord], None] | None = None,
+         tracking: Tracking | None = None) -> None:
+    """Run trials of ``study`` (one width) until it holds ``trials`` finished ones, each
+    logged to ``tracking``'s trackers."""
     timing = lease_timing()
     while True:
         reclaim_lost(study, timing)
@@ -54,14 +59,15 @@ def work(study: optuna.Study, width: int, config: StudyConfig, corpus: Corpus, *
         trial = claim_next(study)
         record = record_run(study, trial, spec=config.spec_at(width),
                             hparams=config.space.suggest(trial), config=config,
-                            corpus=corpus, threads=threads, prune=True)
+                            corpus=corpus, threads=threads, prune=True, tracking=tracking)
         if record is not None and on_trial is not None:
             on_trial(record)
 
 
 def work_ladder(study: optuna.Study, width: int, config: StudyConfig, corpus: Corpus, *,
                 threads: int, planner: Ladder | None,
-                on_trial: Callable[[TrialRecord], None] | None = None) -> None:
+                on_trial: Callable[[TrialRecord], None] | None = None,
+                tracking: Tracking | None = None) -> None:
     """Run the ladder search's trials of one width (:mod:`hptransfer.study.ladder`).
 
     Every worker runs the trials that are waiting. When none is waiting and none running,
@@ -79,7 +85,7 @@ def work_ladder(study: optuna.Study, width: int, config: StudyConfig, corpus: Co
         if trial is not None:
             record = record_run(study, trial, spec=config.spec_at(width),
                                 hparams=config.space.suggest(trial), config=config,
-                                corpus=corpus, threads=threads)
+                                corpus=corpus, threads=threads, tracking=tracking)
             if record is not None and on_trial is not None:
                 on_trial(record)
             continue
@@ -116,16 +122,18 @@ def work_ladder(study: optuna.Study, width: int, config: StudyConfig, corpus: Co
 def run_worker(name: str, width: int, config: StudyConfig, storage, corpus: Corpus, *,
                trials: int, sampler: SamplerKind = SamplerKind.TPE,
                pruning: Pruning = Pruning.NONE, threads: int = 1,
-               on_trial: Callable[[TrialRecord], None] | None = None) -> None:
+               on_trial: Callable[[TrialRecord], None] | None = None,
+               tracking: Tracking | None = None) -> None:
     """Join study ``name`` at ``width``: run its trials until it holds ``trials`` finished
-    ones (``hptransfer worker``)."""
+    ones (``hptransfer worker``), each logged to ``tracking``'s trackers."""
     quiet_optuna()
     study = open_width_study(name, width, config, storage, sampler=sampler, pruning=pruning)
     if sampler is SamplerKind.LADDER:  # the tune plans the rounds; this worker follows
         work_ladder(study, width, config, corpus, threads=threads, planner=None,
-                    on_trial=on_trial)
+                    on_trial=on_trial, tracking=tracking)
         return
-    work(study, width, config, corpus, trials=trials, threads=threads, on_trial=on_trial)
+    work(study, width, config, corpus, trials=trials, threads=threads, on_trial=on_trial,
+         tracking=tracking)
 
 
 def _in_memory(storage_url: str) -> bool:
@@ -137,9 +145,15 @@ def _spawn_worker(job: WidthJob, threads: int) -> subprocess.Popen:
                "--storage", job.storage_url, "--width", str(job.width), "--trials",
                str(job.trials), "--threads", str(threads), "--sampler", job.sampler.value,
                "--pruner", job.pruning.value, "--quiet"]
+    env = None
+    if job.tracking is not None:  # the trackers the tune found working, no other: through
+        # the variable, so that an empty list is not read as "not given" (and the default)
+        env = {**os.environ, ENV: ",".join(kind.value for kind in job.tracking.trackers)}
+        command += ["--tracker-dir", str(job.tracking.place())]
     # a session of its own: Ctrl-C reaches it once, forwarded by this process (_interrupt),
     # not twice (the terminal signals its whole foreground process group)
-    return subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True,
+                            env=env)
 
 
 class LocalRunner:
@@ -184,10 +198,10 @@ class LocalRunner:
             children = [_spawn_worker(job, threads) for _ in range(placement.workers - 1)]
             if job.ladder is not None:
                 work_ladder(job.study, job.width, job.config, job.corpus, threads=threads,
-                            planner=job.ladder, on_trial=job.on_trial)
+                            planner=job.ladder, on_trial=job.on_trial, tracking=job.tracking)
             else:
                 work(job.study, job.width, job.config, job.corpus, trials=job.trials,
-                     threads=threads, on_trial=job.on_trial)
+                     threads=threads, on_trial=job.on_trial, tracking=job.tracking)
         except KeyboardInterrupt:
             _interrupt(children)
             raise
