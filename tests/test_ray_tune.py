@@ -244,3 +244,29 @@ def test_cli_refuses_ray_flags_without_ray_backend(text_file, tmp_path):
     assert result.exit_code == 2
     assert "--gpus-per-trial, --concurrent apply only with --backend ray" in result.output
     assert not db.exists()
+
+
+def test_ray_trials_log_to_the_tracker_from_the_worker(tiny_study_config, tiny_corpus,
+                                                       ray_cluster, tmp_path):
+    """Trials run by Ray Tune log to the tracker from the Ray worker that trains them (the
+    driver logs nothing): each trial's TensorBoard run holds its recorded final loss."""
+    pytest.importorskip("tensorboard", reason="pip install 'hptransfer[tensorboard]'")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from hptransfer.tracking import TrackerKind, Tracking
+
+    url = f"sqlite:///{tmp_path / 'ray.db'}"
+    folder = tmp_path / "trackers"
+    _ray_tune(tiny_study_config, url, ray_cluster, study="tracked", widths=(32,), trials=2,
+              corpus=tiny_corpus, ray={"concurrent": 2},
+              tracking=Tracking(trackers=(TrackerKind.TENSORBOARD,), folder=str(folder)))
+    records = [r for r in load_trials("tracked", url) if r.status is TrialStatus.COMPLETE]
+    logged = []
+    for run_dir in sorted(p for p in (folder / "runs" / "tracked").iterdir() if p.is_dir()):
+        events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+        events.Reload()
+        tags = events.Tags()["scalars"]
+        final = [t for t in tags if t.startswith("summary/") and "val_loss" in t]
+        assert final, tags
+        logged.append(round(events.Scalars(final[0])[-1].value, 4))
+    assert sorted(logged) == sorted(round(r.final_val_loss, 4) for r in records)
