@@ -11,6 +11,7 @@ that was never interrupted.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -75,11 +76,15 @@ def tiny(tmp_path_factory, tiny_corpus, tiny_study_config) -> str:
 def test_a_torchrun_job_of_two_ranks_records_what_one_process_does(tiny, tmp_path, sharding):
     by_torchrun, alone = _copy(tiny, f"{sharding}.db"), _copy(tiny, f"alone-{sharding}.db")
     home = tmp_path / "home"
+    # with a tracker: rank 0 alone logs each run (docs/trackers.md)
+    tracked = importlib.util.find_spec("tensorboard") is not None and sharding == "replicate"
+    trackers = ["--tracker", "tensorboard", "--tracker-dir", str(tmp_path / "tb")] \
+        if tracked else []
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "hptransfer.cli", "confirm", "--target-width", "64", "--study", "tiny",
          "--storage", by_torchrun, "--offsets", OFFSETS, "--backend", "torchrun",
-         "--sharding", sharding, "--json"],
+         "--sharding", sharding, "--json", *trackers],
         env=_env(home), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)  # rank 0 alone prints; the JSON is whole
@@ -90,6 +95,9 @@ def test_a_torchrun_job_of_two_ranks_records_what_one_process_does(tiny, tmp_pat
     for theirs, mine in zip(result["runs"], local.runs, strict=True):
         assert theirs["loss"] == pytest.approx(mine.loss, rel=TOLERANCE)
     assert result["verdict"] == local.verdict.value
+    if tracked:  # one run per offset (not one per rank) and the verdict's
+        logged = [p for p in (tmp_path / "tb" / "runs" / "tiny").iterdir() if p.is_dir()]
+        assert len(logged) == len(result["runs"]) + 1, sorted(p.name for p in logged)
     for offset, trial in _runs(by_torchrun, "tiny", 64).items():
         assert trial.user_attrs[Attr.BACKEND] == Backend.TORCHRUN.value
         assert trial.user_attrs[Attr.WORKERS] == 2
