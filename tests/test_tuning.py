@@ -438,7 +438,7 @@ eval_tokens = 1024
     assert stored.space.weight_decay is None  # the flag
     # --steps 2 beats the file's 3; a searched batch size turns steps into a token budget
     assert stored.budget.tokens == 2 * 4 * 32 and stored.budget.eval_every == 2
-    assert stored.data == text_file
+    assert stored.data.path == text_file
     assert [len(finished(records_of("fromfile", url), w)) for w in (32, 64)] == [1, 1]
 
 
