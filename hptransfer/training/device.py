@@ -76,10 +76,18 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def check_memory(parameters: int, device: torch.device, what: str) -> None:
+def check_memory(parameters: int, device: torch.device, what: str, *,
+                 drawn_whole: int = 0) -> None:
     """Refuse, before anything is allocated, a model whose weights, gradients and optimizer
-    state alone do not fit (activations come on top: this refuses only the impossible)."""
+    state alone do not fit (activations come on top: this refuses only the impossible).
+
+    ``parameters``: those this process holds (a sharded rank's shards). ``drawn_whole``: the
+    largest tensor a sharded init draws whole in host memory, beside the weights and before
+    the gradients and optimizer state exist (:mod:`hptransfer.training.shards`); it counts
+    on the CPU only (a GPU rank's card never holds it)."""
     needed = parameters * _BYTES_PER_PARAMETER
+    if device.type == "cpu":
+        needed = max(needed, (parameters + drawn_whole) * 4)
     free = available_memory(device)
     if free is not None and needed > free:
         raise ConfigError(

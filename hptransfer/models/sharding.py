@@ -1,0 +1,36 @@
+"""FSDP2 units of a model: which modules are sharded together.
+
+A family says which modules are its blocks
+(:meth:`~hptransfer.models.family.ModelFamily.parallelize`, next to its layers:
+:func:`hptransfer.models.transformer.parallelize`, the Hugging Face families' decoder
+layers); :func:`shard_blocks` makes each one an FSDP2 unit, then the root.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+__all__ = ["shard_blocks"]
+
+
+def shard_blocks(model: nn.Module, mesh: Any, *, blocks: list[nn.Module] | None) -> None:
+    """FSDP2's ``fully_shard`` on each of ``blocks`` (None: every element of every
+    ``nn.ModuleList``), then on the root, as torchtitan's ``parallelize`` does. Each block is
+    one all-gather in the forward and one reduce-scatter in the backward; the root unit takes
+    what is left (embedding, final norm, readout). Blocks go first because FSDP2 groups a
+    module's parameters minus those of its already-sharded children. Every rank keeps 1/N of
+    every tensor (dim 0) as a DTensor under the *same* name and global shape, which is why
+    the µP init and param groups built from the role table (by name and shape) are those of
+    the unsharded model."""
+    from torch.distributed.fsdp import fully_shard
+
+    if blocks is None:
+        # innermost lists first (reversed pre-order): a list inside a block is sharded
+        # before the block that holds it
+        blocks = [block for module in reversed(list(model.modules()))
+                  if isinstance(module, nn.ModuleList) for block in module]
+    for block in blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
