@@ -296,3 +296,37 @@ def test_one_failing_rank_fails_the_run_on_every_rank(ranks):
     assert all(record.status is Status.COMPLETE for record in nexts)
     assert nexts[0].val_curve == nexts[1].val_curve
     assert nexts[0].val_curve == _record(ranks[0], "fsdp").val_curve
+
+
+@pytest.mark.parametrize("workers, gpus, refused", [
+    (2, 0.5, True), (4, 1.5, True), (1, 0.25, False), (2, 1.0, False), (2, 0.0, False)])
+def test_nccl_ranks_never_share_a_card(workers, gpus, refused):
+    """A fraction of a GPU per worker for a job of two workers or more is refused before
+    anything is submitted: Ray could place two ranks on one card, which NCCL refuses."""
+    from hptransfer.backends.ray_train import check_gpu_share
+
+    if refused:
+        with pytest.raises(ValueError, match="NCCL cannot run two ranks of one job on the "
+                                             "same GPU"):
+            check_gpu_share(workers, gpus)
+    else:
+        check_gpu_share(workers, gpus)
+
+
+def test_fsdp_needs_torch_2_6(monkeypatch):
+    """Without FSDP2's public fully_shard (torch 2.5) sharding is refused with the fix."""
+    import builtins
+
+    from hptransfer.models.registry import build_model
+    from hptransfer.models.sharding import shard_blocks
+
+    real_import = builtins.__import__
+
+    def old_torch(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "torch.distributed.fsdp" and "fully_shard" in (fromlist or ()):
+            raise ImportError("cannot import name 'fully_shard'")
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", old_torch)
+    with pytest.raises(ValueError, match=r"needs FSDP2 from torch 2.6 .*--sharding replicate"):
+        shard_blocks(build_model(SPEC), mesh=None, blocks=None)

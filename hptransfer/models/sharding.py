@@ -12,7 +12,23 @@ from typing import Any
 
 from torch import nn
 
+from hptransfer.errors import ConfigError
+
 __all__ = ["shard_blocks"]
+
+
+def _fully_shard():
+    """FSDP2's ``fully_shard``, public in ``torch.distributed.fsdp`` from torch 2.6 on; an
+    older torch (2.5 kept it in a private module, with another API) is refused."""
+    import torch
+
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        raise ConfigError(f"--sharding fsdp needs FSDP2 from torch 2.6 or later, and this is "
+                          f"torch {torch.__version__}: pip install 'torch>=2.6' (the CUDA "
+                          f"build of your cluster), or use --sharding replicate") from None
+    return fully_shard
 
 
 def shard_blocks(model: nn.Module, mesh: Any, *, blocks: list[nn.Module] | None) -> None:
@@ -24,8 +40,7 @@ def shard_blocks(model: nn.Module, mesh: Any, *, blocks: list[nn.Module] | None)
     every tensor (dim 0) as a DTensor under the *same* name and global shape, which is why
     the µP init and param groups built from the role table (by name and shape) are those of
     the unsharded model."""
-    from torch.distributed.fsdp import fully_shard
-
+    fully_shard = _fully_shard()
     if blocks is None:
         # innermost lists first (reversed pre-order): a list inside a block is sharded
         # before the block that holds it

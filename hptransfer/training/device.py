@@ -59,6 +59,17 @@ def resolve_device(device: str | None = None) -> torch.device:
         raise ConfigError(f"device {device!r} asked for, but torch {torch.__version__} sees no "
                          f"CUDA GPU here; install a CUDA build of torch on a GPU machine, or "
                          f"train on the CPU")
+    if resolved.type == "cuda" and resolved.index is not None:
+        # CUDA's own error comes later and deep ("invalid device ordinal"); indices count
+        # the cards CUDA_VISIBLE_DEVICES leaves visible, from 0
+        visible = torch.cuda.device_count()
+        if resolved.index >= visible:
+            listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+            raise ConfigError(
+                f"device {device!r} asked for, but this process sees {visible} CUDA card(s) "
+                f"(cuda:0 to cuda:{visible - 1}"
+                + (f"; CUDA_VISIBLE_DEVICES={listed}" if listed is not None else "")
+                + f"): give an index below {visible}, or plain cuda for the first one")
     return resolved
 
 
