@@ -47,7 +47,12 @@ def device_mesh(device: torch.device, group: Any = None):
     from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
     if group is not None:
-        return DeviceMesh.from_group(group, device.type)
+        # named after the group: DTensor caches how it redistributes an op by mesh, and a
+        # mesh's equality ignores its process group, so an unnamed mesh over this run's group
+        # would reuse a finished run's cached plan and its destroyed group ("could not resolve
+        # the process group"); a name makes each run's mesh its own
+        return DeviceMesh.from_group(group, device.type,
+                                     mesh_dim_names=(f"run{group.group_name}",))
     return init_device_mesh(device.type, (dist.get_world_size(),))
 
 
