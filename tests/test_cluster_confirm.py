@@ -93,6 +93,7 @@ def test_a_torchrun_job_of_two_ranks_records_what_one_process_does(tiny, tmp_pat
         local = confirm(64, study="tiny", storage=alone, offsets=(0.0, 1.0), threads=1)
     assert [r["offset"] for r in result["runs"]] == [r.offset for r in local.runs]
     for theirs, mine in zip(result["runs"], local.runs, strict=True):
+        assert theirs["loss"] is not None, (theirs, done.stderr[-3000:])
         assert theirs["loss"] == pytest.approx(mine.loss, rel=TOLERANCE)
     assert result["verdict"] == local.verdict.value
     if tracked:  # one run per offset (not one per rank) and the verdict's

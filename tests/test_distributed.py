@@ -64,16 +64,81 @@ def _stop_at_second_eval(seen: list):
     return on_eval
 
 
+def _sharded_init(model: str) -> dict[str, object]:
+    """Build ``model`` at WIDE straight into its shards (seed 7, readout τ = 2) and compare
+    it with the unsharded build: the largest difference of any parameter or buffer, and the
+    parameter bytes this rank holds against the whole model's."""
+    import torch
+
+    from hptransfer.models.registry import build_model, role_table
+    from hptransfer.training.shards import build_sharded, local_bytes, shard_elements
+
+    spec, hparams = WIDE.model_copy(update={"model": model}), HParams(readout_mult=2.0)
+    sharded = build_sharded(spec, hparams, seed=7, device=torch.device("cpu"))
+    whole = build_model(spec, seed=7, hparams=hparams)
+    gathered = {name: p.full_tensor() for name, p in sharded.named_parameters()}
+    buffers = dict(sharded.named_buffers())
+    return {"parameter_difference": max((gathered[n] - p).abs().max().item()
+                                        for n, p in whole.named_parameters()),
+            "names": list(gathered) == [n for n, _ in whole.named_parameters()],
+            "buffers_equal": all(torch.equal(buffers[n], b) for n, b in whole.named_buffers()),
+            "readout_scaled": HParams().readout_mult != hparams.readout_mult,
+            "local_bytes": local_bytes(sharded), "whole_bytes": local_bytes(whole),
+            "expected_bytes": 4 * shard_elements(role_table(spec), WORKERS)}
+
+
+FAIL_AT_STEP = 3
+
+
+def _failing_run(rank: int, corpus) -> dict[str, object]:
+    """Rank 1 raises in its 3rd training step of a sharded run; what each rank saw, how
+    long it took to leave, and whether the next run on the same ranks completes."""
+    import time
+
+    from hptransfer.training import loop
+
+    token_loss, calls = loop.token_loss, []
+
+    def failing(model, batch, *, check=False):
+        calls.append(1)
+        if rank == 1 and len(calls) == FAIL_AT_STEP:
+            raise OSError("injected failure on rank 1")
+        return token_loss(model, batch, check=check)
+
+    loop.token_loss = failing
+    started = time.perf_counter()
+    try:
+        train(WIDE, WIDE_HPARAMS, Budget(steps=40, eval_every=4), corpus, threads=1,
+              execution=FSDP)
+        seen = {"error": None}
+    except Exception as error:  # noqa: BLE001 - what each rank raised is the result
+        seen = {"error": type(error).__name__, "message": str(error)}
+    finally:
+        loop.token_loss = token_loss
+    seen["seconds"] = time.perf_counter() - started
+    seen["steps_started"] = len(calls)
+    seen["next"] = train(WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1,
+                         execution=FSDP).model_dump_json()
+    return seen
+
+
 def _rank(rank: int, rendezvous: str, corpus_path: str, out: str) -> None:
     """One data-parallel rank: train each case, write {case: record JSON or error}."""
+    from datetime import timedelta
+
     import torch.distributed as dist
 
     from hptransfer.data.corpus import load_corpus
 
-    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=WORKERS)
+    # a short collective timeout: a rank left waiting for a failed peer fails this module
+    # in two minutes rather than hanging it for gloo's default thirty
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=WORKERS,
+                            timeout=timedelta(seconds=120))
     try:
         corpus = load_corpus(corpus_path)
         results: dict[str, object] = {}
+        results["init"] = {model: _sharded_init(model) for model in ("builtin", *HF_MODELS)}
+        results["failing"] = _failing_run(rank, corpus)
         try:
             train(SPEC, HParams(batch_size=3), BUDGET, corpus, threads=1)
         except ValueError as error:
@@ -201,3 +266,67 @@ def test_a_distributed_run_resumes_from_its_checkpoint(ranks, tiny_corpus, shard
         record = _record(result, f"{sharding.value}_resumed")
         _same_curves(record, alone)
         assert record.resumed_at == (8,)
+
+
+@pytest.mark.parametrize("model", ["builtin", *HF_MODELS])
+def test_sharded_build_from_meta_is_the_unsharded_init(ranks, model):
+    """Built on the meta device, sharded, materialized with to_empty and initialised: every
+    parameter gathered from the two ranks' shards is the unsharded build's to the bit (µP
+    init from the seed, then the readout's τ), buffers included, and each rank holds half
+    of the parameter bytes (FSDP2's padding included)."""
+    for result in ranks:
+        init = result["init"][model]
+        assert init["names"] and init["buffers_equal"] and init["readout_scaled"]
+        assert init["parameter_difference"] == 0.0
+        assert init["local_bytes"] == init["expected_bytes"]
+        assert init["local_bytes"] <= init["whole_bytes"] / WORKERS + 4 * 1024
+
+
+def test_one_failing_rank_fails_the_run_on_every_rank(ranks):
+    """Rank 1 raises in step 3 of a sharded run: it raises its own error, rank 0 (waiting in
+    a collective) raises PeerFailed naming rank 1's error within seconds, not at the
+    collective timeout; the next run on the same ranks completes as usual."""
+    first, second = (r["failing"] for r in ranks)
+    assert second["error"] == "OSError" and "injected failure" in second["message"]
+    assert first["error"] == "PeerFailed"
+    assert "rank 1 of 2 failed: OSError: injected failure on rank 1" in first["message"]
+    assert first["steps_started"] == second["steps_started"] == FAIL_AT_STEP
+    assert first["seconds"] < 60  # the collective timeout is 120 s; in practice ~1 s
+    nexts = [RunRecord.model_validate_json(r["failing"]["next"]) for r in ranks]
+    assert all(record.status is Status.COMPLETE for record in nexts)
+    assert nexts[0].val_curve == nexts[1].val_curve
+    assert nexts[0].val_curve == _record(ranks[0], "fsdp").val_curve
+
+
+@pytest.mark.parametrize("workers, gpus, refused", [
+    (2, 0.5, True), (4, 1.5, True), (1, 0.25, False), (2, 1.0, False), (2, 0.0, False)])
+def test_nccl_ranks_never_share_a_card(workers, gpus, refused):
+    """A fraction of a GPU per worker for a job of two workers or more is refused before
+    anything is submitted: Ray could place two ranks on one card, which NCCL refuses."""
+    from hptransfer.backends.ray_train import check_gpu_share
+
+    if refused:
+        with pytest.raises(ValueError, match="NCCL cannot run two ranks of one job on the "
+                                             "same GPU"):
+            check_gpu_share(workers, gpus)
+    else:
+        check_gpu_share(workers, gpus)
+
+
+def test_fsdp_needs_torch_2_6(monkeypatch):
+    """Without FSDP2's public fully_shard (torch 2.5) sharding is refused with the fix."""
+    import builtins
+
+    from hptransfer.models.registry import build_model
+    from hptransfer.models.sharding import shard_blocks
+
+    real_import = builtins.__import__
+
+    def old_torch(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "torch.distributed.fsdp" and "fully_shard" in (fromlist or ()):
+            raise ImportError("cannot import name 'fully_shard'")
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", old_torch)
+    with pytest.raises(ValueError, match=r"needs FSDP2 from torch 2.6 .*--sharding replicate"):
+        shard_blocks(build_model(SPEC), mesh=None, blocks=None)

@@ -363,3 +363,44 @@ def test_device_is_checked_before_any_work(tiny_spec, tiny_corpus):
         with pytest.raises(ValueError, match="sees no CUDA GPU"):
             train(tiny_spec, HParams(batch_size=4), Budget(steps=1), tiny_corpus,
                   device="cuda")
+
+
+def test_a_card_index_is_checked_against_the_visible_cards(monkeypatch):
+    """cuda:N past the cards CUDA_VISIBLE_DEVICES leaves is refused with the range, before
+    CUDA's 'invalid device ordinal' deep in the run (simulated: this machine has no GPU)."""
+    from hptransfer.training.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match=r"sees 2 CUDA card\(s\) \(cuda:0 to cuda:1; "
+                                         r"CUDA_VISIBLE_DEVICES=4,5\)"):
+        resolve_device("cuda:2")
+
+
+def test_a_failed_run_frees_its_model(tiny_spec, tiny_corpus, monkeypatch):
+    """A run that raises mid-training leaves nothing of itself alive while its error is
+    still held (a study recording it): its model, gradients and optimizer state are freed
+    before train() raises (on a GPU, its cached blocks are handed back too)."""
+    import gc
+    import weakref
+
+    from hptransfer.training import loop
+
+    made, build = [], loop.build_optimizer
+
+    def remembered(model, *args, **kwargs):
+        made.append(weakref.ref(model))
+        return build(model, *args, **kwargs)
+
+    def failing(model, batch, *, check=False):
+        raise OSError("injected failure")
+
+    monkeypatch.setattr(loop, "build_optimizer", remembered)
+    monkeypatch.setattr(loop, "token_loss", failing)
+    with pytest.raises(OSError, match="injected") as caught:
+        train(tiny_spec, HParams(batch_size=4), Budget(steps=2), tiny_corpus, threads=1)
+    assert caught.value is not None and made
+    gc.collect()  # (nothing needed: train() collected; this only rules out timing)
+    assert made[0]() is None

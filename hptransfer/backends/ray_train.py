@@ -38,7 +38,7 @@ from hptransfer.spec import FrozenConfig
 from hptransfer.tracking import RunInfo, Tracking
 from hptransfer.training.order import RunOrder
 
-__all__ = ["Progress", "RayScaling", "check_gpus", "train_on_ray"]
+__all__ = ["Progress", "RayScaling", "check_gpu_share", "check_gpus", "train_on_ray"]
 
 _RECORD = "hptransfer_record"  # the key of the reported metrics (and returned dict)
 
@@ -85,6 +85,7 @@ def train_on_ray(run: RunOrder, *, scaling: RayScaling | None = None, name: str 
 
     scaling = scaling or RayScaling()
     rows_per_worker(run.hparams.batch_size, scaling.workers)  # refuse before submitting
+    check_gpu_share(scaling.workers, scaling.gpus_per_worker)
     connect(address)
     gpu = scaling.gpus_per_worker > 0
     if gpu:
@@ -182,6 +183,19 @@ def _logging(log, on_eval):
         return on_eval(point) if on_eval is not None else Verdict.CONTINUE
 
     return logged
+
+
+def check_gpu_share(workers: int, per_worker: float, flag: str = "--gpus-per-worker") -> None:
+    """Refuse a fraction of a GPU per worker for a job of two workers or more: Ray may then
+    place two ranks of the job on one card, and NCCL refuses two ranks of one communicator
+    on the same device (the job fails at its first collective, after the model is built).
+    One worker may take a fraction (a small run beside others on a card)."""
+    if workers >= 2 and 0 < per_worker and per_worker != int(per_worker):
+        raise ConfigError(
+            f"{flag} {per_worker:g} with {workers} workers: NCCL cannot run two ranks of one "
+            f"job on the same GPU, and a fraction lets Ray put them there; give "
+            f"{flag} 1 (or a whole number), or --workers 1 to share a card, or "
+            f"{flag} 0 to train on the CPU")
 
 
 def check_gpus(workers: int, per_worker: float, address: str | None = None,

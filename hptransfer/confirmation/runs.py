@@ -213,6 +213,10 @@ def _placement(backend: Backend, *, threads: int | None, workers: int | str, wid
     from hptransfer.backends.ray_train import RayScaling
 
     require_ray()  # the install line before anything else happens
+    from hptransfer.backends.ray_train import check_gpu_share
+
+    if workers != AUTO:
+        check_gpu_share(workers, gpus_per_worker)
     if threads is not None or device is not None:
         raise ConfigError("--threads and --device set a local run's; on Ray each worker trains "
                           "with --cpus-per-worker threads, on a GPU with --gpus-per-worker")

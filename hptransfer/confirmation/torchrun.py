@@ -13,9 +13,12 @@ they train each order they receive, and stop at the empty order rank 0 sends whe
 or fails (:func:`release`, always called).
 
 A run that raises on every rank (a bad corpus, a refused config) is recorded by rank 0 as
-that run's error, and every rank goes on to the next. A rank that dies takes the job down
-(torchrun stops the others); the run's trial then loses its lease, and the same command
-retries it, resuming from its checkpoint.
+that run's error, and every rank goes on to the next. So is a run that raises on one rank:
+the others leave it at once with :class:`~hptransfer.training.ranks.PeerFailed` naming that
+rank's error (each run has a process group of its own:
+:func:`~hptransfer.training.ranks.run_together`), and the job's group carries the next
+order. A rank that dies takes the job down (torchrun stops the others); the run's trial
+then loses its lease, and the same command retries it, resuming from its checkpoint.
 """
 
 from __future__ import annotations

@@ -98,14 +98,30 @@ class ModelFamily(ABC):
 
     def build(self, spec: ModelSpec, *, seed: int = 0) -> nn.Module:
         """The model at ``spec`` with its µP (or SP) init from ``seed``, on the CPU."""
+        model = self.make(spec)
+        self.configure(model, spec)
+        self.initialize(model, spec, seed=seed)
+        return model
+
+    def initialize(self, model: nn.Module, spec: ModelSpec, *, seed: int = 0) -> None:
+        """Set every parameter of a made model to its µP (or SP) init from ``seed``: the
+        same numbers whether ``model`` is whole or FSDP2-sharded (:meth:`parallelize`;
+        :func:`hptransfer.mup.tensors.initialize` draws each sharded tensor whole)."""
         import torch
 
         from hptransfer.mup.tensors import initialize
 
-        model = self.make(spec)
-        self.configure(model, spec)
         initialize(model, table_of(self, spec), spec, torch.Generator().manual_seed(seed))
-        return model
+
+    def parallelize(self, model: nn.Module, mesh: Any) -> None:
+        """Shard ``model`` over the 1-D device ``mesh`` with FSDP2, in place (the model may
+        still be on the meta device: :mod:`hptransfer.training.shards`). Default: every
+        element of every ``nn.ModuleList`` (a transformer's blocks) is one FSDP unit, then
+        the root (:func:`~hptransfer.models.sharding.shard_blocks`); a family whose blocks
+        live elsewhere overrides it."""
+        from hptransfer.models.sharding import shard_blocks
+
+        shard_blocks(model, mesh, blocks=None)
 
     def probes(self, model: nn.Module, roles: RoleTable) -> dict[str, list[nn.Module]]:
         """The modules whose outputs a coord check records, by name (``logits``: the
@@ -172,6 +188,16 @@ class BuiltinFamily(ModelFamily):
         from hptransfer.models.transformer import Transformer
 
         return Transformer(spec, seed=seed)  # it initialises itself from its declarations
+
+    def initialize(self, model: nn.Module, spec: ModelSpec, *, seed: int = 0) -> None:
+        from hptransfer.models.transformer import initialize_transformer
+
+        initialize_transformer(model, spec, seed=seed)
+
+    def parallelize(self, model: nn.Module, mesh: Any) -> None:
+        from hptransfer.models.transformer import parallelize
+
+        parallelize(model, mesh)
 
     def flops_per_token(self, spec: ModelSpec) -> float:
         return spec.flops_per_token()

@@ -83,6 +83,13 @@ class _HFFamily(ModelFamily):
         for module in modules:
             module.scaling = scale
 
+    def parallelize(self, model: nn.Module, mesh) -> None:
+        """FSDP2 units: each decoder layer (:meth:`layers`), then the root (embeddings,
+        final norm, LM head)."""
+        from hptransfer.models.sharding import shard_blocks
+
+        shard_blocks(model, mesh, blocks=self.layers(model))
+
     def flops_per_token(self, spec: ModelSpec) -> float:
         """3 × (2 × matrix parameters + 2·2·L·T·H·D of q·kᵀ and attention·v), as for the
         built-in model (the readout counts, the embedding lookups do not)."""

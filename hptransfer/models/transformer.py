@@ -23,7 +23,7 @@ from hptransfer.mup.sources import declared
 from hptransfer.mup.tensors import Declared, initialize
 from hptransfer.spec import Activation, Bias, EmbeddingNorm, ModelSpec, NormGain, QueryInit
 
-__all__ = ["Transformer"]
+__all__ = ["Transformer", "initialize_transformer", "parallelize"]
 
 _NORM_EPS = 1e-6
 
@@ -180,7 +180,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.depth))
         self.final_norm = RMSNorm(spec.width, spec.norm_gain)
         self.readout = Readout(spec)
-        initialize(self, declared(self), spec, torch.Generator().manual_seed(seed))
+        initialize_transformer(self, spec, seed=seed)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) → logits (B, T, V)."""
@@ -188,3 +188,17 @@ class Transformer(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.readout(self.final_norm(x))
+
+
+def initialize_transformer(model: nn.Module, spec: ModelSpec, *, seed: int = 0) -> None:
+    """The model's µP init from ``seed``, from its declarations (whole or FSDP2-sharded:
+    the same numbers either way, :func:`hptransfer.mup.tensors.initialize`)."""
+    initialize(model, declared(model), spec, torch.Generator().manual_seed(seed))
+
+
+def parallelize(model: Transformer, mesh) -> None:
+    """FSDP2 units of the built-in model: each :class:`Block` (attention and MLP: almost all
+    of the weights at width), then the root (embedding, final norm, readout)."""
+    from hptransfer.models.sharding import shard_blocks
+
+    shard_blocks(model, mesh, blocks=list(model.blocks))

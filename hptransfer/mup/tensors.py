@@ -123,7 +123,11 @@ def tensor_rules(roles: RoleTable, spec: ModelSpec, hparams: HParams | None = No
 def initialize(model: nn.Module, roles: Mapping[str, Declaration | TensorRole] | RoleTable,
                spec: ModelSpec, generator: torch.Generator) -> None:
     """Initialise every parameter of ``model`` from its role, in the model's parameter
-    order, from ``generator`` (gains to one, zero-std roles to zero, the rest normal)."""
+    order, from ``generator`` (gains to one, zero-std roles to zero, the rest normal).
+
+    A model sharded before its init (FSDP2 from the meta device:
+    :mod:`hptransfer.training.shards`) gets the same numbers as the unsharded one: each
+    rank holds DTensor shards, and draws every tensor whole (:func:`_normal`)."""
     for name, parameter in model.named_parameters():
         row = roles[name]
         if row.role is Role.GAIN:
@@ -133,7 +137,48 @@ def initialize(model: nn.Module, roles: Mapping[str, Declaration | TensorRole] |
         if std == 0.0:
             parameter.zero_()
         else:
-            parameter.normal_(0.0, std, generator=generator)
+            _normal(parameter, std, generator)
+
+
+def _normal(parameter: torch.Tensor, std: float, generator: torch.Generator) -> None:
+    """``parameter.normal_(0, std)`` from ``generator``; for a DTensor shard, this rank's
+    part of exactly the tensor the unsharded init draws.
+
+    Why draw the whole tensor: a CPU generator's normal numbers depend on the tensor's size
+    (torch fills blocks of 16 and redraws a ragged tail), so a rank cannot draw its rows
+    alone and match. Every rank draws each tensor whole on the CPU, in the same order (the
+    generator stays in step on every rank), keeps its own rows and frees the rest: one
+    tensor at a time in host memory, never the model; the device only ever holds shards."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(parameter, DTensor):
+        parameter.normal_(0.0, std, generator=generator)
+        return
+    whole = torch.empty(parameter.shape, dtype=parameter.dtype)
+    whole.normal_(0.0, std, generator=generator)
+    local = parameter.to_local()
+    local.copy_(_shard_of(whole, parameter))
+
+
+def _shard_of(whole: torch.Tensor, parameter: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``whole`` under ``parameter``'s placements: FSDP2 shards dim 0
+    like ``torch.chunk`` (the last ranks may hold fewer rows, or none)."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    mesh = parameter.device_mesh
+    coordinate = mesh.get_coordinate()
+    part = whole
+    for axis, placement in enumerate(parameter.placements):
+        if isinstance(placement, Replicate):
+            continue
+        if type(placement) is not Shard:  # (a strided or partial placement: not FSDP2's 1-D)
+            raise ConfigError(f"cannot initialise a parameter placed as {placement}: hptransfer "
+                              f"shards with FSDP2 over one mesh dimension")
+        chunks = part.chunk(mesh.size(axis), dim=placement.dim)
+        index = coordinate[axis]
+        part = (chunks[index] if index < len(chunks)
+                else part.narrow(placement.dim, 0, 0))
+    return part
 
 
 @torch.no_grad()

@@ -59,6 +59,17 @@ def resolve_device(device: str | None = None) -> torch.device:
         raise ConfigError(f"device {device!r} asked for, but torch {torch.__version__} sees no "
                          f"CUDA GPU here; install a CUDA build of torch on a GPU machine, or "
                          f"train on the CPU")
+    if resolved.type == "cuda" and resolved.index is not None:
+        # CUDA's own error comes later and deep ("invalid device ordinal"); indices count
+        # the cards CUDA_VISIBLE_DEVICES leaves visible, from 0
+        visible = torch.cuda.device_count()
+        if resolved.index >= visible:
+            listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+            raise ConfigError(
+                f"device {device!r} asked for, but this process sees {visible} CUDA card(s) "
+                f"(cuda:0 to cuda:{visible - 1}"
+                + (f"; CUDA_VISIBLE_DEVICES={listed}" if listed is not None else "")
+                + f"): give an index below {visible}, or plain cuda for the first one")
     return resolved
 
 
@@ -76,10 +87,18 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def check_memory(parameters: int, device: torch.device, what: str) -> None:
+def check_memory(parameters: int, device: torch.device, what: str, *,
+                 drawn_whole: int = 0) -> None:
     """Refuse, before anything is allocated, a model whose weights, gradients and optimizer
-    state alone do not fit (activations come on top: this refuses only the impossible)."""
+    state alone do not fit (activations come on top: this refuses only the impossible).
+
+    ``parameters``: those this process holds (a sharded rank's shards). ``drawn_whole``: the
+    largest tensor a sharded init draws whole in host memory, beside the weights and before
+    the gradients and optimizer state exist (:mod:`hptransfer.training.shards`); it counts
+    on the CPU only (a GPU rank's card never holds it)."""
     needed = parameters * _BYTES_PER_PARAMETER
+    if device.type == "cpu":
+        needed = max(needed, (parameters + drawn_whole) * 4)
     free = available_memory(device)
     if free is not None and needed > free:
         raise ConfigError(

@@ -5,7 +5,7 @@ workers and torchrun ranks); which device a rank computes on is the launcher's b
 is passed to :func:`hptransfer.training.loop.train` separately. None of these options changes
 *what* is trained: a sharded, compiled or resumed run trains the same model on the same
 batches with the same per-tensor LRs, so its losses match the plain run's up to float
-rounding (tests/test_sharding.py, tests/test_checkpoint.py).
+rounding (tests/test_distributed.py, tests/test_checkpoint.py).
 """
 
 from __future__ import annotations

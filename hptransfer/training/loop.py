@@ -12,8 +12,10 @@ docs/foundation.md has the threads, precision and throughput measurements.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
+import traceback
 from collections.abc import Callable
 
 import numpy as np
@@ -35,8 +37,15 @@ from hptransfer.training.checkpoint import Checkpointer, LoopState, fingerprint
 from hptransfer.training.device import autocast, check_memory, resolve_device, resolve_threads
 from hptransfer.training.execution import Compilation, Execution, Sharding
 from hptransfer.training.optimizer import build_optimizer
-from hptransfer.training.ranks import Ranks, distribute, in_process_group, rows_per_worker
+from hptransfer.training.ranks import (
+    Ranks,
+    distribute,
+    in_process_group,
+    rows_per_worker,
+    run_together,
+)
 from hptransfer.training.schedule import lr_factor
+from hptransfer.training.shards import build_sharded, shard_elements
 
 __all__ = ["EvalCallback", "evaluate", "token_loss", "train"]
 
@@ -97,9 +106,11 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
 
     ``device``: ``cpu`` (default) or ``cuda[:N]`` (under torch.distributed: this rank's
     card). The init is drawn on the CPU either way (the same seed gives the same initial
-    weights on every device), then moved. ``execution``: sharding, ``torch.compile`` and
-    checkpoints (:class:`~hptransfer.training.execution.Execution`; None: replicated, eager,
-    no checkpoints).
+    weights on every device), then moved; sharded, each tensor is drawn whole on the CPU and
+    only this rank's shard is kept (:mod:`hptransfer.training.shards`). ``execution``:
+    sharding, ``torch.compile`` and checkpoints
+    (:class:`~hptransfer.training.execution.Execution`; None: replicated, eager, no
+    checkpoints).
 
     ``on_eval`` is called with every validation point; returning :attr:`Verdict.STOP`
     ends the run as :attr:`Status.PRUNED`. Non-finite losses or a training loss above
@@ -107,7 +118,11 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
 
     Under ``torch.distributed`` with N > 1 ranks the run is data parallel (module
     docstring): ``hparams.batch_size`` is the global batch and must be divisible by N, and
-    ``on_eval`` is called on rank 0 only, its verdict applying to every rank.
+    ``on_eval`` is called on rank 0 only, its verdict applying to every rank. A rank that
+    raises ends the run on every rank at once: the others raise
+    :class:`~hptransfer.training.ranks.PeerFailed` with its error
+    (:func:`~hptransfer.training.ranks.run_together`). Whatever happens, the run's memory is
+    freed before this returns or raises (GPU caches too).
     """
     started = time.perf_counter()
     execution = execution or Execution()
@@ -133,19 +148,51 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
 
     family = family_of(spec)
     family.check(spec)
-    # sharded, each rank holds 1/N of the weights, gradients and optimizer state
-    check_memory(family.parameter_count(spec, embedding=True) // (ranks.size if sharded else 1),
+    roles = role_table(spec)
+    # sharded, each rank only ever holds its shards of the weights, gradients and optimizer
+    # state (built from the meta device: hptransfer.training.shards), and one whole tensor
+    # at a time in host memory while the init draws it
+    check_memory(shard_elements(roles, ranks.size) if sharded
+                 else family.parameter_count(spec, embedding=True),
                  on, f"the {spec.model} model at width {spec.width}, depth {spec.depth}"
-                 + (f" sharded over {ranks.size} ranks" if sharded else ""))
+                 + (f" sharded over {ranks.size} ranks" if sharded else ""),
+                 drawn_whole=max(math.prod(row.shape) for row in roles) if sharded else 0)
+    try:
+        return run_together(ranks, lambda together: _train(
+            spec, hparams, budget, corpus, seed=seed, on_eval=on_eval, threads=threads,
+            on=on, execution=execution, ranks=together, sharded=sharded, started=started))
+    except Exception as error:
+        # the failed run's frames hold its model and optimizer until the caller drops the
+        # error (a study records it and goes on): clear them, the memory is garbage now
+        traceback.clear_frames(error.__traceback__)
+        raise
+    finally:
+        # a failed run's model, gradients and optimizer state are garbage once its frames
+        # are gone: free them before the next run of this process (a torchrun job's next
+        # order, a tune worker's next trial), and hand a GPU's cached blocks back
+        gc.collect()
+        if on.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus, *, seed: int,
+           on_eval: EvalCallback | None, threads: int, on: torch.device,
+           execution: Execution, ranks: Ranks, sharded: bool, started: float) -> RunRecord:
+    """:func:`train` after its checks, on ``ranks``' own process group."""
+    family = family_of(spec)
     roles = role_table(spec)
     torch.manual_seed(seed)
-    model = family.build(spec, seed=seed)
-    scale_init(model, roles, hparams)  # the readout's τ (an hparam, unknown to the build)
-    model = model.to(on)
-    # DDP all-reduces gradients during backward; FSDP2 shards `model` in place. Either way
-    # the optimizer (built after sharding, as FSDP2 requires), clipping and evaluation work
-    # on `model`, whose parameters keep their names and global shapes.
-    forward = distribute(model, execution.sharding, on) if ranks.parallel or sharded else model
+    if sharded:
+        model = build_sharded(spec, hparams, seed=seed, device=on, group=ranks.group)
+    else:
+        model = family.build(spec, seed=seed)
+        scale_init(model, roles, hparams)  # the readout's τ (an hparam, unknown to the build)
+        model = model.to(on)
+    # DDP all-reduces gradients during backward; FSDP2 sharded `model` as it was built.
+    # Either way the optimizer (built after sharding, as FSDP2 requires), clipping and
+    # evaluation work on `model`, whose parameters keep their names and global shapes.
+    forward = (distribute(model, execution.sharding, on, ranks.group)
+               if ranks.parallel and not sharded else model)
     if execution.compilation is Compilation.COMPILED:
         forward = torch.compile(forward)
     optimizer = build_optimizer(model, roles, spec, hparams)

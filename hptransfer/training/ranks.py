@@ -7,18 +7,31 @@ is sharded: :func:`distribute`) averages the equal slices' gradients into the fu
 Every decision that ends the loop is taken on values all ranks share
 (:meth:`Ranks.mean`, :meth:`Ranks.shared`): a rank that leaves alone would leave the others
 waiting in a collective forever.
+
+A rank can still fail alone (an out-of-memory on one card, a full disk under rank 0's
+checkpoint, rank 0's ``on_eval`` losing its storage). :func:`run_together` trains each run
+on a process group of its own: the failing rank names itself in the job's store and tears
+the run's group down, which ends the collective its peers wait in at once (gloo: "connection
+closed by peer"); they raise :class:`PeerFailed` with the first failure's reason, and the
+job's own group stays whole for the next run (a torchrun job's next order).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import gc
+import traceback
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 
 from hptransfer.errors import ConfigError
 from hptransfer.training.execution import Sharding
 
-__all__ = ["Ranks", "distribute", "in_process_group", "rows_per_worker"]
+__all__ = ["PeerFailed", "Ranks", "distribute", "in_process_group", "rows_per_worker",
+           "run_together"]
+
+T = TypeVar("T")
 
 
 def rows_per_worker(batch_size: int, workers: int) -> int:
@@ -34,10 +47,12 @@ def rows_per_worker(batch_size: int, workers: int) -> int:
 
 
 class Ranks(NamedTuple):
-    """This process's place among data-parallel ranks: (0, 1) when training alone."""
+    """This process's place among data-parallel ranks: (0, 1) when training alone. ``group``
+    is the process group their messages go over (None: the default one)."""
 
     rank: int
     size: int
+    group: Any = None
 
     @classmethod
     def current(cls) -> Ranks:
@@ -66,7 +81,7 @@ class Ranks(NamedTuple):
         import torch.distributed as dist
 
         total = loss.detach().double().to(_wire())
-        dist.all_reduce(total)
+        dist.all_reduce(total, group=self.group)
         return total.item() / self.size
 
     def shared(self, value: float) -> float:
@@ -76,7 +91,7 @@ class Ranks(NamedTuple):
         import torch.distributed as dist
 
         message = torch.tensor([value], dtype=torch.float64, device=_wire())
-        dist.broadcast(message, src=0)
+        dist.broadcast(message, src=0, group=self.group)
         return message.item()
 
     def shared_text(self, text: str | None) -> str | None:
@@ -93,7 +108,7 @@ class Ranks(NamedTuple):
         if self.rank == 0 and length:
             message.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
         if length:
-            dist.broadcast(message, src=0)
+            dist.broadcast(message, src=0, group=self.group)
         return message.cpu().numpy().tobytes().decode()
 
 
@@ -113,38 +128,72 @@ def _wire() -> torch.device:
     return torch.device("cpu")
 
 
-def distribute(model: torch.nn.Module, sharding: Sharding, device: torch.device
-               ) -> torch.nn.Module:
-    """``model`` ready for data-parallel training over the process group; returns what the
-    training step calls.
+def distribute(model: torch.nn.Module, sharding: Sharding, device: torch.device,
+               group: Any = None) -> torch.nn.Module:
+    """An already built ``model`` ready for data-parallel training over ``group`` (None: the
+    default process group); returns what the training step calls.
 
     REPLICATE wraps it in DDP (the optimizer keeps working on ``model``, whose parameters the
-    wrapper shares). FSDP applies FSDP2's ``fully_shard`` to every element of every
-    ``nn.ModuleList`` (a transformer's blocks, built-in or Hugging Face) and then to the
-    root, in place: each rank keeps 1/N of every tensor as a DTensor under the *same*
-    parameter name and global shape, which is why the µP param groups built afterwards from
-    the role table (matched by name and shape) are those of the unsharded model. The
+    wrapper shares). FSDP shards it in place with FSDP2, every ``nn.ModuleList`` element and
+    then the root (:func:`hptransfer.models.sharding.shard_blocks`). A sharded *run* never gets
+    here: it builds its model straight into its shards
+    (:func:`hptransfer.training.shards.build_sharded`), so that no rank holds it whole. The
     optimizer must be built after this call.
     """
-    import torch.distributed as dist
-
     if sharding is Sharding.REPLICATE:
         from torch.nn.parallel import DistributedDataParallel
 
         # Every rank built the same init from the same seed; DDP still broadcasts rank 0's
         # parameters on construction, which costs one message and guards against a seed
         # mixup.
-        return DistributedDataParallel(model, device_ids=[device.index]
+        return DistributedDataParallel(model, process_group=group, device_ids=[device.index]
                                        if device.type == "cuda" else None)
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from hptransfer.models.sharding import shard_blocks
+    from hptransfer.training.shards import device_mesh
 
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    # innermost first: FSDP2 groups a module's parameters minus its sharded children's, so
-    # children are sharded before the modules that hold them (reversed pre-order)
-    for module in reversed(list(model.modules())):
-        if isinstance(module, torch.nn.ModuleList):
-            for block in module:
-                fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    shard_blocks(model, device_mesh(device, group), blocks=None)
     return model
+
+
+class PeerFailed(RuntimeError):
+    """Another rank of this run failed (the message is its error); this rank stopped with
+    it instead of waiting in a collective for a rank that is gone."""
+
+
+def run_together(ranks: Ranks, body: Callable[[Ranks], T]) -> T:
+    """``body(ranks)`` on a process group of this run's own, created and destroyed by every
+    rank of the job alike; in one process, just ``body(ranks)``.
+
+    When ``body`` raises on one rank, that rank records its error in the job's store (the
+    first failure of the run wins), then drops every reference to the run's group (the
+    frames of ``body`` hold the model, DDP and FSDP2, which hold the group), so the group is
+    destroyed and its connections close: a peer blocked in a collective fails at once
+    instead of at the collective timeout (30 minutes). The peer, now failing too, raises
+    :class:`PeerFailed` with the first failure's reason, unless its own error is not a
+    communication error (every rank hit the same ConfigError: each raises its own).
+    """
+    if not ranks.parallel:
+        return body(ranks)
+    import torch.distributed as dist
+
+    group = dist.new_group(backend=dist.get_backend())
+    key = f"hptransfer/failed/{group.group_name}"
+    try:
+        result = body(ranks._replace(group=group))
+        # no rank tears the group down while a peer may still be in the run's last message
+        dist.barrier(group=group)
+    except Exception as error:
+        mine = f"rank {ranks.rank} of {ranks.size} failed: {type(error).__name__}: {error}"
+        first = dist.distributed_c10d._get_default_store().compare_set(
+            key, "", mine).decode(errors="replace")
+        # body's finished frames hold the model, its wrappers and their references to the
+        # group: clear them, so that destroying the group closes its connections now
+        traceback.clear_frames(error.__traceback__)
+        dist.destroy_process_group(group)
+        del group
+        gc.collect()
+        if first != mine and isinstance(error, RuntimeError):
+            raise PeerFailed(f"{first}; rank {ranks.rank} stopped with it") from error
+        raise
+    dist.destroy_process_group(group)
+    return result
