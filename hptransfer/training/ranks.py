@@ -176,6 +176,8 @@ def run_together(ranks: Ranks, body: Callable[[Ranks], T]) -> T:
         return body(ranks)
     import torch.distributed as dist
 
+    from hptransfer.training.shards import forget_meshes
+
     group = dist.new_group(backend=dist.get_backend())
     key = f"hptransfer/failed/{group.group_name}"
     try:
@@ -183,6 +185,7 @@ def run_together(ranks: Ranks, body: Callable[[Ranks], T]) -> T:
         # no rank tears the group down while a peer may still be in the run's last message
         dist.barrier(group=group)
     except Exception as error:
+        forget_meshes(group.group_name)
         mine = f"rank {ranks.rank} of {ranks.size} failed: {type(error).__name__}: {error}"
         first = dist.distributed_c10d._get_default_store().compare_set(
             key, "", mine).decode(errors="replace")
@@ -195,5 +198,6 @@ def run_together(ranks: Ranks, body: Callable[[Ranks], T]) -> T:
         if first != mine and isinstance(error, RuntimeError):
             raise PeerFailed(f"{first}; rank {ranks.rank} stopped with it") from error
         raise
+    forget_meshes(group.group_name)  # (else every run would leave its group's connections open)
     dist.destroy_process_group(group)
     return result

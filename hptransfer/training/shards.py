@@ -36,8 +36,8 @@ from hptransfer.spec import ModelSpec
 if TYPE_CHECKING:
     from hptransfer.mup.roles import RoleTable
 
-__all__ = ["build_sharded", "device_mesh", "local_bytes", "parameters_on_meta",
-           "shard_elements"]
+__all__ = ["build_sharded", "device_mesh", "forget_meshes", "local_bytes",
+           "parameters_on_meta", "shard_elements"]
 
 
 def device_mesh(device: torch.device, group: Any = None):
@@ -51,9 +51,27 @@ def device_mesh(device: torch.device, group: Any = None):
         # mesh's equality ignores its process group, so an unnamed mesh over this run's group
         # would reuse a finished run's cached plan and its destroyed group ("could not resolve
         # the process group"); a name makes each run's mesh its own
-        return DeviceMesh.from_group(group, device.type,
+        mesh = DeviceMesh.from_group(group, device.type,
                                      mesh_dim_names=(f"run{group.group_name}",))
+        _MESHES.setdefault(group.group_name, []).append(mesh)
+        return mesh
     return init_device_mesh(device.type, (dist.get_world_size(),))
+
+
+# the meshes made over each run's group, by group name, until the run ends (forget_meshes)
+_MESHES: dict[str, list[Any]] = {}
+
+
+def forget_meshes(group_name: str) -> None:
+    """Make the meshes over a finished run's group let go of it. A mesh keeps its groups in
+    ``_pg_registry`` (torch 2.13; used only while torch.compile traces, eager code finds a
+    group by name), and DTensor's caches keep the meshes for the life of the process: the
+    group would never be destroyed, and a failed rank's peers would wait in its
+    collectives until the timeout instead of seeing its connections close."""
+    for mesh in _MESHES.pop(group_name, []):
+        registry = getattr(mesh, "_pg_registry", None)
+        if isinstance(registry, dict):
+            registry.pop(group_name, None)
 
 
 def build_sharded(spec: ModelSpec, hparams: HParams, *, seed: int, device: torch.device,
