@@ -148,15 +148,18 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
 
     family = family_of(spec)
     family.check(spec)
+    # an impossible model is refused from its formula before its role table is built (that
+    # builds the model at the base width and traces it). Sharded, each rank only ever holds
+    # its shards of the weights, gradients and optimizer state (built from the meta device:
+    # hptransfer.training.shards), and one whole tensor at a time while the init draws it.
+    what = f"the {spec.model} model at width {spec.width}, depth {spec.depth}"
+    check_memory(family.parameter_count(spec, embedding=True) // (ranks.size if sharded else 1),
+                 on, what + (f" sharded over {ranks.size} ranks" if sharded else ""))
     roles = role_table(spec)
-    # sharded, each rank only ever holds its shards of the weights, gradients and optimizer
-    # state (built from the meta device: hptransfer.training.shards), and one whole tensor
-    # at a time in host memory while the init draws it
-    check_memory(shard_elements(roles, ranks.size) if sharded
-                 else family.parameter_count(spec, embedding=True),
-                 on, f"the {spec.model} model at width {spec.width}, depth {spec.depth}"
-                 + (f" sharded over {ranks.size} ranks" if sharded else ""),
-                 drawn_whole=max(math.prod(row.shape) for row in roles) if sharded else 0)
+    if sharded:
+        check_memory(shard_elements(roles, ranks.size), on,
+                     what + f" sharded over {ranks.size} ranks",
+                     drawn_whole=max(math.prod(row.shape) for row in roles))
     try:
         return run_together(ranks, lambda together: _train(
             spec, hparams, budget, corpus, seed=seed, on_eval=on_eval, threads=threads,
