@@ -368,8 +368,10 @@ def test_a_killed_ladder_resumes_to_the_same_trials(text_file, tmp_path):
     reference, db = tmp_path / "ref.db", tmp_path / "k.db"
     subprocess.run(command(reference), env=env, check=True, stdout=subprocess.DEVNULL,
                    timeout=300)
-    process = subprocess.Popen(command(db), env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    log = tmp_path / "killed.log"
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(command(db), env=env, stdout=subprocess.DEVNULL,
+                                   stderr=stderr)
     deadline, done = time.time() + 120, []
     while time.time() < deadline and len(done) < 3 and process.poll() is None:
         time.sleep(0.05)
@@ -377,6 +379,7 @@ def test_a_killed_ladder_resumes_to_the_same_trials(text_file, tmp_path):
             done = [r for r in load_trials("k", str(db)) if r.finished]
         except Exception:  # not created yet
             continue
+    assert process.poll() is None, f"the tune ended before it was killed:\n{log.read_text()}"
     while not freeze_outside_a_transaction(process, db):  # what it finished is final
         time.sleep(0.01)
     done = [r for r in load_trials("k", str(db)) if r.finished]

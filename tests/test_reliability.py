@@ -220,6 +220,69 @@ def test_processes_starting_together_on_a_new_sqlite_file_all_succeed(attempt, t
     assert len(optuna.get_all_study_summaries(url)) == 5
 
 
+READ = """
+import sys, time
+start = float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+from hptransfer.errors import StorageError
+from hptransfer.study.storage import Access, open_storage
+while True:  # a status polling a tune that is starting: nothing there yet, then its record
+    try:
+        open_storage(sys.argv[1], Access.READ)
+        break
+    except StorageError as error:
+        if "nothing is recorded" not in str(error) and "no storage at" not in str(error):
+            raise
+"""
+
+
+@pytest.mark.parametrize("attempt", range(2))
+def test_readers_polling_a_sqlite_file_being_created_break_nothing(attempt, tmp_path):
+    """A reader opening the file while a tune creates its schema once made the tune fail
+    ("table trial_params already exists"): Optuna creates missing tables when it opens."""
+    import time
+
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    start = time.time() + 3.0
+    scripts = [CREATE] * 3 + [READ] * 3
+    processes = [subprocess.Popen([sys.executable, "-c", script, url, str(start), str(i)],
+                                  stderr=subprocess.PIPE, text=True)
+                 for i, script in enumerate(scripts)]
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0] * 6, "\n".join(errors)
+    assert len(optuna.get_all_study_summaries(url)) == 3
+
+
+def test_a_reader_waits_for_a_schema_being_created_and_never_creates_one(tmp_path):
+    import fcntl
+    import sqlite3
+    import threading
+
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as connection:  # an SQLite file that is not a study record
+        connection.execute("CREATE TABLE notes (x)")
+    before = digest(path)
+    for access in (Access.READ, Access.UPDATE):
+        with pytest.raises(StorageError, match="holds no hptransfer study tables"):
+            open_storage(str(path), access)
+    assert digest(path) == before
+
+    path = tmp_path / "new.db"
+    opened = []
+    with open(path, "ab") as handle:  # a tune mid-schema holds the file's lock
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        optuna.storages.RDBStorage(f"sqlite:///{path}")  # the schema it creates
+        reader = threading.Thread(target=lambda: opened.append(open_storage(str(path),
+                                                                            Access.READ)))
+        reader.start()
+        reader.join(0.5)
+        assert reader.is_alive() and not opened  # it waits for the tune
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    reader.join(30)
+    assert len(opened) == 1
+
+
 # ---- 5. no code runs from data ----------------------------------------------------------------
 
 class _Evil:

@@ -19,7 +19,8 @@ whose last record was cut by a crash (read, never written after), an unreachable
 and a disk that fills while a command writes: the message names the file, SQLite rolls its
 transaction back and a journal's cut append is undone, so the storage stays whole.
 Several processes creating one new SQLite file at once take turns (a file lock), so the
-schema is created once.
+schema is created once; a reader (``status`` polling a tune that is starting) waits for
+that lock and never creates tables itself.
 """
 
 from __future__ import annotations
@@ -323,20 +324,67 @@ def _name_a_full_disk(engine, path: Path) -> None:
             raise _disk_full(path, cause)
 
 
-def _create_sqlite(url: str, path: Path):
-    """RDBStorage on a new or existing SQLite file; the first process that creates the
-    schema holds a lock on the file so that the others wait instead of racing it."""
+def _open_sqlite(url: str, path: Path, access: Access):
+    """RDBStorage on an SQLite file, opened under a lock on the file: a creator (a tune)
+    holds it alone while it checks the file and creates the schema; readers and joiners
+    share it, so they wait for a creator mid-schema instead of reading half a schema.
+
+    Why: Optuna's RDBStorage creates every missing table when it opens, with no lock
+    between *does it exist* and *create it*; a reader opening the file while a tune was
+    creating it made the tune fail ("table trial_params already exists"). Only a creator
+    may create the schema now; a reader or joiner finding none gets a clear error, and a
+    file that only a reader opened is left unchanged."""
     import fcntl
 
     from optuna.storages import RDBStorage
 
-    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}}
-    with open(path, "ab") as handle:  # an empty file is an empty SQLite database
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    creating = access is Access.CREATE
+    # an empty file is an empty database; a reader may hold no write permission (flock
+    # needs none)
+    with open(path, "ab" if creating else "rb") as handle:
+        _lock(handle, fcntl.LOCK_EX if creating else fcntl.LOCK_SH, path)
         try:
-            return RDBStorage(url, **kwargs)
+            _check_sqlite(path)
+            if not creating and not _has_schema(path):
+                raise StorageError(f"nothing is recorded in the storage {path} (it holds no "
+                                   f"hptransfer study tables): check --storage, or tune a "
+                                   f"study into it")
+            return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}},
+                              skip_table_creation=not creating)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock(handle, kind: int, path: Path, timeout_s: float = 60.0) -> None:
+    """flock ``handle``, waiting at most ``timeout_s`` (SQLite's own busy timeout here):
+    a process stopped while it held the lock must not hang every other command."""
+    import fcntl
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(handle, kind | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise StorageError(f"another process has held the storage {path} for "
+                                   f"{timeout_s:.0f} s while opening it (a tune creating "
+                                   f"it, stopped or very slow): let it finish, or stop it, "
+                                   f"and run this again") from None
+            time.sleep(0.05)
+
+
+def _has_schema(path: Path) -> bool:
+    """Whether an SQLite file holds Optuna's tables (read-only look)."""
+    import sqlite3
+
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+    try:
+        return connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                                  "name = 'version_info'").fetchone() is not None
+    finally:
+        connection.close()
 
 
 def serialize_sqlite(storage) -> None:
@@ -392,7 +440,8 @@ def open_storage(url: str | None, access: Access = Access.CREATE
         path = local_path(url)
         _check_place(path, access, kind)
         if path.exists():
-            (_check_sqlite(path) if kind == "sqlite" else _check_journal(path, access))
+            if kind == "journal":
+                _check_journal(path, access)
             if access is Access.READ and path.stat().st_size == 0:
                 raise StorageError(f"nothing is recorded in the storage {path} (an empty "
                                    f"file): check --storage, or tune a study into it")
@@ -401,16 +450,15 @@ def open_storage(url: str | None, access: Access = Access.CREATE
         try:
             if kind == "journal":
                 return JournalStorage(_journal_backend(path))
-            if access is Access.CREATE:
-                storage = _create_sqlite(url, path)
-            else:
-                storage = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+            storage = _open_sqlite(url, path, access)  # checks the file under its lock
             _name_a_full_disk(storage.engine, path)
             if access is not Access.READ:
                 # a reader takes no write lock: it must neither wait behind a writer (a
                 # frozen or busy tune holding it) nor make writers wait behind it
                 serialize_sqlite(storage)
             return storage
+        except StorageError:
+            raise
         except OSError as error:
             raise StorageError(f"cannot open the storage {path}: {error.strerror or error}"
                                ) from None
