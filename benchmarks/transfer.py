@@ -96,6 +96,65 @@ def _same_grid(config: StudyConfig, name: str, storage) -> StudyConfig:
     return config
 
 
+def _source(path: str | None, tokenizer: str | None):
+    from hptransfer.data.source import DataSource
+
+    if tokenizer is None:
+        return path
+    if path is None:
+        sys.exit("--tokenizer needs a text --data (the built-in corpus is byte-level: "
+                 "benchmarks/bpe_corpus.py writes it as text)")
+    return DataSource(path=path, tokenizer=tokenizer)
+
+
+def _target_config(config: StudyConfig, data) -> StudyConfig:
+    """``config`` on another corpus: the target is trained on its own tokens, with its own
+    vocabulary (the proxies' everything else)."""
+    from hptransfer.data.corpus import load_corpus
+    from hptransfer.study.config import roles_digest
+
+    corpus = load_corpus(data)
+    spec = config.spec.model_copy(update={"vocab": corpus.vocab_size})
+    return config.model_copy(update={
+        "spec": spec, "roles_digest": roles_digest(spec), "corpus_hash": corpus.content_hash,
+        "data": data, "corpus": corpus.record()})
+
+
+def _grid_name(grid_config: StudyConfig, name: str, args) -> str:
+    """The proxies' ``NAME.grid-wW`` when the target trains on the proxies' data; else a
+    name of the grid's own content, so that proxies of another vocabulary predicting the
+    same λ and batch for the same target share its grid."""
+    import hashlib
+
+    if args.target_data is None and args.target_tokenizer is None:
+        return f"{name}.grid-w{args.target_width}"
+    content = grid_config.model_copy(update={"space": grid_config.space.model_copy(update={
+        "base": grid_config.space.base.model_copy(update={"lr": 1.0})})})
+    digest = hashlib.sha256(content.model_dump_json().encode()).hexdigest()[:10]
+    return f"bench-grid-{args.param}-w{args.target_width}-s{args.seed}-{digest}"
+
+
+def _train_at(config: StudyConfig, hparams, args):
+    """One run at ``hparams`` at the target width on ``config``'s data and seed, remembered
+    in a file beside ``--out`` (a rerun does not train it again)."""
+    from types import SimpleNamespace
+
+    from hptransfer.data.corpus import load_corpus
+    from hptransfer.training.loop import train
+
+    key = json.dumps([config.corpus_hash, config.seed, args.target_width,
+                      hparams.model_dump(mode="json")], sort_keys=True)
+    cache = Path(f"{args.out or 'transfer'}.at-prediction.json")
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    if key not in known:
+        record = train(config.spec_at(args.target_width), hparams, config.budget,
+                       load_corpus(config.data), seed=config.seed)
+        known[key] = {"loss": record.final_val_loss, "status": record.status.value}
+        write_atomic(cache, json.dumps(known, indent=1))
+    found = known[key]
+    return SimpleNamespace(loss=found["loss"], status=SimpleNamespace(value=found["status"]))
+
+
 def _octaves(a: float, b: float) -> float:
     return abs(math.log2(a / b))
 
@@ -105,18 +164,21 @@ def run(args: argparse.Namespace) -> dict:
 
     started = time.perf_counter()
     setting = {**PROXY_SPEC, "param": args.param, **args.spec}
+    data = _source(args.data, args.tokenizer)
     # the base width as tune gives it: the narrowest proxy, unless --spec base_width=… is set
-    config = study_config(spec=ModelSpec(**setting), seed=args.seed, data=args.data,
+    config = study_config(spec=ModelSpec(**setting), seed=args.seed, data=data,
                           widths=tuple(args.proxy_widths))
+    target = (config if args.target_data is None and args.target_tokenizer is None
+              else _target_config(config, _source(args.target_data or args.data,
+                                                  args.target_tokenizer)))
     # one proxy study serves every target width (a second target reuses its trials)
     name = f"bench-transfer-{args.param}-p{'-'.join(map(str, args.proxy_widths))}"
     if args.seed:
         name += f"-s{args.seed}"
-    if args.data is not None:
+    if data is not None:
         name += f"-data{config.corpus_hash.split(':')[-1][:8]}"
     for key, value in sorted(args.spec.items()):
         name += f"-{key.replace('_', '')}{''.join(c for c in value if c.isalnum())}"
-    grid_name = f"{name}.grid-w{args.target_width}"
     proxy = tune(config, study=name, widths=tuple(args.proxy_widths), trials=args.trials,
                  storage=args.storage, sampler=SamplerKind(args.sampler))
     print(f"proxies tuned in {proxy.wall_time_s:.0f} s", flush=True)
@@ -128,19 +190,19 @@ def run(args: argparse.Namespace) -> dict:
     # The target grid: LR only, every other hparam where the prediction put it, so the
     # grid answers "where is the LR optimum at the target for the predicted λ and batch".
     low, high = args.grid or DEFAULT_GRIDS[args.param]
-    grid_config = StudyConfig(
-        spec=config.spec, budget=config.budget, seed=config.seed,
-        roles_digest=config.roles_digest,
-        corpus_hash=config.corpus_hash, data=config.data,
-        space=SearchSpace(lr=(2.0**low, 2.0**high), base=predicted))
+    grid_config = target.model_copy(update={
+        "space": SearchSpace(lr=(2.0**low, 2.0**high), base=predicted)})
     points = high - low + 1
+    grid_name = _grid_name(grid_config, name, args)
     grid_config = _same_grid(grid_config, grid_name, args.storage)
     grid = tune(grid_config, study=grid_name, widths=(args.target_width,), trials=points,
                 storage=args.storage, sampler=SamplerKind.GRID, warm_start=WarmStart.NONE)
     print(f"target grid ({points} points) done in {grid.wall_time_s:.0f} s", flush=True)
-    at_prediction = confirm(args.target_width, study=name, storage=args.storage,
-                            offsets=(0.0,))
-    run_at_prediction = at_prediction.runs[0]
+    if target is config:
+        run_at_prediction = confirm(args.target_width, study=name, storage=args.storage,
+                                    offsets=(0.0,)).runs[0]
+    else:  # the prediction trained on the target's data, which confirm (the proxies') cannot
+        run_at_prediction = _train_at(grid_config, predicted, args)
 
     proxy_records = load_trials(name, args.storage)
     grid_records = load_trials(grid_name, args.storage)
@@ -158,7 +220,12 @@ def run(args: argparse.Namespace) -> dict:
         "param": args.param,
         "seed": args.seed,
         "data": args.data,
+        "tokenizer": args.tokenizer,
         "corpus_hash": config.corpus_hash,
+        "target_data": None if target is config else {
+            "data": args.target_data or args.data, "tokenizer": args.target_tokenizer,
+            "corpus_hash": target.corpus_hash, "vocab": target.spec.vocab},
+        "vocab": config.spec.vocab,
         "grid_range": [low, high],
         "sampler": args.sampler,
         "proxy_widths": args.proxy_widths,
@@ -277,6 +344,14 @@ def main() -> None:
                         + ")")
     parser.add_argument("--data", default=None,
                         help="corpus of the proxies and the target (default: the built-in)")
+    parser.add_argument("--tokenizer", default=None,
+                        help="a tokenizer.json for a text --data (default: bytes)")
+    parser.add_argument("--target-data", default=None,
+                        help="the target's corpus when it differs from the proxies' (the "
+                             "grid and the run at the prediction train on it)")
+    parser.add_argument("--target-tokenizer", default=None,
+                        help="the target's tokenizer.json (with --target-data, or the "
+                             "proxies' text)")
     parser.add_argument("--storage", default=None)
     parser.add_argument("--spec", action="append", default=[], metavar="KEY=VALUE",
                         help="a ModelSpec field of the proxies and the target (repeatable), "
