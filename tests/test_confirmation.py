@@ -209,3 +209,80 @@ def test_a_regret_inside_the_seed_noise_is_not_a_miss():
     assert any("seed noise" in n for n in within.notes)
     assert noise_margin(0.005) == pytest.approx(2 * math.sqrt(2) * 0.005)
     assert noise_margin(None) == 0.0
+
+
+# ---- the score: the prediction against a grid-tuned SP model --------------------------------
+
+def test_the_score_trains_an_sp_grid_and_compares_it_with_the_prediction(confirmed, tmp_path):
+    import shutil
+
+    import optuna
+
+    from hptransfer.confirmation.score import load_score, score, tune_sp_baseline
+    from hptransfer.mup.rules import hidden_lr
+    from hptransfer.report.study_report import write_report
+    from hptransfer.study.attributes import load_config
+    from hptransfer.study.worker import LocalRunner
+    from hptransfer.transfer import predict_hparams
+
+    url, first, _, _ = confirmed
+    copy = tmp_path / "studies.db"  # the module's storage stays as the other tests read it
+    shutil.copy(url.removeprefix("sqlite:///"), copy)
+    url = f"sqlite:///{copy}"
+    assert load_score("tiny", 64, url) is None  # no baseline yet
+    tune_sp_baseline(64, study="tiny", storage=url, points=3,
+                     runner=LocalRunner(workers=1, threads=1))
+    baseline = load_config("tiny.sp-baseline", url)
+    assert baseline.spec.param.value == "sp" and baseline.spec.readout_init.value == "sp"
+    # centred on the LR µP gives the target's hidden matrices, one octave each side
+    prediction = predict_hparams(64, study="tiny", storage=url)
+    centre = round(math.log2(hidden_lr(prediction.spec, prediction.hparams.lr)))
+    result = score("tiny", 64, url)
+    assert [math.log2(r.lr) for r in result.baseline] == [centre - 1, centre, centre + 1]
+    assert all(r.loss is not None for r in result.baseline)
+    at_prediction = next(r.loss for r in first.runs if r.offset == 0.0)
+    best = min(r.loss for r in result.baseline)
+    assert result.loss_at_prediction == at_prediction and result.baseline_loss == best
+    assert result.gap == pytest.approx(at_prediction - best)
+    assert result.verdict() in ("BETTER", "EQUAL", "WORSE") and "width 64" in result.summary()
+    # the runs are trials like any other; running it again trains nothing
+    trials = optuna.load_study(study_name="tiny.sp-baseline.w64", storage=url).get_trials()
+    tune_sp_baseline(64, study="tiny", storage=url, points=3,
+                     runner=LocalRunner(workers=1, threads=1))
+    assert len(optuna.load_study(study_name="tiny.sp-baseline.w64",
+                                 storage=url).get_trials()) == len(trials) == 3
+    report = write_report("tiny", storage=url, target_width=64, out_dir=tmp_path / "r")
+    assert "Score at width 64: against a grid-tuned SP model" in report.markdown.read_text()
+
+
+def test_the_score_verdict_allows_for_the_seed_noise():
+    from hptransfer.confirmation.score import BaselineRun, Score
+
+    def scored(gap_fraction, noise=0.003, lrs=(2**-9, 2**-8, 2**-7), best=2**-8):
+        runs = tuple(BaselineRun(lr=lr, loss=2.0, status="complete") for lr in lrs)
+        return Score(study="s", target_width=256, predicted_lr=0.02,
+                     loss_at_prediction=2.0 * (1 + gap_fraction), baseline=runs,
+                     baseline_lr=best, baseline_loss=2.0, gap=2.0 * gap_fraction,
+                     gap_fraction=gap_fraction, noise=noise,
+                     edge=best in (lrs[0], lrs[-1]))
+
+    assert scored(0.008).verdict() == "EQUAL"  # 2σ√2 of 0.3% is 0.85%
+    assert scored(0.009).verdict() == "WORSE" and scored(-0.009).verdict() == "BETTER"
+    assert scored(0.001, noise=None).verdict() == "WORSE"  # no noise measured: no margin
+    assert "more --points" in scored(0.0, best=2**-7).summary()
+    assert Score(study="s", target_width=256, predicted_lr=0.02, baseline=()).verdict() == "n/a"
+
+
+def test_cli_score_runs_the_prediction_and_the_grid(runner, confirmed, tmp_path):
+    import shutil
+
+    url, _, _, _ = confirmed
+    copy = tmp_path / "studies.db"
+    shutil.copy(url.removeprefix("sqlite:///"), copy)
+    result = runner.invoke(main, ["score", "--study", "tiny", "--storage", str(copy),
+                                  "--target-width", "64", "--points", "3", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "SP lr" in result.output and "score: width 64" in result.output
+    even = runner.invoke(main, ["score", "--study", "tiny", "--storage", str(copy),
+                                "--target-width", "64", "--points", "4"])
+    assert even.exit_code == 2 and "must be odd" in even.output

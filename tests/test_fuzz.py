@@ -73,6 +73,8 @@ def _bases(w: dict) -> dict[str, list[str]]:
         "confirm": ["--study", "s", "--storage", study, "--target-width", "64", "--offsets",
                     "-1,0", "--threads", "1"],
         "report": ["--study", "s", "--storage", study, "--out", out],
+        "score": ["--study", "s", "--storage", study, "--target-width", "64", "--points", "3",
+                  "--threads", "1"],
         "study run": [str(w["studies"] / "tiny.toml"), "--storage", f"{out}/r.db",
                       "--results", out, "--threads", "1"],
         "study table": ["--studies", str(w["studies"]), "--out", out],

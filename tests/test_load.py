@@ -72,7 +72,8 @@ def _quickstart(out: Path, home: Path) -> subprocess.CompletedProcess:
 def _assert_ran_to_the_end(result: subprocess.CompletedProcess, out: Path) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    for stage in ("1/4 coord check", "2/4 tune", "3/4 predict", "4/4 confirm", "verdict:",
+    for stage in ("1/5 coord check", "2/5 tune", "3/5 predict", "4/5 confirm", "verdict:",
+                  "5/5 the score", "score:",
                   "compute:", "report:"):
         assert stage in result.stdout, f"{stage!r} missing:\n{result.stdout[-3000:]}"
     for name in ("studies.db", "prediction.json", "quickstart_report.md",

@@ -183,6 +183,67 @@ def print_confirmation(result) -> None:
 
 
 @main.command()
+@click.option("--target-width", type=click.IntRange(min=1), required=True,
+              help="width (d_model) of the target whose prediction to score")
+@click.option("--study", "study_name", default="proxy", show_default=True,
+              help="the tuned study the prediction comes from")
+@storage_option()
+@click.option("--points", type=click.IntRange(min=3), default=5, show_default=True,
+              help="LRs of the SP baseline's octave grid (odd: the centre ± (points-1)/2 "
+                   "octaves)")
+@click.option("--json", "as_json", is_flag=True, help="print the score as JSON")
+@threads_option
+def score(target_width, study_name, storage, points, as_json, threads) -> None:
+    """Score the prediction against the model you would train without it: an SP model of
+    --target-width on its own octave LR grid (every other hparam as predicted; same data,
+    tokens and seed), against the confirmation run at the prediction.
+
+    The grid is recorded as the study NAME.sp-baseline (running the command again trains
+    only what is missing); the confirmation run at the prediction comes from
+    hptransfer confirm, which this runs first (offset 0 only) when it has not run.
+    """
+    from hptransfer.confirmation.runs import confirm as run_confirm
+    from hptransfer.confirmation.runs import load_confirmation
+    from hptransfer.confirmation.score import score as score_of
+    from hptransfer.confirmation.score import tune_sp_baseline
+    from hptransfer.study.worker import LocalRunner
+
+    if points % 2 == 0:
+        fail(f"--points must be odd (the grid's centre and as many octaves each side), got "
+             f"{points}")
+    _existing_storage_or_fail(storage, study_name)
+    confirmation = load_confirmation(study_name, target_width, storage)
+    if confirmation is None or not any(r.offset == 0.0 and r.loss is not None
+                                       for r in confirmation.runs):
+        if not as_json:
+            click.echo(f"the prediction at width {target_width}: one run (hptransfer confirm "
+                       f"--offsets 0)")
+        run_confirm(target_width, study=study_name, storage=storage, offsets=(0.0,),
+                    threads=threads)
+    if not as_json:
+        click.echo(f"the SP baseline at width {target_width}: {points} LRs one octave apart")
+    tune_sp_baseline(target_width, study=study_name, storage=storage, points=points,
+                     runner=LocalRunner(threads=threads))
+    result = score_of(study_name, target_width, storage)
+    if as_json:
+        click.echo(result.model_dump_json(indent=2))
+    else:
+        print_score(result)
+
+
+def print_score(result) -> None:
+    echo = click.echo
+    echo(f"  {'SP lr':>10} {'status':>9} {'val loss':>9}")
+    for run in result.baseline:
+        loss = "" if run.loss is None else f"{run.loss:.4f}"
+        mark = "  ← best" if run.lr == result.baseline_lr else ""
+        echo(f"  {run.lr:>10.4g} {run.status:>9} {loss:>9}{mark}")
+    verdict = result.verdict()
+    color = {"BETTER": "green", "EQUAL": "green", "WORSE": "red"}.get(verdict, "yellow")
+    echo(click.style("score:", fg=color, bold=True) + f" {result.summary()}")
+
+
+@main.command()
 @click.option("--study", "study_name", required=True, help="study to report on")
 @storage_option()
 @click.option("--target-width", type=click.IntRange(min=1), default=None,

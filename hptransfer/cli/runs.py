@@ -194,15 +194,17 @@ GRID_POINTS = 7  # the LR grid a target would need without transfer (2^-11 … 2
 def quickstart(out: str, steps: int, target_width: int, threads: int | None, trackers,
                tracker_dir) -> None:
     """The README's first job: coord check, tune µP proxies with the ladder, predict a wider
-    model, confirm the prediction there, and say what it cost.
+    model, confirm the prediction there, score it against an SP model of that width tuned on
+    its own LR grid, and say what it cost.
 
     Everything lands in --out (the study in studies.db, the report and pictures); running it
     again resumes. It calls the public Python API, the same functions a user would.
     """
     import hptransfer as hp
-    from hptransfer.cli.confirmation import print_confirmation
+    from hptransfer.cli.confirmation import print_confirmation, print_score
     from hptransfer.cli.predict import print_prediction
     from hptransfer.cli.studies import TrialProgress, print_search
+    from hptransfer.confirmation.score import BASELINE_POINTS, score, tune_sp_baseline
     from hptransfer.report.files import write_atomic
     from hptransfer.tracking import ready
 
@@ -214,14 +216,14 @@ def quickstart(out: str, steps: int, target_width: int, threads: int | None, tra
     # the confirm; its local files go in --out with the rest
     tracking = ready(tracking_of(trackers, tracker_dir or str(folder)))
     started = time.perf_counter()
-    click.echo("1/4 coord check, µP, widths 32..256")
+    click.echo("1/5 coord check, µP, widths 32..256")
     report = hp.coord_check(threads=threads)
     _, png_path = hp.write_coord_check(report, folder)
     click.echo(f"    {'PASS' if report.passed else 'FAIL'}: {png_path}")
 
     widths = QUICKSTART_WIDTHS
     runner = hp.LocalRunner(threads=threads)
-    click.echo(f"2/4 tune the base LR of µP proxies at widths {widths[0]} and {widths[1]} with "
+    click.echo(f"2/5 tune the base LR of µP proxies at widths {widths[0]} and {widths[1]} with "
                f"the ladder search, {steps} steps per trial; "
                f"{runner.placement(widths[0]).describe()}")
     config = hp.study_config(space=hp.SearchSpace(weight_decay=None, batch_sizes=None,
@@ -235,15 +237,21 @@ def quickstart(out: str, steps: int, target_width: int, threads: int | None, tra
         progress.close()
     print_search(result.search)
 
-    click.echo(f"3/4 predict the hparams of width {target_width}")
+    click.echo(f"3/5 predict the hparams of width {target_width}")
     prediction = hp.predict_hparams(target_width, study="quickstart", storage=storage)
     write_atomic(folder / "prediction.json", prediction.model_dump_json(indent=2))
     print_prediction(prediction)
 
-    click.echo(f"4/4 confirm at width {target_width}: the predicted LR and ±½, ±1 octave")
+    click.echo(f"4/5 confirm at width {target_width}: the predicted LR and ±½, ±1 octave")
     confirmation = hp.confirm(target_width, study="quickstart", storage=storage,
                               threads=threads, tracking=tracking)
     print_confirmation(confirmation)
+
+    click.echo(f"5/5 the score: an SP model of width {target_width} on its own "
+               f"{BASELINE_POINTS}-point LR grid, against µP at the prediction")
+    tune_sp_baseline(target_width, study="quickstart", storage=storage, runner=runner,
+                     tracking=tracking)
+    print_score(score("quickstart", target_width, storage))
     written = hp.write_report("quickstart", storage=storage, target_width=target_width,
                               out_dir=folder)
 

@@ -37,6 +37,7 @@ __all__ = [
     "attention_scale",
     "coupled_decay_scale",
     "describe_hidden_lr",
+    "hidden_lr",
     "eps",
     "init_kind",
     "init_multiplier",
@@ -201,6 +202,13 @@ def init_kind(declaration: Declaration | TensorRole, spec: ModelSpec) -> str:
 def _hidden(fan_in: int, base_fan_in: int) -> TensorRole:
     return TensorRole(name="", role=Role.HIDDEN, shape=(), fan_in=fan_in,
                       base_fan_in=base_fan_in)
+
+
+def hidden_lr(spec: ModelSpec, alpha: float) -> float:
+    """The per-step LR of the model-width (M → ·) hidden matrices at ``spec`` for base LR
+    ``alpha``: α under SP, α/m under the relative rule, α/M under the absolute one."""
+    base = spec.width if spec.param is Parametrization.MUP_ABS else spec.base_width
+    return alpha * lr_multiplier(_hidden(spec.width, base), spec)
 
 
 def describe_hidden_lr(spec: ModelSpec, alpha: float) -> str:

@@ -35,7 +35,8 @@ class Report(FrozenConfig):
     verdict: str | None
 
 
-def _sections(name: str, prediction, problem: str | None, confirmation) -> list[tuple]:
+def _sections(name: str, prediction, problem: str | None, confirmation, score=None
+              ) -> list[tuple]:
     """The report as (kind, content) blocks shared by the Markdown and HTML writers."""
     blocks: list[tuple] = []
     if problem is not None:
@@ -71,6 +72,16 @@ def _sections(name: str, prediction, problem: str | None, confirmation) -> list[
         blocks += [("h2", "Confirmation"),
                    ("p", f"No confirmation runs yet: hptransfer confirm --target-width "
                          f"{prediction.target_width} --study {name}")]
+    if score is not None:
+        rows = [[f"{r.lr:.4g}", r.status, "" if r.loss is None else f"{r.loss:.4f}"]
+                for r in score.baseline]
+        blocks += [("h2", f"Score at width {score.target_width}: against a grid-tuned SP "
+                          f"model"),
+                   ("p", f"{score.summary()}. The SP model has the "
+                         f"target's width, data, tokens and seed and the predicted λ and "
+                         f"batch; only its parametrization and its LR (its own octave grid) "
+                         f"differ."),
+                   ("table", (["SP lr", "status", "val loss"], rows))]
     return blocks
 
 
@@ -140,6 +151,7 @@ def write_report(study: str = "proxy", *, storage: Any = None,
     there is no such study.
     """
     from hptransfer.confirmation.runs import load_confirmation
+    from hptransfer.confirmation.score import load_score
     from hptransfer.errors import PredictionError
     from hptransfer.study.attributes import confirmation_widths
     from hptransfer.study.names import open_storage_arg
@@ -165,7 +177,8 @@ def write_report(study: str = "proxy", *, storage: Any = None,
     if prediction is not None:
         pngs["optimum"] = figure_png(optimum_figure(study, prediction, confirmation))
     images = {key: out / f"{study}_{key}.png" for key in pngs}
-    blocks = _sections(study, prediction, problem, confirmation)
+    score = None if target_width is None else load_score(study, target_width, storage)
+    blocks = _sections(study, prediction, problem, confirmation, score)
     markdown, page = out / f"{study}_report.md", out / f"{study}_report.html"
     write_together({**{images[key]: data for key, data in pngs.items()},
                     markdown: _markdown(study, blocks, images),
