@@ -425,3 +425,41 @@ def test_bad_data_exits_2_with_one_message_and_writes_nothing(tmp_path, docs, te
             assert output.count("error") == 1, f"{name}: {output}"
         assert not storage.exists() and not (tmp_path / "run.json").exists(), name
         assert _cache(tmp_path) == [], name
+
+
+# ---- memory: a memory-mapped file's pages do not pile up in RSS ------------------------------
+
+def _rss_file_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("RssFile:")[1].split()[0]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux /proc only")
+def test_released_file_pages_leave_the_process(tmp_path):
+    """What the hash of a big token file and the training windows map is unmapped again
+    (tokens.release): the process's RSS holds what it owns, not the file."""
+    path = tmp_path / "ids.bin"
+    np.arange(1 << 24, dtype=np.uint32).tofile(path)  # 64 MB
+    ids = token_files.memmap_ids(path, token_files.TokenDType.UINT32, given_by="the test")
+    before = _rss_file_mb()
+    assert int(ids[::1024].astype(np.int64).sum()) > 0  # one id per page: every page mapped
+    touched = _rss_file_mb()
+    token_files.release(ids[10:], np.zeros(3, dtype=np.uint32))  # a slice shares the map
+    after = _rss_file_mb()
+    assert touched - before > 32 and after - before < 8, (before, touched, after)
+    assert int(ids[123_456]) == 123_456  # still readable
+
+
+def test_training_windows_release_the_file_every_so_often(tmp_path, monkeypatch):
+    from hptransfer.data import corpus as corpus_module
+
+    path = tmp_path / "ids.bin"
+    (np.arange(100_000, dtype=np.uint32) % 500).tofile(path)
+    corpus = load_corpus(DataSource(path=str(path), token_dtype="uint32"))
+    released = []
+    monkeypatch.setattr(corpus_module, "_RELEASE_WINDOWS", 10)
+    monkeypatch.setattr(token_files, "release", lambda *a: released.append(len(a)))
+    rng = np.random.default_rng(0)
+    for _ in range(7):
+        corpus.train_batch(rng, 4, 16)
+    assert len(released) == 2  # after 12 and 24 windows

@@ -404,3 +404,18 @@ def test_a_failed_run_frees_its_model(tiny_spec, tiny_corpus, monkeypatch):
     assert caught.value is not None and made
     gc.collect()  # (nothing needed: train() collected; this only rules out timing)
     assert made[0]() is None
+
+
+def test_evaluation_of_a_large_vocabulary_in_parts_gives_the_same_loss(monkeypatch):
+    """evaluate() bounds the logits of one forward (a 100k vocabulary's batch is GBs): the
+    parts' token-weighted mean is the whole batch's loss."""
+    from hptransfer.training import loop
+
+    spec = ModelSpec(width=32, depth=1, head_dim=16, seq_len=16, base_width=32, vocab=1000)
+    model = Transformer(spec).eval()
+    batch = torch.randint(0, 1000, (8, 17), generator=torch.Generator().manual_seed(0))
+    whole = loop.evaluate(model, [batch], spec)
+    monkeypatch.setattr(loop, "_EVAL_LOGITS_BYTES", 3 * 16 * 1000 * 4)  # 3 rows per forward
+    parts = loop.evaluate(model, [batch], spec)
+    assert parts == pytest.approx(whole, rel=1e-6)
+    assert whole == pytest.approx(token_loss(model, batch).item(), rel=1e-6)

@@ -36,7 +36,7 @@ import os
 import pickle
 import platform
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,6 +78,9 @@ _VALIDATION_MODULUS = 20
 
 # Token files without their text get their bytes per token by decoding this many
 # validation ids (evenly spaced runs of _DECODE_RUN), enough for 0.1% precision.
+# After this many training windows, the file pages they touched are unmapped
+# (tokens.release): about 80 MB of mapped pages at most, at ~20 KB per window.
+_RELEASE_WINDOWS = 4096
 _DECODE_IDS = 1 << 18
 _DECODE_RUN = 1 << 12
 
@@ -132,6 +135,8 @@ class Corpus:
     tokenizer_hash: str | None = None
     bytes_per_token: float | None = None
     bytes_per_token_note: str | None = None
+    # windows drawn since the file pages they touched were last unmapped (train_batch)
+    _drawn: list[int] = field(default_factory=lambda: [0], repr=False)
 
     def __post_init__(self) -> None:
         for split, ids in (("train", self.train), ("validation", self.validation)):
@@ -170,7 +175,12 @@ class Corpus:
         starts = rng.integers(0, len(train) - seq_len, size=batch_size)
         # Indexing a strided window view copies each row as one contiguous run: about
         # twice as fast as gathering starts[:, None] + arange(seq_len + 1) elementwise.
-        return self._checked(sliding_window_view(train, seq_len + 1)[starts], "train")
+        rows = self._checked(sliding_window_view(train, seq_len + 1)[starts], "train")
+        self._drawn[0] += batch_size
+        if self._drawn[0] >= _RELEASE_WINDOWS:  # a memory-mapped file's touched pages
+            token_files.release(self.train)  # would otherwise add up in RSS
+            self._drawn[0] = 0
+        return rows
 
     def validation_batches(
         self, batch_size: int, seq_len: int, max_tokens: int
