@@ -259,8 +259,8 @@ def test_sharded_training_matches_one_process(ranks, tiny_corpus, model):
 
 @pytest.mark.parametrize("sharding", list(Sharding))
 def test_a_distributed_run_resumes_from_its_checkpoint(ranks, tiny_corpus, sharding):
-    """Resumed at step 8 from rank 0's full checkpoint (scattered again to the shards when
-    sharded), the run ends as the one trained in one go."""
+    """Resumed at step 8 from its checkpoint (each rank's shards when sharded, the
+    replicated tensors written once when replicated), the run ends as the one process's."""
     alone = train(WIDE, WIDE_HPARAMS, BUDGET, tiny_corpus, threads=1)
     for result in ranks:
         record = _record(result, f"{sharding.value}_resumed")
