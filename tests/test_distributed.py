@@ -122,8 +122,44 @@ def _failing_run(rank: int, corpus) -> dict[str, object]:
     return seen
 
 
-def _rank(rank: int, rendezvous: str, corpus_path: str, out: str) -> None:
-    """One data-parallel rank: train each case, write {case: record JSON or error}."""
+def _cases(rank: int, workers: int, corpus, out: str) -> dict[str, object]:
+    """What one rank of the ``ranks`` job trains: each case's record JSON or error."""
+    results: dict[str, object] = {}
+    results["init"] = {model: _sharded_init(model) for model in ("builtin", *HF_MODELS)}
+    results["failing"] = _failing_run(rank, corpus)
+    try:
+        train(SPEC, HParams(batch_size=3), BUDGET, corpus, threads=1)
+    except ValueError as error:
+        results["indivisible"] = str(error)
+    results["plain"] = train(SPEC, HPARAMS, BUDGET, corpus, threads=1).model_dump_json()
+    seen: list = []
+    pruned = train(SPEC, HPARAMS, BUDGET, corpus, threads=1,
+                   on_eval=_stop_at_second_eval(seen))
+    results["pruned"] = pruned.model_dump_json()
+    results["pruned_callbacks"] = len(seen)
+    results["diverged"] = train(SPEC, DIVERGING, Budget(steps=40, eval_every=5), corpus,
+                                threads=1).model_dump_json()
+    results["fsdp_groups"] = _groups(WIDE, Sharding.FSDP)
+    results["fsdp"] = train(WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1,
+                            execution=FSDP).model_dump_json()
+    for model in HF_MODELS:  # Hugging Face blocks, and GPT-2's tied embedding
+        results[f"fsdp_{model}"] = train(_hf(model), WIDE_HPARAMS, BUDGET, corpus,
+                                         threads=1, execution=FSDP).model_dump_json()
+    # a kept checkpoint (the last one, after step 8 of 12) is what a killed run leaves;
+    # training the same run again resumes from it, sharded and replicated
+    for sharding in Sharding:
+        saving = Execution(sharding=sharding, checkpoint=Checkpointing(
+            folder=Path(out, sharding.value), every_steps=4, keep=True))
+        train(WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1, execution=saving)
+        results[f"{sharding.value}_resumed"] = train(
+            WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1,
+            execution=saving).model_dump_json()
+    return results
+
+
+def _job(rank: int, workers: int, body, rendezvous: str, corpus_path: str, out: str) -> None:
+    """One rank of a gloo job of ``workers`` processes: ``body(rank, workers, corpus, out)``,
+    its results written as ``out/rank<r>.json``."""
     from datetime import timedelta
 
     import torch.distributed as dist
@@ -132,40 +168,10 @@ def _rank(rank: int, rendezvous: str, corpus_path: str, out: str) -> None:
 
     # a short collective timeout: a rank left waiting for a failed peer fails this module
     # in two minutes rather than hanging it for gloo's default thirty
-    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=WORKERS,
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=workers,
                             timeout=timedelta(seconds=120))
     try:
-        corpus = load_corpus(corpus_path)
-        results: dict[str, object] = {}
-        results["init"] = {model: _sharded_init(model) for model in ("builtin", *HF_MODELS)}
-        results["failing"] = _failing_run(rank, corpus)
-        try:
-            train(SPEC, HParams(batch_size=3), BUDGET, corpus, threads=1)
-        except ValueError as error:
-            results["indivisible"] = str(error)
-        results["plain"] = train(SPEC, HPARAMS, BUDGET, corpus, threads=1).model_dump_json()
-        seen: list = []
-        pruned = train(SPEC, HPARAMS, BUDGET, corpus, threads=1,
-                       on_eval=_stop_at_second_eval(seen))
-        results["pruned"] = pruned.model_dump_json()
-        results["pruned_callbacks"] = len(seen)
-        results["diverged"] = train(SPEC, DIVERGING, Budget(steps=40, eval_every=5), corpus,
-                                    threads=1).model_dump_json()
-        results["fsdp_groups"] = _groups(WIDE, Sharding.FSDP)
-        results["fsdp"] = train(WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1,
-                                execution=FSDP).model_dump_json()
-        for model in HF_MODELS:  # Hugging Face blocks, and GPT-2's tied embedding
-            results[f"fsdp_{model}"] = train(_hf(model), WIDE_HPARAMS, BUDGET, corpus,
-                                             threads=1, execution=FSDP).model_dump_json()
-        # a kept checkpoint (the last one, after step 8 of 12) is what a killed run leaves;
-        # training the same run again resumes from it, sharded and replicated
-        for sharding in Sharding:
-            saving = Execution(sharding=sharding, checkpoint=Checkpointing(
-                folder=Path(out, sharding.value), every_steps=4, keep=True))
-            train(WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1, execution=saving)
-            results[f"{sharding.value}_resumed"] = train(
-                WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1,
-                execution=saving).model_dump_json()
+        results = body(rank, workers, load_corpus(corpus_path), out)
         Path(out, f"rank{rank}.json").write_text(json.dumps(results))
     finally:
         # every rank's last collective done before any rank tears gloo down: a rank that
@@ -175,15 +181,15 @@ def _rank(rank: int, rendezvous: str, corpus_path: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory, text_file) -> list[dict]:
+def _spawn(body, workers: int, folder: Path, text_file: str) -> list[dict]:
+    """Each rank's results of ``body`` run by ``workers`` gloo processes (no Ray)."""
     import torch.multiprocessing as mp
 
-    folder = tmp_path_factory.mktemp("ddp")
     rendezvous = f"file://{folder / 'rendezvous'}"
-    files = [folder / f"rank{r}.json" for r in range(WORKERS)]
+    files = [folder / f"rank{r}.json" for r in range(workers)]
     try:
-        mp.spawn(_rank, args=(rendezvous, text_file, str(folder)), nprocs=WORKERS, join=True)
+        mp.spawn(_job, args=(workers, body, rendezvous, text_file, str(folder)),
+                 nprocs=workers, join=True)
     except mp.ProcessExitedException:
         # Rarely (about 1 run in 30 on a loaded 2-core machine) a rank aborts in gloo's
         # teardown after the barrier, with every result already written: what this module
@@ -191,6 +197,12 @@ def ranks(tmp_path_factory, text_file) -> list[dict]:
         if not all(f.exists() for f in files):
             raise
     return [json.loads(f.read_text()) for f in files]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory, text_file) -> list[dict]:
+    """Two ranks spawned once, each training the same few tiny runs (``_cases``)."""
+    return _spawn(_cases, WORKERS, tmp_path_factory.mktemp("ddp"), text_file)
 
 
 def _record(result: dict, case: str) -> RunRecord:
