@@ -3,7 +3,9 @@ replicated (DDP) and sharded (FSDP2), and resume from checkpoints.
 
 One module fixture spawns two ranks once (torch.multiprocessing, no Ray); each rank trains
 the same few tiny runs and writes its records as JSON, which the tests compare with the
-same runs trained in this process.
+same runs trained in this process. Another (``resumes``) spawns sharded jobs of 4 and 2
+ranks that stop and resume runs from their sharded checkpoints, on as many ranks and on
+another number.
 """
 
 from __future__ import annotations
@@ -308,6 +310,143 @@ def test_one_failing_rank_fails_the_run_on_every_rank(ranks):
     assert all(record.status is Status.COMPLETE for record in nexts)
     assert nexts[0].val_curve == nexts[1].val_curve
     assert nexts[0].val_curve == _record(ranks[0], "fsdp").val_curve
+
+
+# ---- sharded checkpoints: killed and resumed on the same ranks, and on another number ----
+
+STOP_AFTER = 10  # the stopped runs end here; their last checkpoint is after step 8
+SAVING = Checkpointing(folder=Path("unused"), every_steps=4)  # folder set per job
+
+
+def _saving(folder: Path, **extra) -> Execution:
+    return Execution(sharding=Sharding.FSDP,
+                     checkpoint=SAVING.model_copy(update={"folder": folder, **extra}))
+
+
+def _stopped(corpus, execution: Execution) -> str:
+    """Train with checkpoints until every rank fails at the start of step STOP_AFTER + 1,
+    as a preempted job does, leaving the checkpoint after step 8 behind. The error raised.
+
+    Every rank stops, not one: with 4 gloo ranks, a peer of a rank that fails alone can
+    wait in FSDP's all-gather until the collective timeout (seen here: rank 1 of 4 while
+    rank 3 failed), which would make this fixture take minutes."""
+    from hptransfer.training import loop
+
+    lr_factor = loop.lr_factor  # called once at the start of every step, with its index
+
+    def failing(step, **kwargs):
+        if step == STOP_AFTER:
+            raise OSError("preempted")
+        return lr_factor(step, **kwargs)
+
+    loop.lr_factor = failing
+    try:
+        train(WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1, execution=execution)
+    except Exception as error:  # noqa: BLE001 - which error each rank raised is the result
+        return f"{type(error).__name__}: {error}"
+    finally:
+        loop.lr_factor = lr_factor
+    return "none"
+
+
+def _resumes(rank: int, workers: int, corpus, out: str) -> dict[str, object]:
+    """One rank of a sharded job: the run trained in one go; the same run stopped after
+    step 10 (:func:`_stopped`) and trained again (it resumes from its own checkpoint,
+    written by as many ranks); and the run resumed from ``out/../previous``, a checkpoint of
+    the same run that another number of ranks wrote. Rank 0 keeps a copy of this job's
+    checkpoint for the next job (``out/kept``)."""
+    import shutil
+    import warnings
+
+    results: dict[str, object] = {"alone": train(
+        WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1, execution=FSDP).model_dump_json()}
+    own = _saving(Path(out, "own"))
+    results["stopped"] = _stopped(corpus, own)
+    results["left"] = sorted(str(p.relative_to(out)) for p in Path(out, "own").glob("*/*"))
+    if rank == 0:  # (the other ranks wait for rank 0 in the restore's first collective)
+        shutil.copytree(Path(out, "own"), Path(out, "kept"))
+    results["resumed"] = train(WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1,
+                               execution=own).model_dump_json()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results["resharded"] = train(
+            WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1,
+            execution=_saving(Path(out).parent / "previous")).model_dump_json()
+    results["warnings"] = [str(w.message) for w in caught]
+    return results
+
+
+@pytest.fixture(scope="module")
+def resumes(tmp_path_factory, text_file, tiny_corpus) -> dict[int, list[dict]]:
+    """Sharded jobs of 4 and then 2 ranks (``_resumes``), in a chain of checkpoints of the
+    same run after step 8: written by this one process and resumed by the 4 ranks, kept by
+    the 4 ranks and resumed by the 2, kept by the 2 and resumed here by one process."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("resumes")
+    train(WIDE, WIDE_HPARAMS, BUDGET, tiny_corpus, threads=1, execution=Execution(
+        checkpoint=SAVING.model_copy(update={"folder": root / "previous", "keep": True})))
+    jobs = {}
+    for workers in (4, 2):
+        folder = root / f"job{workers}"
+        folder.mkdir()
+        jobs[workers] = _spawn(_resumes, workers, folder, text_file)
+        shutil.rmtree(root / "previous")
+        shutil.copytree(folder / "kept", root / "previous")
+    return {**jobs, 1: [{"previous": str(root / "previous")}]}
+
+
+@pytest.fixture(scope="module")
+def wide_alone(tiny_corpus) -> RunRecord:
+    return train(WIDE, WIDE_HPARAMS, BUDGET, tiny_corpus, threads=1)
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_a_stopped_sharded_run_resumes_to_exactly_the_same_losses(resumes, workers):
+    """N gloo ranks, FSDP2: a run stopped after step 10 leaves a sharded checkpoint after
+    step 8 (each rank's file, the index, the manifest); trained again on N ranks it resumes
+    there and ends with the losses of the run trained in one go, bit for bit, on every
+    rank."""
+    for result in resumes[workers]:
+        assert result["stopped"] == "OSError: preempted"
+        alone, resumed = _record(result, "alone"), _record(result, "resumed")
+        assert resumed.resumed_at == (8,) and alone.resumed_at == ()
+        assert resumed.status is Status.COMPLETE
+        assert resumed.val_curve == alone.val_curve  # exactly: no tolerance
+        assert resumed.train_curve == alone.train_curve
+        assert resumed.final_val_loss == alone.final_val_loss
+    run = resumes[workers][0]["left"][0].split("/")[1]
+    assert resumes[workers][0]["left"] == [f"own/{run}/step-00000008"]
+    files = {p.name for p in Path(resumes[1][0]["previous"]).parent.glob(
+        f"job{workers}/kept/{run}/step-00000008/*")}
+    assert {f"__{r}_0.distcp" for r in range(workers)} | {"manifest.json"} <= files
+
+
+@pytest.mark.parametrize("workers, written_by", [(4, 1), (2, 4), (1, 2)])
+def test_a_sharded_checkpoint_resumes_on_another_number_of_ranks(
+        resumes, wide_alone, tiny_corpus, workers, written_by):
+    """Resharded: a checkpoint written by one process resumes on 4 FSDP2 ranks, one of 4
+    ranks on 2, one of 2 ranks in one unsharded process. Each run takes over at step 8 and
+    ends with the losses of the run trained in one go up to float rounding (the global batch
+    is the same, each rank's slice of it is not), and rank 0 warns that it was resharded."""
+    if workers == 1:
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            records = [train(WIDE, WIDE_HPARAMS, BUDGET, tiny_corpus, threads=1,
+                             execution=Execution(checkpoint=SAVING.model_copy(update={
+                                 "folder": Path(resumes[1][0]["previous"])})))]
+        said = [[str(w.message) for w in caught]]
+    else:
+        records = [_record(result, "resharded") for result in resumes[workers]]
+        said = [result["warnings"] for result in resumes[workers]]
+    for record in records:
+        assert record.resumed_at == (8,)
+        _same_curves(record, wide_alone)
+    assert any(f"written by {written_by} rank(s) and this run has {workers}" in message
+               for message in said[0])
+    assert not any("written by" in message for rank in said[1:] for message in rank)
 
 
 @pytest.mark.parametrize("workers, gpus, refused", [
