@@ -28,7 +28,7 @@ Atomic on completion: a save is written into ``step-N.partial``; once DCP return
 rank has written and fsynced its file (its last collective waits for all of them), rank 0
 writes the manifest and renames the folder to ``step-N``, then deletes the older one. Only
 a folder named ``step-N`` is ever loaded; anything else in the run's folder is what a kill
-mid-save left and is deleted at the next save or restore.
+mid-save left, and the next save deletes it (so does a restore that resumes).
 
 Another world size resumes too: DCP reads each rank's new shards out of whatever shards
 were written (resharding), and every rank draws the same global batch whatever their
