@@ -137,7 +137,7 @@ def test_a_killed_confirm_resumes_its_run_from_the_checkpoint(long_runs, tmp_pat
     child = subprocess.Popen(_confirm_command(killed, checkpoints), env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not list(checkpoints.glob("*.pt")):
+    while not list(checkpoints.glob("*/step-????????")):  # (a complete one: renamed)
         assert child.poll() is None, f"confirm ended before a checkpoint: {child.stderr.read()}"
         assert time.monotonic() < deadline, "no checkpoint within 120 s"
         time.sleep(0.005)
@@ -167,7 +167,7 @@ def test_a_killed_confirm_resumes_its_run_from_the_checkpoint(long_runs, tmp_pat
     assert len(lost) == 1  # the killed run's trial, marked lost and retried
     # and nothing trained twice: the killed confirm's waiting run and the retry were reused
     assert len(_runs(killed, "long", 64, every=True)) == 2
-    assert not list(checkpoints.glob("*.pt"))  # finished runs leave no checkpoint behind
+    assert not list(checkpoints.iterdir())  # finished runs leave no checkpoint behind
 
 
 def test_status_shows_a_running_trial_s_curve(tiny, tiny_study_config):

@@ -3,7 +3,9 @@ replicated (DDP) and sharded (FSDP2), and resume from checkpoints.
 
 One module fixture spawns two ranks once (torch.multiprocessing, no Ray); each rank trains
 the same few tiny runs and writes its records as JSON, which the tests compare with the
-same runs trained in this process.
+same runs trained in this process. Another (``resumes``) spawns sharded jobs of 4 and 2
+ranks that stop and resume runs from their sharded checkpoints, on as many ranks and on
+another number.
 """
 
 from __future__ import annotations
@@ -122,8 +124,44 @@ def _failing_run(rank: int, corpus) -> dict[str, object]:
     return seen
 
 
-def _rank(rank: int, rendezvous: str, corpus_path: str, out: str) -> None:
-    """One data-parallel rank: train each case, write {case: record JSON or error}."""
+def _cases(rank: int, workers: int, corpus, out: str) -> dict[str, object]:
+    """What one rank of the ``ranks`` job trains: each case's record JSON or error."""
+    results: dict[str, object] = {}
+    results["init"] = {model: _sharded_init(model) for model in ("builtin", *HF_MODELS)}
+    results["failing"] = _failing_run(rank, corpus)
+    try:
+        train(SPEC, HParams(batch_size=3), BUDGET, corpus, threads=1)
+    except ValueError as error:
+        results["indivisible"] = str(error)
+    results["plain"] = train(SPEC, HPARAMS, BUDGET, corpus, threads=1).model_dump_json()
+    seen: list = []
+    pruned = train(SPEC, HPARAMS, BUDGET, corpus, threads=1,
+                   on_eval=_stop_at_second_eval(seen))
+    results["pruned"] = pruned.model_dump_json()
+    results["pruned_callbacks"] = len(seen)
+    results["diverged"] = train(SPEC, DIVERGING, Budget(steps=40, eval_every=5), corpus,
+                                threads=1).model_dump_json()
+    results["fsdp_groups"] = _groups(WIDE, Sharding.FSDP)
+    results["fsdp"] = train(WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1,
+                            execution=FSDP).model_dump_json()
+    for model in HF_MODELS:  # Hugging Face blocks, and GPT-2's tied embedding
+        results[f"fsdp_{model}"] = train(_hf(model), WIDE_HPARAMS, BUDGET, corpus,
+                                         threads=1, execution=FSDP).model_dump_json()
+    # a kept checkpoint (the last one, after step 8 of 12) is what a killed run leaves;
+    # training the same run again resumes from it, sharded and replicated
+    for sharding in Sharding:
+        saving = Execution(sharding=sharding, checkpoint=Checkpointing(
+            folder=Path(out, sharding.value), every_steps=4, keep=True))
+        train(WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1, execution=saving)
+        results[f"{sharding.value}_resumed"] = train(
+            WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1,
+            execution=saving).model_dump_json()
+    return results
+
+
+def _job(rank: int, workers: int, body, rendezvous: str, corpus_path: str, out: str) -> None:
+    """One rank of a gloo job of ``workers`` processes: ``body(rank, workers, corpus, out)``,
+    its results written as ``out/rank<r>.json``."""
     from datetime import timedelta
 
     import torch.distributed as dist
@@ -132,40 +170,10 @@ def _rank(rank: int, rendezvous: str, corpus_path: str, out: str) -> None:
 
     # a short collective timeout: a rank left waiting for a failed peer fails this module
     # in two minutes rather than hanging it for gloo's default thirty
-    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=WORKERS,
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=workers,
                             timeout=timedelta(seconds=120))
     try:
-        corpus = load_corpus(corpus_path)
-        results: dict[str, object] = {}
-        results["init"] = {model: _sharded_init(model) for model in ("builtin", *HF_MODELS)}
-        results["failing"] = _failing_run(rank, corpus)
-        try:
-            train(SPEC, HParams(batch_size=3), BUDGET, corpus, threads=1)
-        except ValueError as error:
-            results["indivisible"] = str(error)
-        results["plain"] = train(SPEC, HPARAMS, BUDGET, corpus, threads=1).model_dump_json()
-        seen: list = []
-        pruned = train(SPEC, HPARAMS, BUDGET, corpus, threads=1,
-                       on_eval=_stop_at_second_eval(seen))
-        results["pruned"] = pruned.model_dump_json()
-        results["pruned_callbacks"] = len(seen)
-        results["diverged"] = train(SPEC, DIVERGING, Budget(steps=40, eval_every=5), corpus,
-                                    threads=1).model_dump_json()
-        results["fsdp_groups"] = _groups(WIDE, Sharding.FSDP)
-        results["fsdp"] = train(WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1,
-                                execution=FSDP).model_dump_json()
-        for model in HF_MODELS:  # Hugging Face blocks, and GPT-2's tied embedding
-            results[f"fsdp_{model}"] = train(_hf(model), WIDE_HPARAMS, BUDGET, corpus,
-                                             threads=1, execution=FSDP).model_dump_json()
-        # a kept checkpoint (the last one, after step 8 of 12) is what a killed run leaves;
-        # training the same run again resumes from it, sharded and replicated
-        for sharding in Sharding:
-            saving = Execution(sharding=sharding, checkpoint=Checkpointing(
-                folder=Path(out, sharding.value), every_steps=4, keep=True))
-            train(WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1, execution=saving)
-            results[f"{sharding.value}_resumed"] = train(
-                WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1,
-                execution=saving).model_dump_json()
+        results = body(rank, workers, load_corpus(corpus_path), out)
         Path(out, f"rank{rank}.json").write_text(json.dumps(results))
     finally:
         # every rank's last collective done before any rank tears gloo down: a rank that
@@ -175,15 +183,15 @@ def _rank(rank: int, rendezvous: str, corpus_path: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory, text_file) -> list[dict]:
+def _spawn(body, workers: int, folder: Path, text_file: str) -> list[dict]:
+    """Each rank's results of ``body`` run by ``workers`` gloo processes (no Ray)."""
     import torch.multiprocessing as mp
 
-    folder = tmp_path_factory.mktemp("ddp")
     rendezvous = f"file://{folder / 'rendezvous'}"
-    files = [folder / f"rank{r}.json" for r in range(WORKERS)]
+    files = [folder / f"rank{r}.json" for r in range(workers)]
     try:
-        mp.spawn(_rank, args=(rendezvous, text_file, str(folder)), nprocs=WORKERS, join=True)
+        mp.spawn(_job, args=(workers, body, rendezvous, text_file, str(folder)),
+                 nprocs=workers, join=True)
     except mp.ProcessExitedException:
         # Rarely (about 1 run in 30 on a loaded 2-core machine) a rank aborts in gloo's
         # teardown after the barrier, with every result already written: what this module
@@ -191,6 +199,12 @@ def ranks(tmp_path_factory, text_file) -> list[dict]:
         if not all(f.exists() for f in files):
             raise
     return [json.loads(f.read_text()) for f in files]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory, text_file) -> list[dict]:
+    """Two ranks spawned once, each training the same few tiny runs (``_cases``)."""
+    return _spawn(_cases, WORKERS, tmp_path_factory.mktemp("ddp"), text_file)
 
 
 def _record(result: dict, case: str) -> RunRecord:
@@ -259,8 +273,8 @@ def test_sharded_training_matches_one_process(ranks, tiny_corpus, model):
 
 @pytest.mark.parametrize("sharding", list(Sharding))
 def test_a_distributed_run_resumes_from_its_checkpoint(ranks, tiny_corpus, sharding):
-    """Resumed at step 8 from rank 0's full checkpoint (scattered again to the shards when
-    sharded), the run ends as the one trained in one go."""
+    """Resumed at step 8 from its checkpoint (each rank's shards when sharded, the
+    replicated tensors written once when replicated), the run ends as the one process's."""
     alone = train(WIDE, WIDE_HPARAMS, BUDGET, tiny_corpus, threads=1)
     for result in ranks:
         record = _record(result, f"{sharding.value}_resumed")
@@ -296,6 +310,143 @@ def test_one_failing_rank_fails_the_run_on_every_rank(ranks):
     assert all(record.status is Status.COMPLETE for record in nexts)
     assert nexts[0].val_curve == nexts[1].val_curve
     assert nexts[0].val_curve == _record(ranks[0], "fsdp").val_curve
+
+
+# ---- sharded checkpoints: killed and resumed on the same ranks, and on another number ----
+
+STOP_AFTER = 10  # the stopped runs end here; their last checkpoint is after step 8
+SAVING = Checkpointing(folder=Path("unused"), every_steps=4)  # folder set per job
+
+
+def _saving(folder: Path, **extra) -> Execution:
+    return Execution(sharding=Sharding.FSDP,
+                     checkpoint=SAVING.model_copy(update={"folder": folder, **extra}))
+
+
+def _stopped(corpus, execution: Execution) -> str:
+    """Train with checkpoints until every rank fails at the start of step STOP_AFTER + 1,
+    as a preempted job does, leaving the checkpoint after step 8 behind. The error raised.
+
+    Every rank stops, not one: with 4 gloo ranks, a peer of a rank that fails alone can
+    wait in FSDP's all-gather until the collective timeout (seen here: rank 1 of 4 while
+    rank 3 failed), which would make this fixture take minutes."""
+    from hptransfer.training import loop
+
+    lr_factor = loop.lr_factor  # called once at the start of every step, with its index
+
+    def failing(step, **kwargs):
+        if step == STOP_AFTER:
+            raise OSError("preempted")
+        return lr_factor(step, **kwargs)
+
+    loop.lr_factor = failing
+    try:
+        train(WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1, execution=execution)
+    except Exception as error:  # noqa: BLE001 - which error each rank raised is the result
+        return f"{type(error).__name__}: {error}"
+    finally:
+        loop.lr_factor = lr_factor
+    return "none"
+
+
+def _resumes(rank: int, workers: int, corpus, out: str) -> dict[str, object]:
+    """One rank of a sharded job: the run trained in one go; the same run stopped after
+    step 10 (:func:`_stopped`) and trained again (it resumes from its own checkpoint,
+    written by as many ranks); and the run resumed from ``out/../previous``, a checkpoint of
+    the same run that another number of ranks wrote. Rank 0 keeps a copy of this job's
+    checkpoint for the next job (``out/kept``)."""
+    import shutil
+    import warnings
+
+    results: dict[str, object] = {"alone": train(
+        WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1, execution=FSDP).model_dump_json()}
+    own = _saving(Path(out, "own"))
+    results["stopped"] = _stopped(corpus, own)
+    results["left"] = sorted(str(p.relative_to(out)) for p in Path(out, "own").glob("*/*"))
+    if rank == 0:  # (the other ranks wait for rank 0 in the restore's first collective)
+        shutil.copytree(Path(out, "own"), Path(out, "kept"))
+    results["resumed"] = train(WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1,
+                               execution=own).model_dump_json()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results["resharded"] = train(
+            WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1,
+            execution=_saving(Path(out).parent / "previous")).model_dump_json()
+    results["warnings"] = [str(w.message) for w in caught]
+    return results
+
+
+@pytest.fixture(scope="module")
+def resumes(tmp_path_factory, text_file, tiny_corpus) -> dict[int, list[dict]]:
+    """Sharded jobs of 4 and then 2 ranks (``_resumes``), in a chain of checkpoints of the
+    same run after step 8: written by this one process and resumed by the 4 ranks, kept by
+    the 4 ranks and resumed by the 2, kept by the 2 and resumed here by one process."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("resumes")
+    train(WIDE, WIDE_HPARAMS, BUDGET, tiny_corpus, threads=1, execution=Execution(
+        checkpoint=SAVING.model_copy(update={"folder": root / "previous", "keep": True})))
+    jobs = {}
+    for workers in (4, 2):
+        folder = root / f"job{workers}"
+        folder.mkdir()
+        jobs[workers] = _spawn(_resumes, workers, folder, text_file)
+        shutil.rmtree(root / "previous")
+        shutil.copytree(folder / "kept", root / "previous")
+    return {**jobs, 1: [{"previous": str(root / "previous")}]}
+
+
+@pytest.fixture(scope="module")
+def wide_alone(tiny_corpus) -> RunRecord:
+    return train(WIDE, WIDE_HPARAMS, BUDGET, tiny_corpus, threads=1)
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_a_stopped_sharded_run_resumes_to_exactly_the_same_losses(resumes, workers):
+    """N gloo ranks, FSDP2: a run stopped after step 10 leaves a sharded checkpoint after
+    step 8 (each rank's file, the index, the manifest); trained again on N ranks it resumes
+    there and ends with the losses of the run trained in one go, bit for bit, on every
+    rank."""
+    for result in resumes[workers]:
+        assert result["stopped"] == "OSError: preempted"
+        alone, resumed = _record(result, "alone"), _record(result, "resumed")
+        assert resumed.resumed_at == (8,) and alone.resumed_at == ()
+        assert resumed.status is Status.COMPLETE
+        assert resumed.val_curve == alone.val_curve  # exactly: no tolerance
+        assert resumed.train_curve == alone.train_curve
+        assert resumed.final_val_loss == alone.final_val_loss
+    run = resumes[workers][0]["left"][0].split("/")[1]
+    assert resumes[workers][0]["left"] == [f"own/{run}/step-00000008"]
+    files = {p.name for p in Path(resumes[1][0]["previous"]).parent.glob(
+        f"job{workers}/kept/{run}/step-00000008/*")}
+    assert {f"__{r}_0.distcp" for r in range(workers)} | {"manifest.json"} <= files
+
+
+@pytest.mark.parametrize("workers, written_by", [(4, 1), (2, 4), (1, 2)])
+def test_a_sharded_checkpoint_resumes_on_another_number_of_ranks(
+        resumes, wide_alone, tiny_corpus, workers, written_by):
+    """Resharded: a checkpoint written by one process resumes on 4 FSDP2 ranks, one of 4
+    ranks on 2, one of 2 ranks in one unsharded process. Each run takes over at step 8 and
+    ends with the losses of the run trained in one go up to float rounding (the global batch
+    is the same, each rank's slice of it is not), and rank 0 warns that it was resharded."""
+    if workers == 1:
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            records = [train(WIDE, WIDE_HPARAMS, BUDGET, tiny_corpus, threads=1,
+                             execution=Execution(checkpoint=SAVING.model_copy(update={
+                                 "folder": Path(resumes[1][0]["previous"])})))]
+        said = [[str(w.message) for w in caught]]
+    else:
+        records = [_record(result, "resharded") for result in resumes[workers]]
+        said = [result["warnings"] for result in resumes[workers]]
+    for record in records:
+        assert record.resumed_at == (8,)
+        _same_curves(record, wide_alone)
+    assert any(f"written by {written_by} rank(s) and this run has {workers}" in message
+               for message in said[0])
+    assert not any("written by" in message for rank in said[1:] for message in rank)
 
 
 @pytest.mark.parametrize("workers, gpus, refused", [

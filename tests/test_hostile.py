@@ -148,7 +148,7 @@ def test_a_checkpoint_of_another_storage_is_not_resumed(copy, tmp_path):
     for storage in (copy, other):
         confirm(64, study="s", storage=str(storage), offsets=(0.0, 1.0), threads=1, workers=1,
                 execution=execution)
-    assert len(list((tmp_path / "ck").glob("*.pt"))) == 4  # two runs in each storage
+    assert len(list((tmp_path / "ck").glob("*/step-*"))) == 4  # two runs in each storage
     runs = records_of(optuna.load_study(study_name="s.confirm.w64",
                                         storage=f"sqlite:///{other}"))
     assert [r.resumed_at for r in runs] == [(), ()]

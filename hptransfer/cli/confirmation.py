@@ -98,8 +98,8 @@ def _existing_storage_or_fail(storage: str | None, study: str) -> None:
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="... and after this many steps (0: not by steps)")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False), default=None,
-              help="where checkpoints go; on a multi-node job a path rank 0 of every attempt "
-                   "can reach [default: $HPTRANSFER_HOME/checkpoints]")
+              help="where checkpoints go; on a multi-node job a shared folder every rank "
+                   "of every attempt can reach [default: $HPTRANSFER_HOME/checkpoints]")
 @model_option
 @tracker_options
 def confirm(target_width, study_name, storage, offsets, as_json, threads, backend, address,

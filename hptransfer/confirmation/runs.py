@@ -236,7 +236,7 @@ def default_execution() -> Execution:
 def _check_checkpoint_folder(placement: _Placement) -> None:
     """An unwritable checkpoint folder (/proc/ck, a read-only mount) is refused now, not
     found at the first checkpoint after up to ten minutes of training, in every run. A Ray
-    run's rank 0 writes its checkpoints on its own node, which this process cannot see."""
+    run's ranks write their checkpoints on their own nodes, which this process cannot see."""
     from hptransfer.study.storage import unwritable_folder
 
     policy = placement.execution.checkpoint

@@ -39,13 +39,15 @@ class Checkpointing(FrozenConfig):
 
     A checkpoint is saved after a step when ``every_steps`` steps or ``every_minutes``
     minutes have passed since the last one (whichever comes first; either may be None).
-    The file is ``folder/<fingerprint of the run>.pt``: a rerun of the same run (same spec,
-    hparams, budget, seed, corpus, and the same ``owner``: storage and study) finds it, any
-    other run cannot.
+    It is the folder ``folder/<fingerprint of the run>/step-N``, every rank's shards in it
+    (:mod:`hptransfer.training.checkpoint`): a rerun of the same run (same spec, hparams,
+    budget, seed, corpus, and the same ``owner``: storage and study) finds it, on any number
+    of ranks, and any other run cannot.
     """
 
     folder: Path = Field(description="where checkpoints are written; on a multi-node job a "
-                                     "path rank 0 of every attempt can reach")
+                                     "folder every rank of every attempt can reach (a shared "
+                                     "file system): each rank writes its own shards")
     every_steps: int | None = Field(None, gt=0, description="save after this many steps")
     every_minutes: float | None = Field(10.0, gt=0, description="save after this many minutes")
     keep: bool = Field(False, description="keep the checkpoint after the run finished (else "
