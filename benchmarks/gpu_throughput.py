@@ -2,8 +2,9 @@
 
 Trains :func:`hptransfer.training.loop.train` itself for a few steps at each width (bf16
 autocast, fp32 weights and AdamW state) and reads its ``tokens_per_s`` (time in training
-steps only; the first steps, which include CUDA warm-up, are part of it, so short runs
-understate the steady rate). Model FLOP utilisation (MFU) divides the achieved model FLOP/s
+steps past the warm-up: the first step, the first two compiled, so a compile's time is not
+in it) and ``peak_memory_bytes`` (the run's own peak: train resets CUDA's counter as each
+run starts). Model FLOP utilisation (MFU) divides the achieved model FLOP/s
 (:meth:`~hptransfer.models.family.ModelFamily.flops_per_token` × tokens/s: 6 × matmul
 parameters + attention) by two peaks: the card's nominal dense bf16 peak where known, and a
 large bf16 matmul measured here.
@@ -66,8 +67,9 @@ def measure(width: int, *, device: str, steps: int, depth: int, batch: int, seq_
             "final_val_loss": record.final_val_loss, "tokens_per_s": record.tokens_per_s,
             "model_tflops": flops_per_s / 1e12,
             "parameters": family_of(spec).parameter_count(spec, embedding=True),
-            "peak_memory_gib": (torch.cuda.max_memory_allocated() / 2**30
-                                if device.startswith("cuda") else None)}
+            "timed_steps": record.timed_steps,
+            "peak_memory_gib": (None if record.peak_memory_bytes is None
+                                else record.peak_memory_bytes / 2**30)}
 
 
 def main() -> None:
