@@ -9,7 +9,8 @@ run starts). Model FLOP utilisation (MFU) divides the achieved model FLOP/s
 parameters + attention) by two peaks: the card's nominal dense bf16 peak where known, and a
 large bf16 matmul measured here.
 
-Run: ``python benchmarks/gpu_throughput.py --widths 1024,2048 [--steps 30] [--json]``;
+Run: ``python benchmarks/gpu_throughput.py --widths 1024,2048 [--steps 30]
+[--compilation eager|compiled|both] [--json]``;
 ``--device cpu`` runs the same measurement on the CPU (fp32, tiny widths: a check of the
 script, not a figure).
 """
@@ -80,7 +81,9 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--compilation", choices=("eager", "compiled", "both"),
+                        default="eager", help="time eager steps, torch.compile'd ones (the "
+                        "compile is not timed), or both")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
@@ -90,7 +93,8 @@ def main() -> None:
     nominal = next((v for k, v in _NOMINAL.items() if k in name), None)
     rows = []
     for width in (int(w) for w in args.widths.split(",")):
-        for compiled in ((False, True) if args.compile else (False,)):
+        for compiled in {"eager": (False,), "compiled": (True,),
+                         "both": (False, True)}[args.compilation]:
             row = measure(width, device=args.device, steps=args.steps, depth=args.depth,
                           batch=args.batch, seq_len=args.seq_len, compiled=compiled)
             row["mfu_measured_peak"] = row["model_tflops"] * 1e12 / peak
