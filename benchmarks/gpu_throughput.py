@@ -2,13 +2,15 @@
 
 Trains :func:`hptransfer.training.loop.train` itself for a few steps at each width (bf16
 autocast, fp32 weights and AdamW state) and reads its ``tokens_per_s`` (time in training
-steps only; the first steps, which include CUDA warm-up, are part of it, so short runs
-understate the steady rate). Model FLOP utilisation (MFU) divides the achieved model FLOP/s
+steps past the warm-up: the first step, the first two compiled, so a compile's time is not
+in it) and ``peak_memory_bytes`` (the run's own peak: train resets CUDA's counter as each
+run starts). Model FLOP utilisation (MFU) divides the achieved model FLOP/s
 (:meth:`~hptransfer.models.family.ModelFamily.flops_per_token` × tokens/s: 6 × matmul
 parameters + attention) by two peaks: the card's nominal dense bf16 peak where known, and a
 large bf16 matmul measured here.
 
-Run: ``python benchmarks/gpu_throughput.py --widths 1024,2048 [--steps 30] [--json]``;
+Run: ``python benchmarks/gpu_throughput.py --widths 1024,2048 [--steps 30]
+[--compilation eager|compiled|both] [--json]``;
 ``--device cpu`` runs the same measurement on the CPU (fp32, tiny widths: a check of the
 script, not a figure).
 """
@@ -66,8 +68,9 @@ def measure(width: int, *, device: str, steps: int, depth: int, batch: int, seq_
             "final_val_loss": record.final_val_loss, "tokens_per_s": record.tokens_per_s,
             "model_tflops": flops_per_s / 1e12,
             "parameters": family_of(spec).parameter_count(spec, embedding=True),
-            "peak_memory_gib": (torch.cuda.max_memory_allocated() / 2**30
-                                if device.startswith("cuda") else None)}
+            "timed_steps": record.timed_steps,
+            "peak_memory_gib": (None if record.peak_memory_bytes is None
+                                else record.peak_memory_bytes / 2**30)}
 
 
 def main() -> None:
@@ -78,7 +81,9 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--compilation", choices=("eager", "compiled", "both"),
+                        default="eager", help="time eager steps, torch.compile'd ones (the "
+                        "compile is not timed), or both")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
@@ -88,7 +93,8 @@ def main() -> None:
     nominal = next((v for k, v in _NOMINAL.items() if k in name), None)
     rows = []
     for width in (int(w) for w in args.widths.split(",")):
-        for compiled in ((False, True) if args.compile else (False,)):
+        for compiled in {"eager": (False,), "compiled": (True,),
+                         "both": (False, True)}[args.compilation]:
             row = measure(width, device=args.device, steps=args.steps, depth=args.depth,
                           batch=args.batch, seq_len=args.seq_len, compiled=compiled)
             row["mfu_measured_peak"] = row["model_tflops"] * 1e12 / peak

@@ -109,7 +109,7 @@ def plain_tokens_per_s(spec: ModelSpec, hparams: HParams, steps: int, warmup: in
 def hptransfer_tokens_per_s(spec: ModelSpec, hparams: HParams, steps: int, warmup: int
                             ) -> float:
     # Two runs: a short one warms up allocator and kernels, then the measured one. The
-    # record's tokens_per_s counts only time in training steps.
+    # record's tokens_per_s counts only time in training steps past the first.
     train(spec, hparams, Budget(steps=warmup, eval_every=10**9, eval_tokens=spec.seq_len))
     record = train(spec, hparams, Budget(steps=steps, eval_every=10**9,
                                          eval_tokens=spec.seq_len))

@@ -56,7 +56,18 @@ class RunRecord(FrozenConfig):
     tokens_seen: int
     flops: float  # training FLOPs, see ModelSpec.flops_per_token
     wall_time_s: float  # whole run, including model build and evaluations
-    tokens_per_s: float  # training tokens / time spent in training steps
+    tokens_per_s: float = Field(description=(
+        "training tokens per second in the timed steps: every step but each attempt's "
+        "warm-up (its first step; its first two compiled: CUDA init, allocator growth, the "
+        "compile), see timed_steps"))
+    timed_steps: int = Field(0, description=(
+        "the steps tokens_per_s counts; all of them when no step was past a warm-up (a run "
+        "of one or two steps), 0 in a record from before this field"))
+    peak_memory_bytes: int | None = Field(None, description=(
+        "the most accelerator memory the run had allocated at once (CUDA's "
+        "max_memory_allocated, reset as the run starts: model, optimizer state, "
+        "activations; the last attempt's after a resume); None on the CPU, where no "
+        "per-run figure is measured"))
     resumed_at: tuple[int, ...] = Field(
         (), description="steps this run resumed from a checkpoint at (empty: trained in one "
                         "go); wall_time_s is the last attempt's, tokens_per_s all attempts'")

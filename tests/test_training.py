@@ -42,9 +42,32 @@ def test_record_accounting(tiny_spec, tiny_corpus):
     assert record.tokens_seen == 12 * 4 * tiny_spec.seq_len
     assert record.flops == pytest.approx(tiny_spec.flops_per_token() * record.tokens_seen)
     assert record.tokens_per_s > 0 and record.wall_time_s > 0
+    assert record.timed_steps == 11  # all but the warm-up step
+    assert record.peak_memory_bytes is None  # no per-run figure on the CPU
     assert record.corpus["content_hash"].startswith("sha256:")
     assert record.spec.precision.value in record.model_dump_json()
     assert RunRecord.model_validate_json(record.model_dump_json()) == record
+
+
+def test_throughput_leaves_out_each_attempt_s_warm_up():
+    from hptransfer.training.execution import Compilation
+    from hptransfer.training.loop import _WARMUP_STEPS, _StepClock
+
+    assert _WARMUP_STEPS == {Compilation.EAGER: 1, Compilation.COMPILED: 2}
+    clock = _StepClock(2)
+    for seconds in (30.0, 2.0, 1.0, 1.0, 2.0):  # a compile, a recompile, three steps
+        clock.add(seconds)
+    # 3 timed steps × 100 tokens in 4 s; the warm-up's 32 s are left out
+    assert clock.throughput(5, 100) == (75.0, 3) and clock.seconds == 36.0
+    # a resumed attempt warms up again and adds to the saved totals
+    again = _StepClock(2, seconds=clock.seconds, timed_steps=3, timed_seconds=4.0)
+    for seconds in (10.0, 3.0, 1.0):
+        again.add(seconds)
+    assert again.throughput(8, 100) == (80.0, 4)
+    # no step past a warm-up: every step counts (the record says so by timed_steps)
+    short = _StepClock(2)
+    short.add(4.0)
+    assert short.throughput(1, 100) == (25.0, 1)
 
 
 def test_budget_in_tokens(tiny_spec, tiny_corpus):

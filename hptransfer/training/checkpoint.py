@@ -113,6 +113,9 @@ class LoopState(FrozenConfig):
     val_curve: tuple[CurvePoint, ...]
     first_loss: float | None
     train_seconds: float
+    timed_steps: int = Field(0, description="steps past each attempt's warm-up (0 in a "
+                                            "checkpoint from before this field)")
+    timed_seconds: float = Field(0.0, description="the time those steps took")
     batches: dict[str, Any] = Field(description="the numpy batch generator's state")
     resumed_at: tuple[int, ...] = Field((), description="steps earlier attempts resumed from")
 

@@ -57,6 +57,41 @@ _EVAL_ROWS = 32
 _EVAL_LOGITS_BYTES = 1 << 26  # evaluation's logits per forward (evaluate)
 # The training curve keeps at most this many points (means over equal blocks of steps).
 _TRAIN_CURVE_POINTS = 100
+# Steps at the start of each attempt (a run, or its resume) that tokens_per_s leaves out.
+# The first step pays for CUDA's lazy init, the caching allocator's growth and cuBLAS's
+# choice of kernels; compiled, it also traces and compiles forward and backward (tens of
+# seconds on a GPU), and the second is left out too as a margin for one recompile (a guard
+# failing on the state the first step left, e.g. the optimizer's).
+_WARMUP_STEPS = {Compilation.EAGER: 1, Compilation.COMPILED: 2}
+
+
+class _StepClock:
+    """Time spent in training steps: all of it, and the part past each attempt's warm-up
+    (the first ``warmup`` steps it runs), which is what :attr:`RunRecord.tokens_per_s`
+    counts. A resumed attempt starts from the totals its checkpoint saved."""
+
+    def __init__(self, warmup: int, *, seconds: float = 0.0, timed_steps: int = 0,
+                 timed_seconds: float = 0.0) -> None:
+        self.warmup, self.seconds = warmup, seconds
+        self.timed_steps, self.timed_seconds = timed_steps, timed_seconds
+        self._ran = 0  # steps of this attempt
+
+    def add(self, seconds: float) -> None:
+        """Count one step that took ``seconds``."""
+        self.seconds += seconds
+        self._ran += 1
+        if self._ran > self.warmup:
+            self.timed_steps += 1
+            self.timed_seconds += seconds
+
+    def throughput(self, steps: int, tokens_per_step: int) -> tuple[float, int]:
+        """(tokens per second, the steps it counts) after ``steps`` steps in all: the timed
+        steps', or every step's when none was past a warm-up (a run of one or two steps;
+        its figure includes the warm-up, and says so by counting every step)."""
+        steps_counted, seconds = ((self.timed_steps, self.timed_seconds) if self.timed_steps
+                                  else (steps, self.seconds))
+        return (steps_counted * tokens_per_step / seconds if seconds > 0 else 0.0,
+                steps_counted)
 
 
 def token_loss(model: torch.nn.Module, batch: torch.Tensor, *, check: bool = False
@@ -119,6 +154,10 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
     sharding, ``torch.compile`` and checkpoints
     (:class:`~hptransfer.training.execution.Execution`; None: replicated, eager, no
     checkpoints).
+
+    The record's ``tokens_per_s`` counts the steps past each attempt's warm-up (its first
+    step, its first two compiled: ``_WARMUP_STEPS``), so a compile's time is not in it;
+    ``peak_memory_bytes`` is the run's peak of allocated CUDA memory (None on the CPU).
 
     ``on_eval`` is called with every validation point; returning :attr:`Verdict.STOP`
     ends the run as :attr:`Status.PRUNED`. Non-finite losses or a training loss above
@@ -190,6 +229,10 @@ def _train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus, *,
            on_eval: EvalCallback | None, threads: int, on: torch.device,
            execution: Execution, ranks: Ranks, sharded: bool, started: float) -> RunRecord:
     """:func:`train` after its checks, on ``ranks``' own process group."""
+    if on.type == "cuda":
+        # the peak this run reaches (RunRecord.peak_memory_bytes), not the process's: a
+        # study's worker or a torchrun job trains many runs one after another
+        torch.cuda.reset_peak_memory_stats(on)
     family = family_of(spec)
     roles = role_table(spec)
     torch.manual_seed(seed)
@@ -219,7 +262,7 @@ def _train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus, *,
     val_curve: list[CurvePoint] = []
     train_losses: list[float] = []
     first_loss = None
-    train_seconds = 0.0
+    clock = _StepClock(_WARMUP_STEPS[execution.compilation])
     step = 0
     resumed_at: tuple[int, ...] = ()
     saver = None
@@ -228,7 +271,10 @@ def _train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus, *,
             spec, hparams, budget, seed, corpus.content_hash, execution.checkpoint.owner))
         state = saver.restore(model, optimizer, planned)
         if state is not None:
-            step, first_loss, train_seconds = state.step, state.first_loss, state.train_seconds
+            step, first_loss = state.step, state.first_loss
+            clock = _StepClock(clock.warmup, seconds=state.train_seconds,
+                               timed_steps=state.timed_steps,
+                               timed_seconds=state.timed_seconds)
             train_losses, val_curve = list(state.train_losses), list(state.val_curve)
             rng.bit_generator.state = state.batches
             resumed_at = (*state.resumed_at, state.step)
@@ -247,7 +293,7 @@ def _train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus, *,
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         value = ranks.mean(loss)
-        train_seconds += time.perf_counter() - tick
+        clock.add(time.perf_counter() - tick)  # ranks.mean waited for the step's kernels
         step += 1
         train_losses.append(value)
 
@@ -279,12 +325,14 @@ def _train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus, *,
         if saver is not None and step < planned and saver.due(step):
             saver.save(model, optimizer, LoopState(
                 step=step, train_losses=tuple(train_losses), val_curve=tuple(val_curve),
-                first_loss=first_loss, train_seconds=train_seconds,
+                first_loss=first_loss, train_seconds=clock.seconds,
+                timed_steps=clock.timed_steps, timed_seconds=clock.timed_seconds,
                 batches=rng.bit_generator.state, resumed_at=resumed_at))
 
     if saver is not None:
         saver.discard()
     tokens = step * tokens_per_step
+    tokens_per_s, timed_steps = clock.throughput(step, tokens_per_step)
     final = val_curve[-1].loss if val_curve and status is not Status.DIVERGED else None
     return RunRecord(
         status=status, reason=reason,
@@ -294,7 +342,9 @@ def _train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus, *,
         steps=step, planned_steps=planned, tokens_seen=tokens,
         flops=family.flops_per_token(spec) * tokens,
         wall_time_s=time.perf_counter() - started,
-        tokens_per_s=tokens / train_seconds if train_seconds > 0 else 0.0,
+        tokens_per_s=tokens_per_s, timed_steps=timed_steps,
+        peak_memory_bytes=(torch.cuda.max_memory_allocated(on) if on.type == "cuda"
+                           else None),
         resumed_at=resumed_at,
         spec=spec, hparams=hparams, budget=budget, seed=seed, corpus=corpus.describe(),
         parametrization=formulation(spec), provenance=collect(threads))
