@@ -10,6 +10,7 @@ import click
 from hptransfer.cli.app import main
 from hptransfer.cli.options import NUMBER, check_out, fail, model_option, storage_option
 from hptransfer.study.optimum import BOOTSTRAP
+from hptransfer.transfer.vocabulary import VocabularyMismatch
 
 
 def _power(value: float) -> str:
@@ -115,9 +116,20 @@ def print_prediction(prediction, *, baselines: bool = False) -> None:
 @click.option("--snippet", type=click.Choice(["torch", "hf"]), default=None,
               help="print ready code instead: the target model with its µP optimizer and "
                    "schedule for a PyTorch loop, or for a Hugging Face Trainer")
+@click.option("--target-vocab", type=click.IntRange(min=2), default=None,
+              help="the target's vocabulary when its tokenizer is not the proxies' "
+                   "[default: the proxies']")
+@click.option("--target-tokenizer", type=click.Path(dir_okay=False), default=None,
+              help="the target's tokenizer.json (a local file): its vocabulary, as "
+                   "--target-vocab")
+@click.option("--vocab-mismatch", type=click.Choice([v.value for v in VocabularyMismatch]),
+              default=VocabularyMismatch.REFUSE.value, show_default=True,
+              help="a target vocabulary no measurement supports: refuse (with the fix), or "
+                   "predict anyway with a warning (docs/transfer.md)")
 @model_option
 def predict(target_width, study_name, storage, target_depth, target_tokens, target_batch,
-            horizon_exponent, baseline, bootstrap, seed, as_json, out, snippet, model) -> None:
+            horizon_exponent, baseline, bootstrap, seed, as_json, out, snippet, target_vocab,
+            target_tokenizer, vocab_mismatch, model) -> None:
     """Predict lr, weight decay and batch size at --target-width from a tuned study.
 
     Fits each proxy width's optimum (quadratic in log2 lr, bootstrap intervals), fits the
@@ -135,10 +147,20 @@ def predict(target_width, study_name, storage, target_depth, target_tokens, targ
             fail(f"--target-tokens must be a positive whole number, got {target_tokens:g}")
         tokens = int(target_tokens)
     check_out(out, folder=False)
+    if target_tokenizer is not None:
+        from hptransfer.data.tokenizer import JsonTokenizer
+
+        vocab = JsonTokenizer(target_tokenizer).vocab_size  # a bad file: CorpusError, exit 2
+        if target_vocab is not None and target_vocab != vocab:
+            fail(f"--target-vocab {target_vocab} and --target-tokenizer {target_tokenizer} "
+                 f"(vocabulary {vocab}) disagree: give one of them")
+        target_vocab = vocab
     prediction = predict_hparams(target_width, study=study_name, storage=storage,
                                  target_depth=target_depth, target_tokens=tokens,
                                  target_batch=target_batch, horizon_exponent=horizon_exponent,
-                                 bootstrap=bootstrap, seed=seed, model=model)
+                                 bootstrap=bootstrap, seed=seed, model=model,
+                                 target_vocab=target_vocab,
+                                 vocab_mismatch=VocabularyMismatch(vocab_mismatch))
     if snippet == "hf" and not prediction.spec.model.startswith("hf-"):
         fail(f"--snippet hf builds a Hugging Face Trainer, and study {study_name!r} tuned the "
              f"{prediction.spec.model} model: use --snippet torch, or tune --model hf-llama")

@@ -34,6 +34,7 @@ from hptransfer.transfer.rules import (
     lr_at_target,
     weight_decay_at_target,
 )
+from hptransfer.transfer.vocabulary import VocabularyMismatch, judge_vocabulary
 
 __all__ = ["PredictionError", "check_model", "predict_from_trials", "predict_hparams"]
 
@@ -74,7 +75,9 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
                         target_tokens: int | None = None, target_batch: int | None = None,
                         horizon_exponent: float | None = None,
                         bootstrap: int = BOOTSTRAP, seed: int = 0, band: float = BAND,
-                        window: float = WINDOW_OCTAVES) -> Prediction:
+                        window: float = WINDOW_OCTAVES, target_vocab: int | None = None,
+                        vocab_mismatch: VocabularyMismatch = VocabularyMismatch.REFUSE
+                        ) -> Prediction:
     """The prediction from a study's trial records and config (what
     :func:`predict_hparams` reads from storage); arguments as there."""
     if config.space.lr is None:
@@ -99,9 +102,13 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
             f"β is the exponent in η* ∝ D^−β, positive when the optimum LR falls as training gets "
             f"longer (a steps study's drift per doubling of tokens is −β); the literature "
             f"default is {HORIZON_EXPONENT}")
+    notes = Notes()
+    # before any fit: a vocabulary nothing measured is refused at once, with the fix
+    judge_vocabulary(config.spec.vocab, target_vocab, notes, vocab_mismatch)
     try:
         spec = ModelSpec(**{**config.spec.model_dump(), "width": target_width,
-                            "depth": target_depth or config.spec.depth})
+                            "depth": target_depth or config.spec.depth,
+                            "vocab": target_vocab or config.spec.vocab})
     except ValueError as error:
         raise PredictionError(f"target width {target_width}: {explain_fields(error)}"
                               ) from None
@@ -119,7 +126,6 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
     base_multipliers = multipliers_of(config.space.base)
     noise = seed_noise([r for r in records if r.hparams is not None
                         and multipliers_of(r.hparams) == base_multipliers], config)
-    notes = Notes()
     multipliers = base_multipliers
     if config.space.multipliers is not None:
         first = min(usable)
@@ -214,7 +220,9 @@ def check_model(study: str, config: StudyConfig, model: str | None) -> None:
 def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = None,
                     target_depth: int | None = None, target_tokens: int | None = None,
                     target_batch: int | None = None, horizon_exponent: float | None = None,
-                    bootstrap: int = BOOTSTRAP, seed: int = 0, model: str | None = None
+                    bootstrap: int = BOOTSTRAP, seed: int = 0, model: str | None = None,
+                    target_vocab: int | None = None,
+                    vocab_mismatch: VocabularyMismatch = VocabularyMismatch.REFUSE
                     ) -> Prediction:
     """Predict the hparams of a model of width ``target_width`` from study ``study``.
 
@@ -223,7 +231,10 @@ def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = N
     rules that move the LR for them are listed in ``Prediction.rules``.
     ``horizon_exponent`` is β of the horizon rule η* ∝ D^−β (None: the literature default
     ``HORIZON_EXPONENT``; a steps study such as ``studies/horizon.toml`` measures it).
-    ``model``, when given, must be the model family the study was tuned on. Raises
+    ``model``, when given, must be the model family the study was tuned on.
+    ``target_vocab`` is the target's vocabulary when its tokenizer is not the proxies'
+    (:mod:`hptransfer.transfer.vocabulary` says what the measurement allows;
+    ``vocab_mismatch`` whether an unsupported change is refused or predicted anyway). Raises
     :class:`PredictionError` when the study cannot support a prediction.
 
     >>> import optuna
@@ -255,4 +266,5 @@ def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = N
                                target_depth=target_depth, target_tokens=target_tokens,
                                target_batch=target_batch,
                                horizon_exponent=horizon_exponent, bootstrap=bootstrap,
-                               seed=seed)
+                               seed=seed, target_vocab=target_vocab,
+                               vocab_mismatch=vocab_mismatch)

@@ -1,0 +1,99 @@
+"""A target with another vocabulary than its proxies (hptransfer.transfer.vocabulary):
+warned with the measured effect where the measurement supports it, refused with the fix
+where it does not, and the measured figures are the recorded ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hptransfer.cli import main
+from hptransfer.errors import PredictionError
+from hptransfer.transfer import vocabulary
+from hptransfer.transfer.rules import Notes
+from hptransfer.transfer.vocabulary import (
+    MEASURED,
+    VocabularyMismatch,
+    VocabularyShift,
+    judge_vocabulary,
+)
+
+RESULTS = Path(__file__).resolve().parent.parent / "studies" / "results"
+GOOD = VocabularyShift(256, 8192, (0.1, 0.2), (0.001, 0.004), "good.json")
+BAD = VocabularyShift(256, 32768, (0.9, 0.2), (0.03, 0.004), "bad.json")
+
+
+def test_the_same_vocabulary_says_nothing():
+    notes = Notes()
+    judge_vocabulary(256, None, notes)
+    judge_vocabulary(256, 256, notes)
+    assert not notes.warnings and not notes.rules
+
+
+def test_a_measured_change_that_transfers_is_a_warning_with_the_numbers(monkeypatch):
+    monkeypatch.setattr(vocabulary, "MEASURED", (GOOD, BAD))
+    notes = Notes()
+    judge_vocabulary(256, 5000, notes)  # within the 8k measurement
+    (warning,) = notes.warnings
+    assert "vocabulary (5,000) is not the proxies' (256)" in warning
+    assert "0.10/0.20 octave" in warning and "+0.10%/+0.40%" in warning
+
+
+def test_a_change_measured_not_to_transfer_or_never_measured_is_refused(monkeypatch):
+    monkeypatch.setattr(vocabulary, "MEASURED", (GOOD, BAD))
+    with pytest.raises(PredictionError, match="outside the benchmark's tolerance.*--tokenizer"):
+        judge_vocabulary(256, 20000, Notes())  # covered by the 32k one, which failed
+    with pytest.raises(PredictionError, match="no measurement covers.*256 → 8192"):
+        judge_vocabulary(256, 128256, Notes())  # larger than any measured
+    with pytest.raises(PredictionError, match="no measurement covers"):
+        judge_vocabulary(8192, 32768, Notes())  # proxies that are not byte-level
+    notes = Notes()
+    judge_vocabulary(256, 128256, notes, VocabularyMismatch.ACCEPT)
+    assert "predicting anyway" in notes.warnings[0]
+
+
+def test_the_measured_figures_are_the_recorded_ones():
+    assert MEASURED, "the vocabulary measurement is recorded"
+    for shift in MEASURED:
+        runs = [json.loads((RESULTS / name).read_text()) for name in shift.results.split()]
+        assert len(runs) == len(shift.lr_error_octaves) == len(shift.loss_gap)
+        for run, error, gap in zip(runs, shift.lr_error_octaves, shift.loss_gap, strict=True):
+            assert run["vocab"] == shift.proxy_vocab
+            assert run["target_data"]["vocab"] == shift.target_vocab
+            assert run["lr_error_octaves"] == pytest.approx(error, abs=0.005)
+            assert run["regret"] == pytest.approx(gap, abs=5e-5)
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch) -> CliRunner:
+    monkeypatch.setenv("HPTRANSFER_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()
+
+
+def test_cli_predict_reads_the_target_vocabulary(runner, tmp_path, tiny_corpus,
+                                                  tiny_study_config, monkeypatch):
+    from hptransfer.study.tune import tune
+    from hptransfer.study.worker import LocalRunner
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    tune(tiny_study_config, study="v", widths=(32, 64), trials=3, storage=url,
+         corpus=tiny_corpus, runner=LocalRunner(workers=1, threads=1))
+    proxy_vocab = tiny_study_config.spec.vocab
+    base = ["predict", "--target-width", "128", "--study", "v", "--storage", url]
+    refused = runner.invoke(main, [*base, "--target-vocab", "128256"])
+    assert refused.exit_code == 2, refused.output
+    assert "tune the proxies on the target's tokenizer" in refused.output
+    accepted = runner.invoke(main, [*base, "--target-vocab", "128256", "--vocab-mismatch",
+                                    "accept", "--json"])
+    assert accepted.exit_code == 0, accepted.output
+    prediction = json.loads(accepted.output)
+    assert prediction["spec"]["vocab"] == 128256  # the snippet builds the target's model
+    assert any("predicting anyway" in w for w in prediction["warnings"])
+    same = runner.invoke(main, [*base, "--target-vocab", str(proxy_vocab), "--json"])
+    assert same.exit_code == 0 and json.loads(same.output)["spec"]["vocab"] == proxy_vocab
+    missing = runner.invoke(main, [*base, "--target-tokenizer", str(tmp_path / "none.json")])
+    assert missing.exit_code == 2 and "is not a file" in missing.output
