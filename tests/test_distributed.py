@@ -24,6 +24,7 @@ from hptransfer.training.execution import Checkpointing, Execution, Sharding
 from hptransfer.training.loop import train
 
 WORKERS = 2
+JOB_TIMEOUT_S = 120  # every spawned job's collective timeout (_job)
 SPEC = ModelSpec(width=32, depth=2, head_dim=16, seq_len=32, base_width=32)  # = tiny_spec
 BUDGET = Budget(steps=12, eval_every=4, eval_tokens=1024)
 HPARAMS = HParams(batch_size=4, lr=2.0**-6)
@@ -124,10 +125,21 @@ def _failing_run(rank: int, corpus) -> dict[str, object]:
     return seen
 
 
+def _run_timeout() -> float:
+    """The collective timeout of a run's own process group, in seconds."""
+    import torch
+
+    from hptransfer.training.ranks import Ranks, run_together
+
+    return run_together(Ranks.current(), lambda ranks: ranks.group._get_backend(
+        torch.device("cpu")).options._timeout.total_seconds())
+
+
 def _cases(rank: int, workers: int, corpus, out: str) -> dict[str, object]:
     """What one rank of the ``ranks`` job trains: each case's record JSON or error."""
     results: dict[str, object] = {}
     results["init"] = {model: _sharded_init(model) for model in ("builtin", *HF_MODELS)}
+    results["run_timeout"] = _run_timeout()
     results["failing"] = _failing_run(rank, corpus)
     try:
         train(SPEC, HParams(batch_size=3), BUDGET, corpus, threads=1)
@@ -169,9 +181,10 @@ def _job(rank: int, workers: int, body, rendezvous: str, corpus_path: str, out: 
     from hptransfer.data.corpus import load_corpus
 
     # a short collective timeout: a rank left waiting for a failed peer fails this module
-    # in two minutes rather than hanging it for gloo's default thirty
+    # in two minutes rather than hanging it for gloo's default thirty (each run's own group
+    # has the same: run_together)
     dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=workers,
-                            timeout=timedelta(seconds=120))
+                            timeout=timedelta(seconds=JOB_TIMEOUT_S))
     try:
         results = body(rank, workers, load_corpus(corpus_path), out)
         Path(out, f"rank{rank}.json").write_text(json.dumps(results))
@@ -230,6 +243,12 @@ def test_two_ranks_match_one_process(ranks, tiny_corpus):
             alone.steps, alone.tokens_seen, alone.flops)
     # the ranks agree exactly: one averaged training loss, rank 0's validation loss
     assert first.val_curve == second.val_curve and first.train_curve == second.train_curve
+
+
+def test_a_runs_group_has_the_jobs_collective_timeout(ranks):
+    """Each run's own process group waits in a collective as long as the job's group was
+    told to (_job: 120 s), not torch's default for a new group (30 minutes on gloo)."""
+    assert [result["run_timeout"] for result in ranks] == [JOB_TIMEOUT_S] * WORKERS
 
 
 def test_indivisible_batch_is_refused(ranks):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import traceback
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, NamedTuple, TypeVar
 
 import torch
@@ -170,7 +171,8 @@ def run_together(ranks: Ranks, body: Callable[[Ranks], T]) -> T:
     destroyed and its connections close: a peer blocked in a collective fails at once
     instead of at the collective timeout (30 minutes). The peer, now failing too, raises
     :class:`PeerFailed` with the first failure's reason, unless its own error is not a
-    communication error (every rank hit the same ConfigError: each raises its own).
+    communication error (every rank hit the same ConfigError: each raises its own). The
+    run's group has the collective timeout of the job's group.
     """
     if not ranks.parallel:
         return body(ranks)
@@ -178,7 +180,9 @@ def run_together(ranks: Ranks, body: Callable[[Ranks], T]) -> T:
 
     from hptransfer.training.shards import forget_meshes
 
-    group = dist.new_group(backend=dist.get_backend())
+    # with the job's collective timeout: new_group's default is torch's (30 minutes on gloo),
+    # not the one the job's group was made with
+    group = dist.new_group(backend=dist.get_backend(), timeout=_job_timeout())
     key = f"hptransfer/failed/{group.group_name}"
     try:
         result = body(ranks._replace(group=group))
@@ -201,3 +205,15 @@ def run_together(ranks: Ranks, body: Callable[[Ranks], T]) -> T:
     forget_meshes(group.group_name)  # (else every run would leave its group's connections open)
     dist.destroy_process_group(group)
     return result
+
+
+def _job_timeout() -> timedelta | None:
+    """The collective timeout the job's own group was made with (``init_process_group``'s
+    ``timeout``), or None (torch's default) where this torch does not tell it."""
+    import torch.distributed as dist
+
+    try:
+        backend = dist.distributed_c10d._get_default_group()._get_backend(_wire())
+        return backend.options._timeout
+    except (AttributeError, RuntimeError):
+        return None
