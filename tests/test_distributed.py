@@ -5,7 +5,7 @@ One module fixture spawns two ranks once (torch.multiprocessing, no Ray); each r
 the same few tiny runs and writes its records as JSON, which the tests compare with the
 same runs trained in this process. Another (``resumes``) spawns sharded jobs of 4 and 2
 ranks that stop and resume runs from their sharded checkpoints, on as many ranks and on
-another number.
+another number; another (``failures``) 4 ranks, one of which fails alone.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from hptransfer.training.execution import Checkpointing, Execution, Sharding
 from hptransfer.training.loop import train
 
 WORKERS = 2
+JOB_TIMEOUT_S = 120  # every spawned job's collective timeout (_job)
 SPEC = ModelSpec(width=32, depth=2, head_dim=16, seq_len=32, base_width=32)  # = tiny_spec
 BUDGET = Budget(steps=12, eval_every=4, eval_tokens=1024)
 HPARAMS = HParams(batch_size=4, lr=2.0**-6)
@@ -90,45 +91,70 @@ def _sharded_init(model: str) -> dict[str, object]:
 
 
 FAIL_AT_STEP = 3
+LEAVE_WITHIN = 20.0  # seconds; far below JOB_TIMEOUT_S, so a hang fails this bound
 
 
-def _failing_run(rank: int, corpus) -> dict[str, object]:
-    """Rank 1 raises in its 3rd training step of a sharded run; what each rank saw, how
-    long it took to leave, and whether the next run on the same ranks completes."""
+def _failing_runs(rank: int, workers: int, corpus) -> dict[str, dict]:
+    """The last rank raises inside its model (the first MLP of its 3rd training step, where
+    an out-of-memory would be: within FSDP2's hooks, or DDP's forward), in a replicated run
+    and then in a sharded one. What each rank raised, when it left (wall clock, the same
+    on every process of this machine), when the failing rank raised, and the run trained
+    next on the same ranks."""
     import time
 
+    from hptransfer.models import transformer
     from hptransfer.training import loop
 
-    token_loss, calls = loop.token_loss, []
+    lr_factor, mlp, steps, raised = loop.lr_factor, transformer.MLP.forward, [], []
 
-    def failing(model, batch, *, check=False):
-        calls.append(1)
-        if rank == 1 and len(calls) == FAIL_AT_STEP:
-            raise OSError("injected failure on rank 1")
-        return token_loss(model, batch, check=check)
+    def counting(step, **kwargs):  # called once at the start of every step, with its index
+        steps.append(step)
+        return lr_factor(step, **kwargs)
 
-    loop.token_loss = failing
-    started = time.perf_counter()
-    try:
-        train(WIDE, WIDE_HPARAMS, Budget(steps=40, eval_every=4), corpus, threads=1,
-              execution=FSDP)
-        seen = {"error": None}
-    except Exception as error:  # noqa: BLE001 - what each rank raised is the result
-        seen = {"error": type(error).__name__, "message": str(error)}
-    finally:
-        loop.token_loss = token_loss
-    seen["seconds"] = time.perf_counter() - started
-    seen["steps_started"] = len(calls)
-    seen["next"] = train(WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1,
-                         execution=FSDP).model_dump_json()
+    def failing(self, x):
+        if rank == workers - 1 and len(steps) == FAIL_AT_STEP and not raised:
+            raised.append(time.time())
+            raise OSError(f"injected failure on rank {rank}")
+        return mlp(self, x)
+
+    seen: dict[str, dict] = {}
+    for sharding in Sharding:
+        execution = Execution(sharding=sharding)
+        steps.clear()
+        raised.clear()
+        loop.lr_factor, transformer.MLP.forward = counting, failing
+        try:
+            train(WIDE, WIDE_HPARAMS, Budget(steps=40, eval_every=4), corpus, threads=1,
+                  execution=execution)
+            run = {"error": None}
+        except Exception as error:  # noqa: BLE001 - what each rank raised is the result
+            run = {"error": type(error).__name__, "message": str(error)}
+        finally:
+            loop.lr_factor, transformer.MLP.forward = lr_factor, mlp
+        run.update(left=time.time(), raised=raised[0] if raised else None,
+                   steps_started=len(steps))
+        run["next"] = train(WIDE, WIDE_HPARAMS, BUDGET, corpus, threads=1,
+                            execution=execution).model_dump_json()
+        seen[sharding.value] = run
     return seen
+
+
+def _run_timeout() -> float:
+    """The collective timeout of a run's own process group, in seconds."""
+    import torch
+
+    from hptransfer.training.ranks import Ranks, run_together
+
+    return run_together(Ranks.current(), lambda ranks: ranks.group._get_backend(
+        torch.device("cpu")).options._timeout.total_seconds())
 
 
 def _cases(rank: int, workers: int, corpus, out: str) -> dict[str, object]:
     """What one rank of the ``ranks`` job trains: each case's record JSON or error."""
     results: dict[str, object] = {}
     results["init"] = {model: _sharded_init(model) for model in ("builtin", *HF_MODELS)}
-    results["failing"] = _failing_run(rank, corpus)
+    results["run_timeout"] = _run_timeout()
+    results["failing"] = _failing_runs(rank, workers, corpus)
     try:
         train(SPEC, HParams(batch_size=3), BUDGET, corpus, threads=1)
     except ValueError as error:
@@ -169,9 +195,10 @@ def _job(rank: int, workers: int, body, rendezvous: str, corpus_path: str, out: 
     from hptransfer.data.corpus import load_corpus
 
     # a short collective timeout: a rank left waiting for a failed peer fails this module
-    # in two minutes rather than hanging it for gloo's default thirty
+    # in two minutes rather than hanging it for gloo's default thirty (each run's own group
+    # has the same: run_together)
     dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=workers,
-                            timeout=timedelta(seconds=120))
+                            timeout=timedelta(seconds=JOB_TIMEOUT_S))
     try:
         results = body(rank, workers, load_corpus(corpus_path), out)
         Path(out, f"rank{rank}.json").write_text(json.dumps(results))
@@ -230,6 +257,12 @@ def test_two_ranks_match_one_process(ranks, tiny_corpus):
             alone.steps, alone.tokens_seen, alone.flops)
     # the ranks agree exactly: one averaged training loss, rank 0's validation loss
     assert first.val_curve == second.val_curve and first.train_curve == second.train_curve
+
+
+def test_a_runs_group_has_the_jobs_collective_timeout(ranks):
+    """Each run's own process group waits in a collective as long as the job's group was
+    told to (_job: 120 s), not torch's default for a new group (30 minutes on gloo)."""
+    assert [result["run_timeout"] for result in ranks] == [JOB_TIMEOUT_S] * WORKERS
 
 
 def test_indivisible_batch_is_refused(ranks):
@@ -296,20 +329,72 @@ def test_sharded_build_from_meta_is_the_unsharded_init(ranks, model):
         assert init["local_bytes"] <= init["whole_bytes"] / WORKERS + 4 * 1024
 
 
-def test_one_failing_rank_fails_the_run_on_every_rank(ranks):
-    """Rank 1 raises in step 3 of a sharded run: it raises its own error, rank 0 (waiting in
-    a collective) raises PeerFailed naming rank 1's error within seconds, not at the
-    collective timeout; the next run on the same ranks completes as usual."""
-    first, second = (r["failing"] for r in ranks)
-    assert second["error"] == "OSError" and "injected failure" in second["message"]
-    assert first["error"] == "PeerFailed"
-    assert "rank 1 of 2 failed: OSError: injected failure on rank 1" in first["message"]
-    assert first["steps_started"] == second["steps_started"] == FAIL_AT_STEP
-    assert first["seconds"] < 60  # the collective timeout is 120 s; in practice ~1 s
-    nexts = [RunRecord.model_validate_json(r["failing"]["next"]) for r in ranks]
-    assert all(record.status is Status.COMPLETE for record in nexts)
-    assert nexts[0].val_curve == nexts[1].val_curve
-    assert nexts[0].val_curve == _record(ranks[0], "fsdp").val_curve
+def _failing(rank: int, workers: int, corpus, out: str) -> dict[str, object]:
+    return {"failing": _failing_runs(rank, workers, corpus)}
+
+
+@pytest.fixture(scope="module")
+def failures(tmp_path_factory, text_file) -> list[dict]:
+    """Four ranks spawned once, each training the failing runs (``_failing_runs``)."""
+    return _spawn(_failing, 4, tmp_path_factory.mktemp("failures"), text_file)
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+@pytest.mark.parametrize("sharding", list(Sharding))
+def test_one_failing_rank_fails_the_run_on_every_rank(request, wide_alone, workers, sharding):
+    """The last of 2 or 4 ranks raises inside its model in step 3: it raises its own error,
+    and every other rank, waiting in a collective with it or only with healthy ranks (gloo's
+    ring all-gather), raises PeerFailed naming that error, within seconds of the raise, not
+    at the collective timeout; the next run on the same ranks trains as one process does."""
+    ranks = request.getfixturevalue("ranks" if workers == 2 else "failures")
+    runs = [r["failing"][sharding.value] for r in ranks]
+    *peers, failed = runs
+    assert failed["error"] == "OSError" and failed["message"] == (
+        f"injected failure on rank {workers - 1}")
+    for run in peers:  # the first failure's reason, recorded once, reached every peer
+        assert run["error"] == "PeerFailed"
+        assert run["message"].startswith(f"rank {workers - 1} of {workers} failed: OSError: "
+                                         f"injected failure on rank {workers - 1}; rank ")
+    assert [run["steps_started"] for run in runs] == [FAIL_AT_STEP] * workers
+    assert max(run["left"] for run in runs) - failed["raised"] < LEAVE_WITHIN  # ~1-2 s
+    for run in runs:
+        _same_curves(RunRecord.model_validate_json(run["next"]), wide_alone)
+
+
+def test_a_failed_run_lets_go_of_its_model():
+    """Why run_together keeps a failed run's traceback as text: from Python 3.11 a frame
+    keeps the function it runs, and ``Module._call_impl``'s ``inner``, run for every module
+    with hooks (FSDP2's), keeps the module in its closure. Clearing the frames' locals then
+    leaves the model, and the process group it holds, alive as long as the error is; with
+    the traceback released the model is freed, and the note still says where it failed."""
+    import gc
+    import sys
+    import traceback
+    import weakref
+
+    import torch
+
+    from hptransfer.training.ranks import _release_frames
+
+    class OutOfMemory(torch.nn.Module):
+        def forward(self, x):
+            raise OSError("out of memory")
+
+    model = OutOfMemory()
+    model.register_forward_pre_hook(lambda module, args: None)
+    alive = weakref.ref(model)
+    try:
+        model(torch.zeros(1))
+    except OSError as raised:
+        error = raised
+    del model
+    traceback.clear_frames(error.__traceback__)
+    gc.collect()
+    assert (alive() is not None) is (sys.version_info >= (3, 11))
+    _release_frames(error)
+    gc.collect()
+    assert alive() is None and error.__traceback__ is None
+    assert 'in forward\n    raise OSError("out of memory")' in error.__notes__[-1]
 
 
 # ---- sharded checkpoints: killed and resumed on the same ranks, and on another number ----
@@ -327,9 +412,8 @@ def _stopped(corpus, execution: Execution) -> str:
     """Train with checkpoints until every rank fails at the start of step STOP_AFTER + 1,
     as a preempted job does, leaving the checkpoint after step 8 behind. The error raised.
 
-    Every rank stops, not one: with 4 gloo ranks, a peer of a rank that fails alone can
-    wait in FSDP's all-gather until the collective timeout (seen here: rank 1 of 4 while
-    rank 3 failed), which would make this fixture take minutes."""
+    Every rank stops, not one, as when the whole job is preempted (one rank failing alone
+    is test_one_failing_rank_fails_the_run_on_every_rank)."""
     from hptransfer.training import loop
 
     lr_factor = loop.lr_factor  # called once at the start of every step, with its index

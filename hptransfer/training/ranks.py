@@ -10,17 +10,21 @@ waiting in a collective forever.
 
 A rank can still fail alone (an out-of-memory on one card, a full disk under rank 0's
 checkpoint, rank 0's ``on_eval`` losing its storage). :func:`run_together` trains each run
-on a process group of its own: the failing rank names itself in the job's store and tears
-the run's group down, which ends the collective its peers wait in at once (gloo: "connection
-closed by peer"); they raise :class:`PeerFailed` with the first failure's reason, and the
-job's own group stays whole for the next run (a torchrun job's next order).
+on a process group of its own: the failing rank names itself in the job's store and lets
+the run's group go, which closes its connections and ends the collective its peers wait in
+(gloo: "connection closed by peer"); each peer lets the group go in turn, which frees the
+peers that wait only on it. They raise :class:`PeerFailed` with the first failure's reason,
+and the job's own group stays whole for the next run (a torchrun job's next order).
 """
 
 from __future__ import annotations
 
 import gc
 import traceback
+import warnings
+import weakref
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, NamedTuple, TypeVar
 
 import torch
@@ -165,12 +169,18 @@ def run_together(ranks: Ranks, body: Callable[[Ranks], T]) -> T:
     rank of the job alike; in one process, just ``body(ranks)``.
 
     When ``body`` raises on one rank, that rank records its error in the job's store (the
-    first failure of the run wins), then drops every reference to the run's group (the
-    frames of ``body`` hold the model, DDP and FSDP2, which hold the group), so the group is
-    destroyed and its connections close: a peer blocked in a collective fails at once
-    instead of at the collective timeout (30 minutes). The peer, now failing too, raises
-    :class:`PeerFailed` with the first failure's reason, unless its own error is not a
-    communication error (every rank hit the same ConfigError: each raises its own).
+    first failure of the run wins) and then lets the run's group go: it drops every
+    reference to it (:func:`_release_frames`: the model, DDP and FSDP2 hold the group, and
+    the error's traceback holds them) and destroys it, so its connections close. A peer
+    blocked in a collective with that rank fails at once and lets the group go the same
+    way, which frees the peers waiting on *it*: in gloo's ring all-gather a rank waits on
+    its neighbour only, which may be healthy, so the failure travels around the group one
+    hop at a time (measured, 2 and 4 gloo ranks: every rank out 1 to 2 s after the raise,
+    instead of at the collective timeout). A peer raises :class:`PeerFailed` with the first
+    failure's reason, unless its own error is not a communication error (every rank hit the
+    same ConfigError: each raises its own). The error that leaves here carries the run's
+    traceback as text (a note), not as frames. The run's group has the collective timeout
+    of the job's group.
     """
     if not ranks.parallel:
         return body(ranks)
@@ -178,7 +188,9 @@ def run_together(ranks: Ranks, body: Callable[[Ranks], T]) -> T:
 
     from hptransfer.training.shards import forget_meshes
 
-    group = dist.new_group(backend=dist.get_backend())
+    # with the job's collective timeout: new_group's default is torch's (30 minutes on gloo),
+    # not the one the job's group was made with
+    group = dist.new_group(backend=dist.get_backend(), timeout=_job_timeout())
     key = f"hptransfer/failed/{group.group_name}"
     try:
         result = body(ranks._replace(group=group))
@@ -187,17 +199,73 @@ def run_together(ranks: Ranks, body: Callable[[Ranks], T]) -> T:
     except Exception as error:
         forget_meshes(group.group_name)
         mine = f"rank {ranks.rank} of {ranks.size} failed: {type(error).__name__}: {error}"
+        # recorded before this rank's connections close: a peer that sees them close reads
+        # this reason, not its own "connection closed"
         first = dist.distributed_c10d._get_default_store().compare_set(
             key, "", mine).decode(errors="replace")
-        # body's finished frames hold the model, its wrappers and their references to the
-        # group: clear them, so that destroying the group closes its connections now
-        traceback.clear_frames(error.__traceback__)
+        _release_frames(error)
+        alive = weakref.ref(group)
         dist.destroy_process_group(group)
         del group
-        gc.collect()
+        gc.collect()  # FSDP2's state is full of reference cycles
+        if alive() is not None:
+            warnings.warn(
+                "the failed run's process group is still referenced after the run's frames "
+                "were released, so its connections stay open: a peer blocked in a "
+                "collective with this rank waits until the collective timeout", stacklevel=2)
         if first != mine and isinstance(error, RuntimeError):
             raise PeerFailed(f"{first}; rank {ranks.rank} stopped with it") from error
         raise
     forget_meshes(group.group_name)  # (else every run would leave its group's connections open)
     dist.destroy_process_group(group)
     return result
+
+
+def _job_timeout() -> timedelta | None:
+    """The collective timeout the job's own group was made with (``init_process_group``'s
+    ``timeout``), or None (torch's default) where this torch does not tell it."""
+    import torch.distributed as dist
+
+    try:
+        backend = dist.distributed_c10d._get_default_group()._get_backend(_wire())
+        return backend.options._timeout
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _release_frames(error: BaseException) -> None:
+    """Replace the traceback of ``error``, and of every exception it chains, by its text (a
+    note), so that the frames of the failed run, and the model they hold, can be freed.
+
+    Clearing the frames' locals (``traceback.clear_frames``) is not enough from Python 3.11:
+    a frame still holds the function it runs, and a nested function holds its closure. An
+    error raised in a module with hooks (FSDP2 hooks every block and the root) passes
+    through ``Module._call_impl``'s ``inner``, whose closure is the module. Measured with
+    FSDP2 on gloo: a rank whose error came from inside its model (its own, or a peer's
+    closed connection in an all-gather) kept the model, hence the FSDP2 state and the run's
+    group, alive as long as the error, and the ranks waiting on it waited for the
+    collective timeout (2 ranks, the error raised in a block; 4 ranks, a peer one hop away
+    from the failing rank).
+    """
+    pending, seen = [error], set()
+    while pending:
+        exception = pending.pop()
+        if exception is None or id(exception) in seen:
+            continue
+        seen.add(id(exception))
+        if exception.__traceback__ is not None:
+            text = "".join(traceback.format_tb(exception.__traceback__))
+            traceback.clear_frames(exception.__traceback__)
+            exception.__traceback__ = None
+            _add_note(exception, "Traceback in the run (kept as text so that its frames "
+                                 "could be freed; most recent call last):\n" + text.rstrip())
+        pending += [exception.__cause__, exception.__context__]
+
+
+def _add_note(exception: BaseException, note: str) -> None:
+    """``exception.add_note(note)``; on Python 3.10 the note is kept in ``__notes__`` (not
+    printed by that version's traceback module)."""
+    if hasattr(exception, "add_note"):
+        exception.add_note(note)
+    else:
+        exception.__notes__ = [*getattr(exception, "__notes__", ()), note]
