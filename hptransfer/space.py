@@ -51,6 +51,13 @@ class SearchSpace(FrozenConfig):
             bad = [b for b in self.batch_sizes if b < 1 or b & (b - 1)]
             if bad or not self.batch_sizes:
                 raise ValueError(f"batch_sizes must be powers of two, got {self.batch_sizes}")
+            # every search starts from the base (the ladder's bowl, the warm-start grid,
+            # Ray's define-by-run space): a base outside the choices is a trial the space
+            # cannot hold
+            if self.base.batch_size not in self.batch_sizes:
+                raise ValueError(f"the base batch size {self.base.batch_size} is not one of "
+                                 f"batch_sizes {self.batch_sizes}: add it, or set the base "
+                                 f"([hparams] batch_size) to one of them")
         return self
 
     @property

@@ -32,6 +32,7 @@ from processes import (
     freeze_outside_a_transaction,
     wait_for_another_worker,
 )
+from pydantic import ValidationError
 from tiny import TINY_MODEL_TOML
 
 from hptransfer.budget import Budget
@@ -543,6 +544,26 @@ def test_the_base_width_is_the_narrowest_proxy_width_unless_set(tiny_corpus):
     assert study_config(corpus=tiny_corpus, widths=(128, 64)).spec.base_width == 64
     given = ModelSpec(depth=1, base_width=128)
     assert study_config(spec=given, corpus=tiny_corpus, widths=(32,)).spec.base_width == 128
+
+
+def test_batch_sizes_without_the_base_start_from_the_nearest_one():
+    # `tune --batch-sizes 8` (base 16) once crashed on Ray: the ladder's first trials asked
+    # for batch 16, which the space's define-by-run suggest could not hold
+    from hptransfer.space import SearchSpace
+    from hptransfer.study.config import from_sources
+
+    def base(sizes, **hparams):
+        file = ConfigFile(hparams=hparams)
+        return from_sources(file, widths=(32,), space={"batch_sizes": sizes}).space.base
+
+    assert base((8,)).batch_size == 8
+    assert base((32, 64)).batch_size == 32
+    assert base((8, 32)).batch_size == 8  # a tie: the cheaper
+    assert base((8, 16, 32)).batch_size == 16  # the default when it is a choice
+    with pytest.raises(ValidationError, match="base batch size 64 is not one of"):
+        base((8,), batch_size=64)  # set by the user: refused, not moved
+    with pytest.raises(ValidationError, match="add it, or set the base"):
+        SearchSpace(batch_sizes=(4, 8), base=HParams(batch_size=16))
 
 
 def test_a_study_keeps_its_base_width_when_widths_are_added(runner, text_file, tiny_toml,

@@ -8,6 +8,7 @@ for the command's own options), and explicit overrides such as command-line flag
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -263,6 +264,13 @@ def from_sources(file: ConfigFile | None = None, *, widths: tuple[int, ...],
         ModelSpec(**{**template.model_dump(), "width": width})
     base = HParams(**{**PROXY_HPARAMS, **file.hparams})
     ranges = {**PROXY_SPACE, **file.space, **_given(space)}
+    sizes = ranges.get("batch_sizes")
+    if sizes not in (None, OFF) and "batch_size" not in file.hparams \
+            and base.batch_size not in sizes and all(int(b) > 0 for b in sizes):
+        # batch sizes given without a base: start from the one nearest the default (in
+        # octaves; a tie takes the smaller, cheaper one), whose steps set the token budget
+        nearest = min(sizes, key=lambda b: (abs(math.log2(b / base.batch_size)), b))
+        base = base.model_copy(update={"batch_size": nearest})
     searched = SearchSpace(**{k: None if v == OFF else v for k, v in ranges.items()},
                            base=base)
     budget = {**PROXY_BUDGET, **file.budget}
