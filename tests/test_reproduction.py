@@ -148,3 +148,26 @@ def test_the_papers_rule_is_also_read_at_its_two_octave_spacing():
     assert [r.coarse_argmin for r in sp.rows] == [-6, -6, -8]
     assert sp.transfer is False and sp.coarse_transfer is False
     assert sp.drift_interval[1] < 0 < baseline.drift_interval[1]
+
+
+def test_a_setting_runs_on_text_with_its_tokenizer(folder, text_file):
+    pytest.importorskip("tokenizers")
+    from data_files import train_bpe
+
+    from hptransfer.data.corpus import load_corpus
+
+    (folder / "tok").mkdir()
+    train_bpe(folder / "tok" / "tokenizer.json", Path(text_file).read_text(), vocab_size=300)
+    setting = folder / "setting.toml"
+    setting.write_text(setting.read_text().replace(
+        "eval_tokens = 1024\n", 'eval_tokens = 1024\ntokenizer = "tok/tokenizer.json"\n'))
+    study = load_study(folder / "baseline.toml")
+    assert study.setting.tokenizer == str((folder / "tok" / "tokenizer.json").resolve())
+    corpus = load_corpus(study.setting.source)
+    config = study.points[0].config(corpus)
+    assert corpus.vocab_size == 300 and config.spec.vocab == 300
+    assert config.corpus_hash == corpus.content_hash != load_corpus(text_file).content_hash
+    assert config.data.tokenizer == study.setting.tokenizer  # every worker tokenizes alike
+    setting.write_text(setting.read_text().replace(f'data = "{text_file}"\n', ""))
+    with pytest.raises(AblationError, match="tokenizer applies to a text corpus"):
+        load_study(folder / "baseline.toml")

@@ -71,7 +71,7 @@ def run(definition, storage, widths, setting_path, results, model, threads) -> N
     resolved = load_study(definition, setting=setting_path, widths=widths, model=model)
     folder = Path(definition).parent if definition.endswith(".toml") else None
     results = Path(results) if results else (folder or default_folder()) / "results"
-    corpus = load_corpus(resolved.setting.data)
+    corpus = load_corpus(resolved.setting.source)
     cells = len(resolved.points) * len(resolved.lr_exponents)
     click.echo(f"study {resolved.name}: {resolved.title} — {resolved.axis.value}s "
                f"{', '.join(map(str, resolved.values))} × α = 2^{resolved.lr_exponents[0]} … "

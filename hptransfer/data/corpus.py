@@ -44,6 +44,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from hptransfer.data import tokens as token_files
+from hptransfer.data.text import CorpusWarning, read_text_ids
 from hptransfer.data.tokenizer import ByteTokenizer, JsonTokenizer, Tokenizer
 from hptransfer.data.tokens import TokenDType
 from hptransfer.errors import CorpusError
@@ -283,8 +284,9 @@ def load_corpus(
     - a ``.parquet`` or ``.arrow`` file, or a folder of them or saved by ``datasets``: a
       token-id or text column (``column``), split by row (`hptransfer.data.parquet`).
     - any other file: text, decoded as UTF-8 (undecodable bytes kept via
-      ``surrogateescape``) and tokenized with ``tokenizer`` (default `ByteTokenizer`);
-      the last ``validation_fraction`` of the ids is validation.
+      ``surrogateescape``) and tokenized with ``tokenizer`` (default `ByteTokenizer`)
+      chunk by chunk, cached (`hptransfer.data.text`); the last ``validation_fraction``
+      of the ids is validation.
 
     ``tokenizer`` is a `Tokenizer` or the path of a ``tokenizer.json``. Flat token files
     are ``token_dtype`` (``uint16``/``uint32``), else the ``dtype`` of a ``meta.json``
@@ -445,48 +447,12 @@ def _builtin_corpus(stdlib: str) -> Corpus:
 def _load_text_file(
     path: Path, tokenizer: Tokenizer, validation_fraction: float
 ) -> Corpus:
-    data = path.read_bytes()
-    if not data:
-        raise CorpusError(f"corpus file {str(path)!r} is empty")
-    _check_text(path, data)
-    ids = tokenizer.encode(data.decode("utf-8", errors="surrogateescape"))
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or ids.dtype not in (np.uint16, np.uint32):
-        raise CorpusError(
-            f"tokenizer {tokenizer.name!r} returned shape {ids.shape} dtype "
-            f"{ids.dtype}; Tokenizer.encode must return a 1-D uint16 or uint32 array"
-        )
-    ids.setflags(write=False)
+    ids = read_text_ids(path, tokenizer)  # chunk by chunk, cached: hptransfer.data.text
     train, validation = _split_tail(ids, validation_fraction)
     scan = token_files.scan(train, validation)
     _check_vocab(path, scan.max_id, tokenizer.vocab_size, f"tokenizer {tokenizer.name!r}")
     return _record(path, CorpusSource.TEXT, scan.content_hash, tokenizer.vocab_size, tokenizer,
                    train, validation, _bytes_per_token(tokenizer, validation))
-
-
-class CorpusWarning(UserWarning):
-    """Data that loads, but probably not as meant (shown as a ``warning:`` line)."""
-
-
-# NUL bytes do not occur in text; a file with them is a program, an archive or token ids
-_BINARY_SAMPLE = 1 << 20
-
-
-def _check_text(path: Path, data: bytes) -> None:
-    """Refuse binary data given as text; warn about text that is not UTF-8 (a byte model
-    trains on its bytes as they are, which is only right if that was meant)."""
-    if b"\x00" in data[:_BINARY_SAMPLE]:
-        raise CorpusError(
-            f"corpus file {str(path)!r} is binary (it holds NUL bytes), not text: give a text "
-            f"file, a .bin file of uint16 token ids, or a folder with train.bin and val.bin")
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        import warnings
-
-        warnings.warn(f"corpus file {str(path)!r} is not valid UTF-8 (first bad byte at "
-                      f"{error.start}); its bytes are trained on as they are", CorpusWarning,
-                      stacklevel=3)
 
 
 def _load_token_dir(path: Path, tokenizer: Tokenizer | None, dtype: TokenDType | None

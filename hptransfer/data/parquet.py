@@ -12,27 +12,22 @@ column is text, tokenized with ``--tokenizer`` (required for it). Validation is 
 both. Documents are concatenated without a separator (add one to your ids if you want one).
 
 A table is compressed columns, not a flat array of ids, so it is streamed once, batch by
-batch (never all in memory), into a cache of two flat token files (``train.bin``,
-``val.bin``, and ``meta.json``) under ``$HPTRANSFER_HOME/cache/tokens/KEY/``, then memory-
-mapped like any token file. ``KEY`` hashes the files' resolved paths, sizes and modification
-times, the column, the tokenizer file's hash and the split, so a changed table or tokenizer
-is streamed again. The cache is written in a temporary folder and renamed once complete:
-a table that fails to read leaves nothing behind. pyarrow is imported only here.
+batch (never all in memory), into two flat token files (``train.bin``,
+``val.bin``) of the token cache (:mod:`hptransfer.data.cache`: keyed by the files, the
+column, the tokenizer file's hash and the split; written whole or not at all), then
+memory-mapped like any token file. pyarrow is imported only here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from hptransfer.data import cache
 from hptransfer.data.tokens import TokenDType
 from hptransfer.errors import CorpusError
 
@@ -191,15 +186,8 @@ def _column(path: Path, schema, column: str | None, tokenizer, pa) -> str:
 
 def _cache_folder(files: list[Path], column: str, tokenizer, validation_fraction: float
                   ) -> Path:
-    key = hashlib.sha256(_CACHE_VERSION.encode())
-    for f in files:
-        stat = f.stat()
-        key.update(f"{f.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
-    key.update(f"{column}\0{getattr(tokenizer, 'file_hash', None)}\0"
-               f"{validation_fraction!r}".encode())
-    # $HPTRANSFER_HOME as hptransfer.study.storage.home reads it (a layer above data)
-    home = Path(os.environ.get("HPTRANSFER_HOME") or Path.home() / ".hptransfer")
-    return home / "cache" / "tokens" / key.hexdigest()[:32]
+    return cache.folder_for(f"parquet-{_CACHE_VERSION}", files, column,
+                            getattr(tokenizer, "file_hash", None), validation_fraction)
 
 
 def _documents(files: list[_Table], column: str, text: bool, tokenizer
@@ -245,9 +233,8 @@ def _stream(paths: list[Path], column: str, text: bool, tokenizer, validation_fr
         if top >= 1 << 32:
             raise CorpusError(f"column {column!r} holds id {top}, beyond uint32: not token ids")
         dtype = TokenDType.for_vocab(top + 1)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".partial-", dir=folder.parent))
-    try:
+
+    def write(scratch: Path) -> dict:
         counts = {"train": 0, "val": 0}
         top, val_bytes, row = -1, 0, 0
         with open(scratch / "train.bin", "wb") as train, open(scratch / "val.bin", "wb") as val:
@@ -260,17 +247,10 @@ def _stream(paths: list[Path], column: str, text: bool, tokenizer, validation_fr
                     counts[split] += ids.size
                     val_bytes += size if split == "val" else 0
                     row += 1
-        meta = {"dtype": dtype.value, "train_tokens": counts["train"],
+        return {"dtype": dtype.value, "train_tokens": counts["train"],
                 "validation_tokens": counts["val"],
                 "vocab_size": None if text else top + 1,
                 "validation_bytes": val_bytes if text else None,
-                "documents": rows, "validation_documents": n_val, "column": column,
-                "files": [str(p) for p in paths]}
-        (scratch / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.replace(scratch, folder)
-        except OSError:  # another process cached the same table first: theirs is the same
-            if not (folder / "meta.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+                "documents": rows, "validation_documents": n_val, "column": column}
+
+    cache.write_entry(folder, paths, write)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, ValidationError, model_validator
 
 from hptransfer.budget import Budget
+from hptransfer.data.source import DataSource
 from hptransfer.errors import AblationError, explain_fields
 from hptransfer.hparams import HParams
 from hptransfer.space import SearchSpace
@@ -77,6 +78,8 @@ class Setting(FrozenConfig):
     seed: int = 0
     data: str | None = Field(None, description="corpus path (relative to the setting file); "
                                                "None: the built-in corpus")
+    tokenizer: str | None = Field(None, description="a local tokenizer.json for a text "
+                                                    "corpus (relative to the setting file)")
     preset: Preset | None = Field(None, description="named ModelSpec constants under [spec] "
                                                     "(lingle: the paper's µP constants)")
     spec: dict[str, Any] = Field(default_factory=dict, description="ModelSpec fields")
@@ -84,6 +87,10 @@ class Setting(FrozenConfig):
 
     @model_validator(mode="after")
     def _check(self) -> Setting:
+        if self.tokenizer is not None and self.data is None:
+            raise ValueError("tokenizer applies to a text corpus given as data; the built-in "
+                             "corpus is byte-level (benchmarks/bpe_corpus.py writes it as "
+                             "text)")
         low, high = self.lr_exponents
         if low >= high:
             raise ValueError(f"lr_exponents must be [low, high] with low < high, got "
@@ -100,6 +107,13 @@ class Setting(FrozenConfig):
         except ValidationError as error:
             raise ValueError(f"[hparams]: {explain_fields(error)}") from None
         return self
+
+    @property
+    def source(self) -> DataSource | str | None:
+        """What the studies load: the data path, with its tokenizer when one is given."""
+        if self.tokenizer is None:
+            return self.data
+        return DataSource(path=self.data, tokenizer=self.tokenizer)
 
     @property
     def base_hparams(self) -> HParams:
@@ -122,7 +136,7 @@ class Point(FrozenConfig):
     lr_exponents: tuple[int, ...] = Field(description="log2 α of the grid, one octave apart")
     budget: Budget
     seed: int
-    data: str | None
+    data: DataSource | str | None
 
     @property
     def space(self) -> SearchSpace:
@@ -216,7 +230,7 @@ class Ablation(FrozenConfig):
         budget = Budget(tokens=tokens, eval_every=last, eval_tokens=setting.eval_tokens)
         study = name if self.axis is Axis.WIDTH else f"{name}.{self.axis.value}{value}"
         return Point(value=value, study=study, width=width, spec=spec, hparams=hparams,
-                     lr_exponents=grid, budget=budget, seed=setting.seed, data=setting.data)
+                     lr_exponents=grid, budget=budget, seed=setting.seed, data=setting.source)
 
 
 class Study(FrozenConfig):
@@ -249,15 +263,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def load_setting(path: str | Path) -> Setting:
-    """The setting in ``path``; a relative ``data`` path is taken from the file's folder."""
+    """The setting in ``path``; relative ``data`` and ``tokenizer`` paths are taken from the
+    file's folder."""
     path = Path(path)
     try:
         setting = Setting(**_read_toml(path))
     except ValidationError as error:
         raise AblationError(f"{path}: {explain_fields(error)}") from None
-    if setting.data is not None and not Path(setting.data).is_absolute():
-        setting = setting.model_copy(update={"data": str((path.parent / setting.data)
-                                                         .resolve())})
+    for key in ("data", "tokenizer"):
+        given = getattr(setting, key)
+        if given is not None and not Path(given).is_absolute():
+            setting = setting.model_copy(update={key: str((path.parent / given).resolve())})
     return setting
 
 

@@ -134,7 +134,7 @@ def run_study(study: Study, *, results: str | Path, storage: str | None = None,
     from hptransfer.study.tune import tune
     from hptransfer.study.worker import LocalRunner
 
-    corpus = corpus if corpus is not None else load_corpus(study.setting.data)
+    corpus = corpus if corpus is not None else load_corpus(study.setting.source)
     configs = [p.config(corpus) for p in study.points]  # every point valid before any runs
     url = normalize(storage)
     path = Path(results) / f"{study.name}.json"
