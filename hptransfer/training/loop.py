@@ -338,7 +338,10 @@ def setup(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus, *, 
     roles = role_table(spec)
     torch.manual_seed(seed)
     if sharded:
-        model = build_sharded(spec, hparams, seed=seed, device=on, group=ranks.group)
+        # bf16 compute and fp32 gradient reduction when spec.precision is bf16, each block
+        # compiled when the run is (models/sharding.py says why per block)
+        model = build_sharded(spec, hparams, seed=seed, device=on, group=ranks.group,
+                              compilation=execution.compilation)
     else:
         model = family.build(spec, seed=seed)
         scale_init(model, roles, hparams)  # the readout's τ (an hparam, unknown to the build)
@@ -348,7 +351,10 @@ def setup(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus, *, 
     # evaluation work on `model`, whose parameters keep their names and global shapes.
     forward = (distribute(model, execution.sharding, on, ranks.group)
                if ranks.parallel and not sharded else model)
-    if execution.compilation is Compilation.COMPILED:
+    if execution.compilation is Compilation.COMPILED and not sharded:
+        # replicated: the whole forward is one graph (DDP's bucketed all-reduce runs in
+        # its backward hooks). Sharded, build_sharded compiled each block: a compiled
+        # root would break its graph at every FSDP2 unit
         forward = torch.compile(forward)
     optimizer = build_optimizer(model, roles, spec, hparams)
     # read before a restore, which loads the LRs the schedule had set at the checkpoint
