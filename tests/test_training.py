@@ -442,3 +442,71 @@ def test_evaluation_of_a_large_vocabulary_in_parts_gives_the_same_loss(monkeypat
     parts = loop.evaluate(model, [batch], spec)
     assert parts == pytest.approx(whole, rel=1e-6)
     assert whole == pytest.approx(token_loss(model, batch).item(), rel=1e-6)
+
+
+# ---- the loop's parts apart: setup, then one step (docs: hptransfer.training.loop) ----
+
+def _setup(spec, hparams, corpus, execution=None):
+    """The run's setup on one rank, on the CPU, as train() makes it."""
+    from hptransfer.training.execution import Execution
+    from hptransfer.training.loop import setup
+    from hptransfer.training.ranks import Ranks
+
+    torch.set_num_threads(1)  # as train(threads=1): the same kernels, the same bits
+    return setup(spec, hparams, BUDGET, corpus, seed=7, on=torch.device("cpu"),
+                 execution=execution or Execution(), ranks=Ranks(0, 1), sharded=False)
+
+
+def test_setup_builds_the_family_s_init(tiny_spec, tiny_corpus):
+    """One rank, replicated: the model setup builds is the family's build from the seed
+    with the readout's τ applied (here 2), nothing trained yet, the schedule's peak LRs
+    read from the optimizer, the validation batches and the plan of the budget."""
+    from hptransfer.models.registry import build_model
+
+    hparams = HParams(batch_size=4, readout_mult=2.0)
+    run = _setup(tiny_spec, hparams, tiny_corpus)
+    built = build_model(tiny_spec, seed=7, hparams=hparams)
+    plain = build_model(tiny_spec, seed=7)
+    setup_weights = dict(run.model.named_parameters())
+    assert list(setup_weights) == [name for name, _ in built.named_parameters()]
+    assert all(torch.equal(setup_weights[name], p) for name, p in built.named_parameters())
+    assert not all(torch.equal(setup_weights[name], p) for name, p in plain.named_parameters())
+    assert run.forward is run.model  # one rank, eager: nothing wraps it
+    assert run.peak_lrs == [g["lr"] for g in run.optimizer.param_groups]
+    assert (run.planned, run.tokens_per_step) == (12, 4 * tiny_spec.seq_len)
+    assert run.validation and run.saver is None
+    assert (run.progress.step, run.progress.train_losses, run.progress.resumed_at) == (0, [], ())
+
+
+def test_one_step_is_the_run_s_first(tiny_spec, tiny_corpus):
+    """step() alone does what the loop's first step does: it moves every weight and returns
+    the finite training loss the whole run records first, to the bit."""
+    hparams = HParams(batch_size=4)
+    whole = train(tiny_spec, hparams, BUDGET, tiny_corpus, seed=7, threads=1)
+    from hptransfer.training.loop import step
+
+    run = _setup(tiny_spec, hparams, tiny_corpus)
+    before = {name: p.detach().clone() for name, p in run.model.named_parameters()}
+    loss = step(run, 0)
+    assert math.isfinite(loss) and loss == whole.train_curve[0].loss
+    assert all(not torch.equal(before[name], p) for name, p in run.model.named_parameters())
+    assert all(p.grad is None for p in run.model.parameters())  # zeroed for the next step
+    assert run.progress.step == 0  # the loop counts steps, not step()
+
+
+def test_setup_resumes_from_the_run_s_checkpoint(tmp_path, tiny_spec, tiny_corpus):
+    """With a checkpoint after step 8 (kept from a whole run), setup restores the loop's
+    progress there, and the next step() is the whole run's step 9, to the bit."""
+    from hptransfer.training.execution import Checkpointing, Execution
+    from hptransfer.training.loop import step
+
+    hparams = HParams(batch_size=4, weight_decay=0.1)
+    saving = Execution(checkpoint=Checkpointing(folder=tmp_path, every_steps=4, keep=True))
+    whole = train(tiny_spec, hparams, BUDGET, tiny_corpus, seed=7, threads=1,
+                  execution=saving)
+    run = _setup(tiny_spec, hparams, tiny_corpus, saving)
+    progress = run.progress
+    assert (progress.step, progress.resumed_at) == (8, (8,))
+    assert progress.train_losses == [p.loss for p in whole.train_curve[:8]]
+    assert progress.val_curve == list(whole.val_curve[:2])
+    assert step(run, 8) == whole.train_curve[8].loss

@@ -27,9 +27,11 @@ from hptransfer.spec import (
     EmbeddingNorm,
     ModelSpec,
     NormGain,
+    Precision,
     QueryInit,
     RoleSource,
 )
+from hptransfer.training.execution import Compilation
 
 if TYPE_CHECKING:
     from torch import nn
@@ -113,15 +115,18 @@ class ModelFamily(ABC):
 
         initialize(model, table_of(self, spec), spec, torch.Generator().manual_seed(seed))
 
-    def parallelize(self, model: nn.Module, mesh: Any) -> None:
+    def parallelize(self, model: nn.Module, mesh: Any, *,
+                    precision: Precision = Precision.FP32,
+                    compilation: Compilation = Compilation.EAGER) -> None:
         """Shard ``model`` over the 1-D device ``mesh`` with FSDP2, in place (the model may
-        still be on the meta device: :mod:`hptransfer.training.shards`). Default: every
-        element of every ``nn.ModuleList`` (a transformer's blocks) is one FSDP unit, then
-        the root (:func:`~hptransfer.models.sharding.shard_blocks`); a family whose blocks
-        live elsewhere overrides it."""
+        still be on the meta device: :mod:`hptransfer.training.shards`), with bf16 compute
+        when ``precision`` says so and each block compiled when ``compilation`` does
+        (:func:`~hptransfer.models.sharding.shard_blocks`). Default: every element of every
+        ``nn.ModuleList`` (a transformer's blocks) is one FSDP unit, then the root; a family
+        whose blocks live elsewhere overrides it."""
         from hptransfer.models.sharding import shard_blocks
 
-        shard_blocks(model, mesh, blocks=None)
+        shard_blocks(model, mesh, blocks=None, precision=precision, compilation=compilation)
 
     def probes(self, model: nn.Module, roles: RoleTable) -> dict[str, list[nn.Module]]:
         """The modules whose outputs a coord check records, by name (``logits``: the
@@ -194,10 +199,12 @@ class BuiltinFamily(ModelFamily):
 
         initialize_transformer(model, spec, seed=seed)
 
-    def parallelize(self, model: nn.Module, mesh: Any) -> None:
+    def parallelize(self, model: nn.Module, mesh: Any, *,
+                    precision: Precision = Precision.FP32,
+                    compilation: Compilation = Compilation.EAGER) -> None:
         from hptransfer.models.transformer import parallelize
 
-        parallelize(model, mesh)
+        parallelize(model, mesh, precision=precision, compilation=compilation)
 
     def flops_per_token(self, spec: ModelSpec) -> float:
         return spec.flops_per_token()

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 from hptransfer.errors import ConfigError
 from hptransfer.models.family import ModelFamily
 from hptransfer.mup.rules import attention_scale
-from hptransfer.spec import DepthRule, KeyValueHeads, ModelSpec
+from hptransfer.spec import DepthRule, KeyValueHeads, ModelSpec, Precision
+from hptransfer.training.execution import Compilation
 
 if TYPE_CHECKING:
     from torch import nn
@@ -83,12 +84,14 @@ class _HFFamily(ModelFamily):
         for module in modules:
             module.scaling = scale
 
-    def parallelize(self, model: nn.Module, mesh) -> None:
-        """FSDP2 units: each decoder layer (:meth:`layers`), then the root (embeddings,
-        final norm, LM head)."""
+    def parallelize(self, model: nn.Module, mesh, *, precision: Precision = Precision.FP32,
+                    compilation: Compilation = Compilation.EAGER) -> None:
+        """FSDP2 units: each decoder layer (:meth:`layers`; compiled one by one when
+        ``compilation`` says so), then the root (embeddings, final norm, LM head)."""
         from hptransfer.models.sharding import shard_blocks
 
-        shard_blocks(model, mesh, blocks=self.layers(model))
+        shard_blocks(model, mesh, blocks=self.layers(model), precision=precision,
+                     compilation=compilation)
 
     def flops_per_token(self, spec: ModelSpec) -> float:
         """3 × (2 × matrix parameters + 2·2·L·T·H·D of q·kᵀ and attention·v), as for the

@@ -196,9 +196,11 @@ def initialize_transformer(model: nn.Module, spec: ModelSpec, *, seed: int = 0) 
     initialize(model, declared(model), spec, torch.Generator().manual_seed(seed))
 
 
-def parallelize(model: Transformer, mesh) -> None:
+def parallelize(model: Transformer, mesh, **options) -> None:
     """FSDP2 units of the built-in model: each :class:`Block` (attention and MLP: almost all
-    of the weights at width), then the root (embedding, final norm, readout)."""
+    of the weights at width), then the root (embedding, final norm, readout). ``options``:
+    ``precision`` and ``compilation``, as :func:`~hptransfer.models.sharding.shard_blocks`
+    takes them (bf16 compute, each block compiled)."""
     from hptransfer.models.sharding import shard_blocks
 
-    shard_blocks(model, mesh, blocks=list(model.blocks))
+    shard_blocks(model, mesh, blocks=list(model.blocks), **options)

@@ -7,6 +7,12 @@ come from ``seed``, validation windows are fixed). Under ``torch.distributed`` i
 data parallel, replicated or sharded (:mod:`hptransfer.training.ranks`), and every rank
 returns the same record. With checkpoints (:mod:`hptransfer.training.checkpoint`) a rerun of
 a killed run resumes from its last one and ends as the uninterrupted run would.
+
+It reads as nanoGPT's ``train.py`` does, in three parts that are tested apart:
+:func:`setup` builds everything a run needs before its first step (the model whole or
+straight into its shards, the optimizer, the batches, the restored checkpoint), :func:`step`
+is one optimizer step, and ``_evaluate_point`` is a validation point and its verdict; the
+loop in ``_train`` strings them together with the divergence checks and the checkpoints.
 docs/foundation.md has the threads, precision and throughput measurements.
 """
 
@@ -17,6 +23,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -47,7 +54,7 @@ from hptransfer.training.ranks import (
 from hptransfer.training.schedule import lr_factor
 from hptransfer.training.shards import build_sharded, shard_elements
 
-__all__ = ["EvalCallback", "evaluate", "token_loss", "train"]
+__all__ = ["EvalCallback", "Progress", "Run", "evaluate", "setup", "step", "token_loss", "train"]
 
 EvalCallback = Callable[[CurvePoint], "Verdict | None"]
 
@@ -228,7 +235,101 @@ def train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus | No
 def _train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus, *, seed: int,
            on_eval: EvalCallback | None, threads: int, on: torch.device,
            execution: Execution, ranks: Ranks, sharded: bool, started: float) -> RunRecord:
-    """:func:`train` after its checks, on ``ranks``' own process group."""
+    """:func:`train` after its checks, on ``ranks``' own process group: :func:`setup`, then
+    :func:`step` after step, each followed by the checks that may end the run, a validation
+    point when one is due (:func:`_evaluate_point`) and a checkpoint when one is due."""
+    run = setup(spec, hparams, budget, corpus, seed=seed, on=on, execution=execution,
+                ranks=ranks, sharded=sharded)
+    progress = run.progress
+    status, reason = Status.COMPLETE, None
+    while progress.step < run.planned:
+        tick = time.perf_counter()
+        value = step(run, progress.step)
+        progress.clock.add(time.perf_counter() - tick)  # ranks.mean waited for the kernels
+        progress.step += 1
+        progress.train_losses.append(value)
+        ended = _diverged(value, progress, budget)
+        if ended is None and (progress.step % budget.eval_every == 0
+                              or progress.step == run.planned):
+            ended = _evaluate_point(run, on_eval)
+        if ended is not None:
+            status, reason = ended
+            break
+        if (run.saver is not None and progress.step < run.planned
+                and run.saver.due(progress.step)):
+            run.saver.save(run.model, run.optimizer, progress.loop_state(run.rng))
+
+    if run.saver is not None:
+        run.saver.discard()
+    return _record(run, status, reason, threads=threads, started=started)
+
+
+@dataclass
+class Progress:
+    """What the loop has done so far: what a checkpoint saves (:meth:`loop_state`) and the
+    record reports. Fresh at the start of a run, or restored from its checkpoint."""
+
+    clock: _StepClock
+    step: int = 0  # steps completed
+    first_loss: float | None = None  # the divergence check's reference
+    train_losses: list[float] = field(default_factory=list)
+    val_curve: list[CurvePoint] = field(default_factory=list)
+    resumed_at: tuple[int, ...] = ()  # the steps earlier attempts resumed from
+
+    @classmethod
+    def resumed(cls, state: LoopState, warmup: int) -> Progress:
+        """Where a checkpoint's loop state left off; this attempt's warm-up starts anew."""
+        return cls(_StepClock(warmup, seconds=state.train_seconds,
+                              timed_steps=state.timed_steps,
+                              timed_seconds=state.timed_seconds),
+                   step=state.step, first_loss=state.first_loss,
+                   train_losses=list(state.train_losses), val_curve=list(state.val_curve),
+                   resumed_at=(*state.resumed_at, state.step))
+
+    def loop_state(self, rng: np.random.Generator) -> LoopState:
+        """What a checkpoint after this step saves, with the batch generator's state."""
+        return LoopState(step=self.step, train_losses=tuple(self.train_losses),
+                         val_curve=tuple(self.val_curve), first_loss=self.first_loss,
+                         train_seconds=self.clock.seconds, timed_steps=self.clock.timed_steps,
+                         timed_seconds=self.clock.timed_seconds,
+                         batches=rng.bit_generator.state, resumed_at=self.resumed_at)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run ready to train (:func:`setup`): what it trains, and the live objects that
+    train it. A live handle, never a record: it holds the model and lives on one rank.
+    Only ``progress`` (and the objects' own state: weights, optimizer, ``rng``) changes."""
+
+    spec: ModelSpec
+    hparams: HParams
+    budget: Budget
+    corpus: Corpus
+    seed: int
+    on: torch.device
+    ranks: Ranks
+    sharded: bool
+    model: torch.nn.Module  # what the optimizer, clipping, evaluation and checkpoints see
+    forward: torch.nn.Module  # what the step calls: the model, its DDP wrapper, compiled
+    optimizer: torch.optim.Optimizer
+    peak_lrs: list[float]  # each param group's LR before the schedule's factor
+    parameters: list[torch.nn.Parameter]  # in the optimizer's order (clipping)
+    planned: int  # steps
+    tokens_per_step: int  # of the global batch
+    rng: np.random.Generator  # the training batches'
+    validation: list[torch.Tensor]  # fixed window batches, on ``on``
+    saver: Checkpointer | None
+    progress: Progress
+
+
+def setup(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus, *, seed: int,
+          on: torch.device, execution: Execution, ranks: Ranks, sharded: bool) -> Run:
+    """Everything a run needs before its first step, on this rank: the model built whole
+    from ``seed`` (moved to ``on``) or straight into its FSDP2 shards, what the step calls
+    (DDP, ``torch.compile``), the optimizer and its peak LRs, the planned steps, the batch
+    generator, the validation batches, and the checkpointer with the progress restored
+    from the run's checkpoint (None of these: a fresh start). Every rank calls it alike
+    (building sharded, restoring and DDP's construction are collectives)."""
     if on.type == "cuda":
         # the peak this run reaches (RunRecord.peak_memory_bytes), not the process's: a
         # study's worker or a torchrun job trains many runs one after another
@@ -237,7 +338,10 @@ def _train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus, *,
     roles = role_table(spec)
     torch.manual_seed(seed)
     if sharded:
-        model = build_sharded(spec, hparams, seed=seed, device=on, group=ranks.group)
+        # bf16 compute and fp32 gradient reduction when spec.precision is bf16, each block
+        # compiled when the run is (models/sharding.py says why per block)
+        model = build_sharded(spec, hparams, seed=seed, device=on, group=ranks.group,
+                              compilation=execution.compilation)
     else:
         model = family.build(spec, seed=seed)
         scale_init(model, roles, hparams)  # the readout's τ (an hparam, unknown to the build)
@@ -247,107 +351,112 @@ def _train(spec: ModelSpec, hparams: HParams, budget: Budget, corpus: Corpus, *,
     # evaluation work on `model`, whose parameters keep their names and global shapes.
     forward = (distribute(model, execution.sharding, on, ranks.group)
                if ranks.parallel and not sharded else model)
-    if execution.compilation is Compilation.COMPILED:
+    if execution.compilation is Compilation.COMPILED and not sharded:
+        # replicated: the whole forward is one graph (DDP's bucketed all-reduce runs in
+        # its backward hooks). Sharded, build_sharded compiled each block: a compiled
+        # root would break its graph at every FSDP2 unit
         forward = torch.compile(forward)
     optimizer = build_optimizer(model, roles, spec, hparams)
+    # read before a restore, which loads the LRs the schedule had set at the checkpoint
     peak_lrs = [group["lr"] for group in optimizer.param_groups]
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
     tokens_per_step = hparams.batch_size * spec.seq_len
     planned = budget.resolve_steps(tokens_per_step=tokens_per_step)
     rng = np.random.default_rng(seed)
     validation = [torch.from_numpy(rows).to(on) for rows in
                   corpus.validation_batches(_EVAL_ROWS, spec.seq_len, budget.eval_tokens)]
-
-    status, reason = Status.COMPLETE, None
-    val_curve: list[CurvePoint] = []
-    train_losses: list[float] = []
-    first_loss = None
-    clock = _StepClock(_WARMUP_STEPS[execution.compilation])
-    step = 0
-    resumed_at: tuple[int, ...] = ()
-    saver = None
+    warmup = _WARMUP_STEPS[execution.compilation]
+    progress, saver = Progress(_StepClock(warmup)), None
     if execution.checkpoint is not None:
         saver = Checkpointer(execution.checkpoint, ranks=ranks, run=fingerprint(
             spec, hparams, budget, seed, corpus.content_hash, execution.checkpoint.owner))
         state = saver.restore(model, optimizer, planned)
         if state is not None:
-            step, first_loss = state.step, state.first_loss
-            clock = _StepClock(clock.warmup, seconds=state.train_seconds,
-                               timed_steps=state.timed_steps,
-                               timed_seconds=state.timed_seconds)
-            train_losses, val_curve = list(state.train_losses), list(state.val_curve)
+            progress = Progress.resumed(state, warmup)
             rng.bit_generator.state = state.batches
-            resumed_at = (*state.resumed_at, state.step)
-    while step < planned:
-        tick = time.perf_counter()
-        factor = lr_factor(step, total_steps=planned, hparams=hparams)
-        for group, peak in zip(optimizer.param_groups, peak_lrs, strict=True):
-            group["lr"] = peak * factor
-        batch = torch.from_numpy(corpus.train_batch(rng, hparams.batch_size, spec.seq_len))
-        batch = batch.to(on, non_blocking=True)
-        with autocast(spec, on.type):
-            loss = token_loss(forward, ranks.rows(batch), check=step == 0)
-        loss.backward()
-        if hparams.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(parameters, hparams.grad_clip, foreach=True)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        value = ranks.mean(loss)
-        clock.add(time.perf_counter() - tick)  # ranks.mean waited for the step's kernels
-        step += 1
-        train_losses.append(value)
+    return Run(spec=spec, hparams=hparams, budget=budget, corpus=corpus, seed=seed, on=on,
+               ranks=ranks, sharded=sharded, model=model, forward=forward,
+               optimizer=optimizer, peak_lrs=peak_lrs,
+               parameters=[p for group in optimizer.param_groups for p in group["params"]],
+               planned=planned, tokens_per_step=tokens_per_step, rng=rng,
+               validation=validation, saver=saver, progress=progress)
 
-        first_loss = value if first_loss is None else first_loss
-        if not math.isfinite(value):
-            status, reason = Status.DIVERGED, f"training loss is {value} at step {step}"
-            break
-        if value > budget.divergence_factor * first_loss:
-            status, reason = Status.DIVERGED, (
-                f"training loss {value:.3f} at step {step} exceeds "
-                f"{budget.divergence_factor} × the first loss {first_loss:.3f}")
-            break
-        if step % budget.eval_every == 0 or step == planned:
-            # rank 0 evaluates for all: the ranks hold the same weights, and then hold the
-            # same curve too (sharded, every rank takes part in the forward's all-gathers)
-            loss_here = (evaluate(model, validation, spec) if ranks.rank == 0 or sharded
-                         else math.nan)
-            point = CurvePoint(step=step, tokens=step * tokens_per_step,
-                               loss=ranks.shared(loss_here))
-            if not math.isfinite(point.loss):
-                status, reason = Status.DIVERGED, f"validation loss is {point.loss} at step {step}"
-                break
-            val_curve.append(point)
-            stop = (on_eval is not None and ranks.rank == 0
-                    and on_eval(point) is Verdict.STOP)
-            if ranks.shared(float(stop)):
-                status, reason = Status.PRUNED, f"stopped by on_eval at step {step}"
-                break
-        if saver is not None and step < planned and saver.due(step):
-            saver.save(model, optimizer, LoopState(
-                step=step, train_losses=tuple(train_losses), val_curve=tuple(val_curve),
-                first_loss=first_loss, train_seconds=clock.seconds,
-                timed_steps=clock.timed_steps, timed_seconds=clock.timed_seconds,
-                batches=rng.bit_generator.state, resumed_at=resumed_at))
 
-    if saver is not None:
-        saver.discard()
-    tokens = step * tokens_per_step
-    tokens_per_s, timed_steps = clock.throughput(step, tokens_per_step)
+def step(run: Run, index: int) -> float:
+    """Optimizer step ``index`` (from 0) of ``run``: the schedule's LRs, the next global
+    batch from ``run.rng`` (this rank trains on its rows), forward under autocast,
+    backward, clipping, the update. Returns the global batch's training loss, the same
+    float on every rank. Only the first step checks the model's logits (a clear error)."""
+    factor = lr_factor(index, total_steps=run.planned, hparams=run.hparams)
+    for group, peak in zip(run.optimizer.param_groups, run.peak_lrs, strict=True):
+        group["lr"] = peak * factor
+    spec, hparams = run.spec, run.hparams
+    batch = torch.from_numpy(run.corpus.train_batch(run.rng, hparams.batch_size, spec.seq_len))
+    batch = batch.to(run.on, non_blocking=True)
+    with autocast(spec, run.on.type):
+        loss = token_loss(run.forward, run.ranks.rows(batch), check=index == 0)
+    loss.backward()
+    if hparams.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.parameters, hparams.grad_clip, foreach=True)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return run.ranks.mean(loss)
+
+
+def _diverged(value: float, progress: Progress, budget: Budget) -> tuple[Status, str] | None:
+    """(DIVERGED, why) when the training loss ``value`` of the step just counted in
+    ``progress`` is not finite or exceeds ``budget.divergence_factor`` × the first."""
+    if progress.first_loss is None:
+        progress.first_loss = value
+    at, first = progress.step, progress.first_loss
+    if not math.isfinite(value):
+        return Status.DIVERGED, f"training loss is {value} at step {at}"
+    if value > budget.divergence_factor * first:
+        return Status.DIVERGED, (f"training loss {value:.3f} at step {at} exceeds "
+                                 f"{budget.divergence_factor} × the first loss {first:.3f}")
+    return None
+
+
+def _evaluate_point(run: Run, on_eval: EvalCallback | None) -> tuple[Status, str] | None:
+    """The validation point after the step just counted in ``run.progress``, appended to
+    its curve; (DIVERGED or PRUNED, why) when it ends the run, on every rank alike."""
+    ranks, at = run.ranks, run.progress.step
+    # rank 0 evaluates for all: the ranks hold the same weights, and then hold the same
+    # curve too (sharded, every rank takes part in the forward's all-gathers)
+    loss_here = (evaluate(run.model, run.validation, run.spec)
+                 if ranks.rank == 0 or run.sharded else math.nan)
+    point = CurvePoint(step=at, tokens=at * run.tokens_per_step, loss=ranks.shared(loss_here))
+    if not math.isfinite(point.loss):
+        return Status.DIVERGED, f"validation loss is {point.loss} at step {at}"
+    run.progress.val_curve.append(point)
+    stop = on_eval is not None and ranks.rank == 0 and on_eval(point) is Verdict.STOP
+    if ranks.shared(float(stop)):
+        return Status.PRUNED, f"stopped by on_eval at step {at}"
+    return None
+
+
+def _record(run: Run, status: Status, reason: str | None, *, threads: int,
+            started: float) -> RunRecord:
+    """The record of ``run`` as its loop left it."""
+    progress, on, corpus, spec = run.progress, run.on, run.corpus, run.spec
+    tokens = progress.step * run.tokens_per_step
+    tokens_per_s, timed_steps = progress.clock.throughput(progress.step, run.tokens_per_step)
+    val_curve = progress.val_curve
     final = val_curve[-1].loss if val_curve and status is not Status.DIVERGED else None
     return RunRecord(
         status=status, reason=reason,
         final_val_loss=final, final_val_bpb=corpus.bits_per_byte(final),
         val_curve=tuple(val_curve),
-        train_curve=_downsample(train_losses, tokens_per_step),
-        steps=step, planned_steps=planned, tokens_seen=tokens,
-        flops=family.flops_per_token(spec) * tokens,
+        train_curve=_downsample(progress.train_losses, run.tokens_per_step),
+        steps=progress.step, planned_steps=run.planned, tokens_seen=tokens,
+        flops=family_of(spec).flops_per_token(spec) * tokens,
         wall_time_s=time.perf_counter() - started,
         tokens_per_s=tokens_per_s, timed_steps=timed_steps,
         peak_memory_bytes=(torch.cuda.max_memory_allocated(on) if on.type == "cuda"
                            else None),
-        resumed_at=resumed_at,
-        spec=spec, hparams=hparams, budget=budget, seed=seed, corpus=corpus.describe(),
-        parametrization=formulation(spec), provenance=collect(threads))
+        resumed_at=progress.resumed_at,
+        spec=spec, hparams=run.hparams, budget=run.budget, seed=run.seed,
+        corpus=corpus.describe(), parametrization=formulation(spec),
+        provenance=collect(threads))
 
 
 def _downsample(losses: list[float], tokens_per_step: int) -> tuple[CurvePoint, ...]:

@@ -32,6 +32,7 @@ from torch import nn
 
 from hptransfer.hparams import HParams
 from hptransfer.spec import ModelSpec
+from hptransfer.training.execution import Compilation
 
 if TYPE_CHECKING:
     from hptransfer.mup.roles import RoleTable
@@ -75,10 +76,14 @@ def forget_meshes(group_name: str) -> None:
 
 
 def build_sharded(spec: ModelSpec, hparams: HParams, *, seed: int, device: torch.device,
-                  group: Any = None) -> nn.Module:
+                  group: Any = None, compilation: Compilation = Compilation.EAGER
+                  ) -> nn.Module:
     """``spec``'s model FSDP2-sharded over ``group``'s ranks (None: all), initialised from
     ``seed`` and ``hparams``' init multipliers exactly as the unsharded build is, with only
-    this rank's shards ever allocated, on ``device``. Every rank of the group calls it."""
+    this rank's shards ever allocated, on ``device``. Every rank of the group calls it.
+    ``spec.precision`` BF16 gives each FSDP2 unit bf16 compute and fp32 gradient reduction,
+    ``compilation`` COMPILED compiles each block (:func:`~hptransfer.models.sharding.
+    shard_blocks`); the parameters are fp32 either way."""
     from hptransfer.models.registry import family_of, role_table
     from hptransfer.mup.tensors import scale_init
 
@@ -87,7 +92,8 @@ def build_sharded(spec: ModelSpec, hparams: HParams, *, seed: int, device: torch
     with parameters_on_meta():
         model = family.make(spec)
     family.configure(model, spec)
-    family.parallelize(model, device_mesh(device, group))
+    family.parallelize(model, device_mesh(device, group), precision=spec.precision,
+                       compilation=compilation)
     buffers = {name: buffer.detach().to("cpu", copy=True)
                for name, buffer in model.named_buffers()}
     model.to_empty(device=device)  # this rank's shards only (and empty buffers)
