@@ -86,12 +86,14 @@ class Launcher(Protocol):
     def execution(self) -> Execution: ...
 
     def lead(self, confirm: Callable[[Launcher], T]) -> T | None:
-        """``confirm(launcher)`` in the process that records the runs (None elsewhere)."""
+        """``confirm(launcher)`` in the process that records the runs; a process that
+        only trains (a torchrun rank other than 0) trains what it is sent, and None."""
         ...
 
     def check(self, spec: ModelSpec, predicted: HParams, url: str | None) -> Launcher:
         """Refuse what this launcher cannot train, before any run; the launcher to train
-        with (completed with what the checks found)."""
+        with (completed with what the checks found). ``url``: the study storage's (None: a
+        storage object without one)."""
         ...
 
     def trackers(self, tracking: Tracking | None) -> Tracking | None:
