@@ -8,10 +8,11 @@ batches): a loss difference between two of them is the LR's doing, not the seed'
 
 The runs are trials of one more Optuna study in the study's storage,
 ``{study}.confirm.w{width}`` (:mod:`hptransfer.study.names`), recorded like tune trials plus
-their offset, the predicted LR and where they ran: this process (on the CPU or a GPU), a
-Ray Train job of ``workers`` data-parallel workers (:mod:`hptransfer.backends.ray_train`), or
-every rank of a torchrun job (:mod:`hptransfer.confirmation.torchrun`), replicated or
-sharded with FSDP2. Re-running :func:`confirm` trains only the offsets that have no finished
+their offset, the predicted LR and where they ran, which is their launcher's business
+(:mod:`hptransfer.confirmation.launchers`): this process (on the CPU or a GPU), a Ray Train
+job of ``workers`` data-parallel workers (:mod:`hptransfer.backends.ray_train`), or every
+rank of a torchrun job (:mod:`hptransfer.confirmation.torchrun`), replicated or sharded
+with FSDP2. Re-running :func:`confirm` trains only the offsets that have no finished
 run for the same prediction, and a run that was killed resumes from its last checkpoint
 (every 10 minutes by default, under ``$HPTRANSFER_HOME/checkpoints``). Each run's validation
 curve is written to its trial while it trains. The verdict is
@@ -20,15 +21,16 @@ curve is written to its trial while it trains. The verdict is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hptransfer.backends import Backend
+from hptransfer.confirmation.launchers import Launcher, LocalLauncher, TrialRef, make_launcher
 from hptransfer.confirmation.verdict import (
     DEFAULT_OFFSETS,
     OFFSET_MATCH,
@@ -50,8 +52,6 @@ from hptransfer.tracking import Tracking, log_result, ready, resolve
 from hptransfer.training.execution import Checkpointing, Execution
 
 if TYPE_CHECKING:
-    from hptransfer.backends.ray_train import RayScaling
-    from hptransfer.confirmation.torchrun import TorchrunJob
     from hptransfer.spec import Precision
 
 __all__ = ["confirm", "load_confirmation"]
@@ -101,128 +101,34 @@ def _is_finished(run: ConfirmationRun) -> bool:
     return run.status not in (TrialStatus.RUNNING, TrialStatus.WAITING)
 
 
-class _Placement(NamedTuple):
-    """Where confirmation runs train: ``processes`` local processes side by side (on
-    ``device``), Ray Train jobs (``ray`` not None), or the ranks of this torchrun job
-    (``torchrun`` not None); and how (``execution``)."""
-
-    threads: int  # local: torch threads per run; Ray: each worker's (= its CPUs)
-    execution: Execution = Execution()
-    ray: RayScaling | None = None
-    address: str | None = None
-    processes: int = 1  # local runs side by side (one is this process)
-    auto: bool = False
-    device: str | None = None  # local runs' device (None: the CPU)
-    torchrun: TorchrunJob | None = None
-    storage_url: str | None = None  # where a Ray job's rank 0 writes its live curve
-
-    @property
-    def backend(self) -> Backend:
-        return (Backend.RAY if self.ray is not None else
-                Backend.TORCHRUN if self.torchrun is not None else Backend.LOCAL)
-
-    @property
-    def workers(self) -> int:
-        """Data-parallel workers of each run."""
-        return (self.ray.workers if self.ray is not None else
-                self.torchrun.ranks.size if self.torchrun is not None else 1)
-
-    @property
-    def attrs(self) -> tuple[tuple[str, Any], ...]:
-        return ((Attr.BACKEND, self.backend.value), (Attr.WORKERS, self.workers))
-
-
-def _run_one(optuna_study, trial, hparams: HParams, attrs: tuple[tuple[str, Any], ...], spec,
-             config, corpus, placement: _Placement, tracking: Tracking | None) -> None:
-    """Train one confirmation run and record it like a tune trial (no pruning): in this
-    process, as a Ray Train job, or on every rank of the torchrun job (this process holds
-    the lease and writes the record). The process that trains it logs it to ``tracking``'s
-    trackers: this one, a torchrun job's rank 0 (this one too), a Ray Train job's rank 0."""
+def _run_one(optuna_study, trial, hparams: HParams, attrs: tuple[tuple[str, Any], ...],
+             job: _Job) -> None:
+    """Train one confirmation run where ``job.launcher`` trains them and record it like a
+    tune trial (no pruning): this process holds the lease and writes the record wherever
+    the run trains. The process that trains it logs it to ``job.tracking``'s trackers
+    (:meth:`~hptransfer.confirmation.launchers.Launcher.trackers`)."""
     from hptransfer.study.lifecycle import trial_seed
     from hptransfer.study.trial import record_run, run_info
     from hptransfer.training.order import RunOrder
 
-    trainer = None
-    if placement.backend is not Backend.LOCAL:
-        order = RunOrder(spec=spec, hparams=hparams, budget=config.budget,
-                         seed=trial_seed(trial.user_attrs, config), data=config.data,
-                         corpus_hash=config.corpus_hash, execution=placement.execution)
+    launcher = job.launcher
 
-        def trainer(on_eval):
-            if placement.torchrun is not None:
-                return placement.torchrun.train(order, on_eval)
-            from hptransfer.backends.ray_train import Progress, train_on_ray
+    def trainer(on_eval):  # (built here: anything it raises is the run's recorded error)
+        seed = trial_seed(trial.user_attrs, job.config)
+        order = RunOrder(spec=job.spec, hparams=hparams, budget=job.config.budget, seed=seed,
+                         data=job.config.data, corpus_hash=job.config.corpus_hash,
+                         execution=launcher.execution)
+        info = run_info(optuna_study.study_name, trial.number, spec=job.spec, hparams=hparams,
+                        seed=seed, attrs={**trial.user_attrs, **dict(attrs)})
+        return launcher.run(order, on_eval, TrialRef(
+            name=f"{optuna_study.study_name}.t{trial.number}", trial_id=trial._trial_id,
+            info=info, tracking=job.tracking, corpus=job.corpus))
 
-            progress = (Progress(storage=placement.storage_url, trial_id=trial._trial_id)
-                        if placement.storage_url is not None else None)
-            tracked = None if tracking is None else (tracking, run_info(
-                optuna_study.study_name, trial.number, spec=spec, hparams=hparams,
-                seed=order.seed, attrs={**trial.user_attrs, **dict(attrs)}))
-            return train_on_ray(order, scaling=placement.ray, address=placement.address,
-                                name=f"{optuna_study.study_name}.t{trial.number}",
-                                progress=progress, tracked=tracked)
-
-    record_run(optuna_study, trial, spec=spec, hparams=hparams, config=config, corpus=corpus,
-               threads=placement.threads, attrs=(*attrs, *placement.attrs),
-               device=placement.device, execution=placement.execution, trainer=trainer,
-               tracking=None if placement.ray is not None else tracking)
-
-
-def _placement(backend: Backend, *, threads: int | None, workers: int | str, width: int,
-               address: str | None, cpus_per_worker: int, gpus_per_worker: float,
-               device: str | None, execution: Execution) -> _Placement:
-    """Check the backend options against each other (before anything runs). A torchrun
-    placement is completed by :func:`hptransfer.confirmation.torchrun.join`."""
-    from hptransfer.study.runner import AUTO, auto_placement
-    from hptransfer.training.device import check_device, resolve_device, resolve_threads
-    from hptransfer.training.execution import Sharding
-
-    if workers != AUTO and (not isinstance(workers, int) or workers < 1):
-        raise ConfigError(f"workers must be a positive number or 'auto', got {workers!r}")
-    if cpus_per_worker < 1:
-        raise ConfigError(f"cpus_per_worker must be at least 1, got {cpus_per_worker}")
-    if gpus_per_worker < 0:
-        raise ConfigError(f"gpus_per_worker must be 0 or more, got {gpus_per_worker}")
-    if backend is not Backend.RAY and (address is not None or cpus_per_worker != 1
-                                       or gpus_per_worker):
-        raise ConfigError("--address, --cpus-per-worker and --gpus-per-worker apply only with "
-                          "--backend ray")
-    check_device(device)  # the form, for every backend ("", "CPU", "cuda:-1" are refused)
-    if backend is not Backend.TORCHRUN and device is not None:
-        resolve_device(device)  # a clear error where there is no such device
-    if backend is Backend.LOCAL:
-        if execution.sharding is Sharding.FSDP:
-            raise ConfigError("--sharding fsdp shards a run over the ranks of a Ray (--workers "
-                              "N) or torchrun job; a local run is one process holding the whole "
-                              "model: use --backend ray or torchrun")
-        if device is not None and device.startswith("cuda"):  # one card: one run at a time
-            return _Placement(threads=threads or resolve_threads(), execution=execution,
-                              device=device)
-        if workers == AUTO:  # side by side at small widths, one process with all CPUs wide
-            chosen = auto_placement(width, resolve_threads(), threads)
-            return _Placement(threads=chosen.threads, processes=chosen.workers, auto=True,
-                              execution=execution, device=device)
-        return _Placement(threads=threads or max(1, resolve_threads() // workers),
-                          processes=workers, execution=execution, device=device)
-    if backend is Backend.TORCHRUN:
-        if workers != AUTO:
-            raise ConfigError("--workers does not apply with --backend torchrun: every process "
-                              "torchrun starts (--nnodes × --nproc-per-node) is one worker")
-        return _Placement(threads=threads or 1, execution=execution)
-    from hptransfer.backends.cluster import require_ray
-    from hptransfer.backends.ray_train import RayScaling
-
-    require_ray()  # the install line before anything else happens
-    from hptransfer.backends.ray_train import check_gpu_share
-
-    if workers != AUTO:
-        check_gpu_share(workers, gpus_per_worker)
-    if threads is not None or device is not None:
-        raise ConfigError("--threads and --device set a local run's; on Ray each worker trains "
-                          "with --cpus-per-worker threads, on a GPU with --gpus-per-worker")
-    ray = RayScaling(workers=1 if workers == AUTO else workers, cpus_per_worker=cpus_per_worker,
-                     gpus_per_worker=gpus_per_worker)
-    return _Placement(threads=cpus_per_worker, address=address, ray=ray, execution=execution)
+    record_run(optuna_study, trial, spec=job.spec, hparams=hparams, config=job.config,
+               corpus=job.corpus, threads=launcher.threads,
+               attrs=(*attrs, (Attr.BACKEND, launcher.backend.value),
+                      (Attr.WORKERS, launcher.workers)),
+               trainer=trainer, tracking=launcher.trackers(job.tracking))
 
 
 def default_execution() -> Execution:
@@ -233,34 +139,18 @@ def default_execution() -> Execution:
     return Execution(checkpoint=Checkpointing(folder=home() / "checkpoints", every_minutes=10))
 
 
-def _check_checkpoint_folder(placement: _Placement) -> None:
-    """An unwritable checkpoint folder (/proc/ck, a read-only mount) is refused now, not
-    found at the first checkpoint after up to ten minutes of training, in every run. A Ray
-    run's ranks write their checkpoints on their own nodes, which this process cannot see."""
-    from hptransfer.study.storage import unwritable_folder
-
-    policy = placement.execution.checkpoint
-    if policy is None or placement.ray is not None:
-        return
-    blocked = unwritable_folder(Path(policy.folder))
-    if blocked is not None:
-        raise ConfigError(f"--checkpoint-dir {policy.folder}: cannot write checkpoints in "
-                          f"{blocked} (permission denied, read-only, or not a folder); give a "
-                          f"folder you can write to, or --checkpoint-minutes 0 for none")
-
-
-def _with_owner(placement: _Placement, storage: Any, url: str | None, study: str
-                ) -> _Placement:
-    """The placement with its checkpoints bound to this storage and confirmation study: a
+def _with_owner(launcher: Launcher, storage: Any, url: str | None, study: str
+                ) -> Launcher:
+    """The launcher with its checkpoints bound to this storage and confirmation study: a
     run of the same prediction recorded elsewhere must not resume from them (its record
     would say it resumed from a run it never made)."""
-    policy = placement.execution.checkpoint
+    policy = launcher.execution.checkpoint
     if policy is None:
-        return placement
+        return launcher
     where = url or getattr(getattr(storage, "_backend", None), "_file_path", None) \
         or f"{type(storage).__name__}@{id(storage):x}"  # an object: this process's only
     owned = policy.model_copy(update={"owner": f"{where}#{study}"})
-    return placement._replace(execution=placement.execution.model_copy(
+    return dataclasses.replace(launcher, execution=launcher.execution.model_copy(
         update={"checkpoint": owned}))
 
 
@@ -327,32 +217,19 @@ def confirm(target_width: int, *, study: str = "proxy", storage: Any = None,
         raise ConfigError(str(error)) from None
     if not 0 < tolerance < 1:
         raise ConfigError(f"tolerance is a relative loss in (0, 1), got {tolerance}")
-    placement = _placement(backend, threads=threads, workers=workers, width=target_width,
-                           address=address, cpus_per_worker=cpus_per_worker,
-                           gpus_per_worker=gpus_per_worker, device=device, execution=execution)
-    _check_checkpoint_folder(placement)
-    if backend is not Backend.TORCHRUN:
-        return _confirm(target_width, study=study, storage=storage, offsets=offsets,
-                        tolerance=tolerance, on_run=on_run, placement=placement,
-                        precision=precision, model=model, tracking=tracking)
-    from hptransfer.confirmation import torchrun
-
-    job = torchrun.join(device, threads)
-    if job.ranks.rank != 0:
-        torchrun.follow(job)
-        return None
-    try:
-        return _confirm(target_width, study=study, storage=storage, offsets=offsets,
-                        tolerance=tolerance, on_run=on_run, precision=precision, model=model,
-                        placement=placement._replace(threads=job.threads, torchrun=job),
-                        tracking=tracking)
-    finally:
-        torchrun.release(job)
+    launcher = make_launcher(backend, threads=threads, workers=workers, width=target_width,
+                             address=address, cpus_per_worker=cpus_per_worker,
+                             gpus_per_worker=gpus_per_worker, device=device,
+                             execution=execution)
+    # (torchrun: rank 0 records, the other ranks train what it sends and return None)
+    return launcher.lead(lambda ready: _confirm(
+        target_width, study=study, storage=storage, offsets=offsets, tolerance=tolerance,
+        on_run=on_run, launcher=ready, precision=precision, model=model, tracking=tracking))
 
 
 def _confirm(target_width: int, *, study: str, storage: Any, offsets: tuple[float, ...],
              tolerance: float, on_run: Callable[[ConfirmationRun], None] | None,
-             placement: _Placement, precision: Precision | None, model: str | None,
+             launcher: Launcher, precision: Precision | None, model: str | None,
              tracking: Tracking | None) -> Confirmation:
     """:func:`confirm` in the process that records the runs."""
     import optuna
@@ -363,7 +240,6 @@ def _confirm(target_width: int, *, study: str, storage: Any, offsets: tuple[floa
     from hptransfer.study.leases import lease_timing
     from hptransfer.study.lifecycle import reclaim_lost
     from hptransfer.study.search import quiet_optuna
-    from hptransfer.training.device import check_memory, resolve_device
     from hptransfer.transfer import predict_hparams
 
     quiet_optuna()
@@ -372,8 +248,7 @@ def _confirm(target_width: int, *, study: str, storage: Any, offsets: tuple[floa
     prediction = predict_hparams(target_width, study=study, storage=storage, model=model)
     url = _storage_url(storage)
     storage = open_storage_arg(storage, Access.UPDATE)
-    placement = _with_owner(placement, storage, url,
-                            confirmation_study_name(study, target_width))
+    launcher = _with_owner(launcher, storage, url, confirmation_study_name(study, target_width))
     try:
         config = load_config(study, storage)
     except StudyError as error:
@@ -387,25 +262,8 @@ def _confirm(target_width: int, *, study: str, storage: Any, offsets: tuple[floa
         spec = type(spec).model_validate({**spec.model_dump(), "precision": precision})
     target = family_of(spec)
     target.check(spec)  # a target the family cannot build fails here, not 5 times
-    if placement.backend is Backend.LOCAL:  # (a rank checks its own share)
-        check_memory(target.parameter_count(spec, embedding=True),
-                     resolve_device(placement.device), f"the target model at width {target_width}")
-    if placement.backend is not Backend.LOCAL:  # before any run
-        from hptransfer.training.ranks import rows_per_worker
-
-        rows_per_worker(predicted.batch_size, placement.workers)
-    if placement.ray is not None:
-        from hptransfer.backends.cluster import check_shared_storage, connect
-
-        connect(placement.address)
-        if url is not None:
-            check_shared_storage(url, placement.address)
-            placement = placement._replace(storage_url=url)
-        if placement.ray.gpus_per_worker > 0:
-            from hptransfer.backends.ray_train import check_gpus
-
-            check_gpus(placement.ray.workers, placement.ray.gpus_per_worker, placement.address)
-    processes = placement.processes if url is not None and "memory" not in url else 1
+    launcher = launcher.check(spec, predicted, url)  # before any run
+    processes = launcher.processes if url is not None and "memory" not in url else 1
     runs_study = optuna.create_study(
         study_name=confirmation_study_name(study, target_width), storage=storage,
         direction="minimize", load_if_exists=True)
@@ -415,8 +273,8 @@ def _confirm(target_width: int, *, study: str, storage: Any, offsets: tuple[floa
          "spec": spec.model_dump_json(),
          "noise": (prediction.evidence.seed_noise.shape
                    if prediction.evidence.seed_noise is not None else None)}))
-    write_placement(runs_study, {"workers": processes, "threads": placement.threads,
-                                 "auto": placement.auto})
+    write_placement(runs_study, {"workers": processes, "threads": launcher.threads,
+                                 "auto": launcher.auto})
     reclaim_lost(runs_study, lease_timing())
     # runs that errored in an earlier call are retried, once per call (an error that is
     # the run's own would only repeat within one call)
@@ -428,10 +286,10 @@ def _confirm(target_width: int, *, study: str, storage: Any, offsets: tuple[floa
             enqueue(runs_study, {"lr": predicted.lr * 2.0 ** offset},
                     **{Attr.OFFSET: offset, Attr.ROLE: ROLE})
     job = _Job(study=study, predicted=predicted, offsets=offsets, spec=spec,
-               config=config, corpus=corpus, placement=placement, tracking=tracking)
+               config=config, corpus=corpus, launcher=launcher, tracking=tracking)
     helpers = min(processes, waiting_count(runs_study)) - 1
-    _train_all(runs_study, job, on_run, [(url, study, target_width, placement.threads,
-                                          placement.execution.model_dump_json(),
+    _train_all(runs_study, job, on_run, [(url, study, target_width, launcher.threads,
+                                          launcher.execution.model_dump_json(),
                                           tracking.model_dump_json() if tracking else None)]
                * helpers)
     notes = [f"prediction warning: {w}" for w in prediction.warnings]
@@ -479,7 +337,7 @@ class _Job(NamedTuple):
     spec: Any
     config: Any
     corpus: Any
-    placement: _Placement
+    launcher: Launcher
     tracking: Tracking | None = None
 
 
@@ -555,8 +413,7 @@ def _work(runs_study, job: _Job, on_run: Callable[[ConfirmationRun], None] | Non
             continue
         hparams = HParams(**{**predicted.model_dump(), "lr": lr})
         attrs = ((Attr.OFFSET, offset), (Attr.PREDICTED_LR, predicted.lr), (Attr.ROLE, ROLE))
-        _run_one(runs_study, trial, hparams, attrs, job.spec, job.config, job.corpus,
-                 job.placement, job.tracking)
+        _run_one(runs_study, trial, hparams, attrs, job)
         if on_run is not None:
             on_run(next(r for r in _runs(runs_study, predicted, offsets)
                         if r.offset == offset))
@@ -594,7 +451,7 @@ def _help(url: str, study: str, target_width: int, threads: int, execution: str,
     job = _Job(study=study, predicted=HParams.model_validate_json(plan["hparams"]),
                offsets=tuple(float(o) for o in plan["offsets"]),
                spec=ModelSpec.model_validate_json(plan["spec"]), config=config,
-               corpus=load_corpus(config.data), placement=_Placement(
+               corpus=load_corpus(config.data), launcher=LocalLauncher(
                    threads=threads, execution=Execution.model_validate_json(execution)),
                tracking=Tracking.model_validate_json(tracking) if tracking else None)
     _work(runs_study, job, None)
