@@ -149,6 +149,15 @@ class Precision(str, Enum):
     BF16 = "bf16"
 
 
+class Compilation(str, Enum):
+    """Whether the training forward/backward runs through ``torch.compile`` (a run's
+    execution, :class:`hptransfer.training.execution.Execution`; here, beside
+    :class:`Precision`, because a family's ``parallelize`` hook compiles its blocks)."""
+
+    EAGER = "eager"
+    COMPILED = "compiled"  # faster steps on a GPU after a compile of tens of seconds
+
+
 # Parametrization-dependent defaults, the one place they are decided. µP's are SP's at the
 # base width (docs/parametrization.md, "The base-width identity"), so that there µP is
 # exactly the SP model a user would tune directly: the attention scale is SP's 1/√D (D is

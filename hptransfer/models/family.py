@@ -24,6 +24,7 @@ from hptransfer.mup.sources import logits_of  # (re-exported: what a model's for
 from hptransfer.spec import (
     Activation,
     Bias,
+    Compilation,
     EmbeddingNorm,
     ModelSpec,
     NormGain,
@@ -31,7 +32,6 @@ from hptransfer.spec import (
     QueryInit,
     RoleSource,
 )
-from hptransfer.training.execution import Compilation
 
 if TYPE_CHECKING:
     from torch import nn

@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING
 from hptransfer.errors import ConfigError
 from hptransfer.models.family import ModelFamily
 from hptransfer.mup.rules import attention_scale
-from hptransfer.spec import DepthRule, KeyValueHeads, ModelSpec, Precision
-from hptransfer.training.execution import Compilation
+from hptransfer.spec import Compilation, DepthRule, KeyValueHeads, ModelSpec, Precision
 
 if TYPE_CHECKING:
     from torch import nn

@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from hptransfer.errors import ConfigError
-from hptransfer.spec import Precision
-from hptransfer.training.execution import Compilation
+from hptransfer.spec import Compilation, Precision
 
 __all__ = ["shard_blocks"]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from hptransfer.spec import FrozenConfig
+from hptransfer.spec import Compilation, FrozenConfig
 
 __all__ = ["Checkpointing", "Compilation", "Execution", "Sharding"]
 
@@ -25,13 +25,6 @@ class Sharding(str, Enum):
 
     REPLICATE = "replicate"  # DDP: every rank holds all weights, gradients, optimizer state
     FSDP = "fsdp"  # FSDP2 fully_shard: each rank holds 1/N of them (a target too big for one card)
-
-
-class Compilation(str, Enum):
-    """Whether the training forward/backward runs through ``torch.compile``."""
-
-    EAGER = "eager"
-    COMPILED = "compiled"  # faster steps on a GPU after a compile of tens of seconds
 
 
 class Checkpointing(FrozenConfig):
