@@ -11,8 +11,10 @@ on its own 7-point octave grid at the target). Columns:
   grid-tuned µP loss (the best of µP's target grid);
 - the gap of the prediction to the best of those baselines, in nats and percent (negative:
   the prediction beats them);
-- the µP LR error (octaves from the µP grid's refined optimum) and the µP proxies' FLOPs
-  as a fraction of the µP target grid's.
+- the µP LR error: octaves from the µP grid's refined optimum, and (after a slash, when
+  recorded) from the optimum the same estimator finds in all of the target's runs, the run
+  at the prediction included;
+- the µP proxies' FLOPs as a fraction of the µP target grid's.
 
     python benchmarks/score_table.py --pair "built-in, 256, seed 0" \\
         studies/results/transfer_mup_w256_s0.json studies/results/transfer_sp_w256_s0.json
@@ -28,7 +30,7 @@ import sys
 from pathlib import Path
 
 COLUMNS = ("run", "µP at prediction", "grid-tuned SP", "grid-tuned µP", "gap (nats)",
-           "gap (%)", "LR error (oct)", "proxy ÷ target grid")
+           "gap (%)", "LR error (oct): grid / all runs", "proxy ÷ target grid")
 
 
 def _best(result: dict, *, with_prediction: bool) -> float:
@@ -56,7 +58,10 @@ def row(label: str, mup: dict, sp: dict) -> list[str]:
             f"{sp_best:.4f}", f"{mup_best:.4f}",
             "n/a" if gap is None else f"{gap:+.4f}",
             "n/a" if gap is None else f"{100 * gap / baseline:+.2f}",
-            f"{mup['lr_error_octaves']:.2f}", f"{mup['compute_ratio']:.3f}"]
+            f"{mup['lr_error_octaves']:.2f}" + (
+                "" if mup.get("lr_error_all_runs_octaves") is None
+                else f" / {mup['lr_error_all_runs_octaves']:.2f}"),
+            f"{mup['compute_ratio']:.3f}"]
 
 
 def table(pairs: list[tuple[str, Path, Path]]) -> str:

@@ -215,6 +215,7 @@ def run(args: argparse.Namespace) -> dict:
               else (run_at_prediction.loss - best_loss) / best_loss)
     zero_shot = prediction.baselines.get("zero-shot")
     fit = prediction.evidence.fits["lr"]
+    grid_low, grid_high = low, high  # the grid's exponents (the interval's names follow)
     low, high = prediction.intervals["lr"]
     result = {
         "param": args.param,
@@ -226,7 +227,7 @@ def run(args: argparse.Namespace) -> dict:
             "data": args.target_data or args.data, "tokenizer": args.target_tokenizer,
             "corpus_hash": target.corpus_hash, "vocab": target.spec.vocab},
         "vocab": config.spec.vocab,
-        "grid_range": [low, high],
+        "grid_range": [grid_low, grid_high],
         "sampler": args.sampler,
         "proxy_widths": args.proxy_widths,
         "target_width": args.target_width,
@@ -266,6 +267,18 @@ def run(args: argparse.Namespace) -> dict:
         "wall_time_s": round(time.perf_counter() - started),
     }
     result["compute_ratio"] = result["proxy_flops"] / result["target_grid_flops"]
+    # The grid samples the target's bowl an octave apart; the run at the prediction is one
+    # more point of the same bowl (same seed, tokens, λ and batch), usually close to its
+    # bottom. The optimum by the same estimator from all of the target's runs is the finer
+    # reference (reported beside the grid-only one, never instead of it).
+    if run_at_prediction.loss is not None:
+        at_prediction = next(r for r in grid_records if r.hparams is not None).model_copy(
+            update={"number": -1, "hparams": predicted, "status": TrialStatus.COMPLETE,
+                    "final_val_loss": run_at_prediction.loss, "retry_of": None})
+        every_run = _grid_optimum([*grid_records, at_prediction], grid_config,
+                                  args.target_width)
+        result["target_optimum_all_runs"] = every_run
+        result["lr_error_all_runs_octaves"] = _octaves(predicted.lr, every_run["lr"])
     # One run's loss carries run-to-run noise of about a percent here (two LRs a quarter
     # octave apart are two different trajectories), so the measured regret of one run is
     # noisy at the 0.5% scale; the grid's fitted bowl, L*(1 + κ Δ²), says what the error
