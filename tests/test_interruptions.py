@@ -124,12 +124,12 @@ def test_ctrl_c_stops_a_confirm_and_its_helper(tmp_path, monkeypatch, tiny_study
         "budget": Budget(steps=300, eval_every=30, eval_tokens=1024)})
     tune(config, study="c", widths=(32, 64), trials=3, storage=url, corpus=tiny_corpus,
          runner=LocalRunner(workers=1, threads=1), sampler=SamplerKind.TPE)
-    command = [console_script(), "confirm", "--target-width", "512", "--study", "c",
+    command = [console_script(), "confirm", "--target-width", "256", "--study", "c",
                "--storage", url, "--offsets", "0,1", "--workers", "2", "--threads", "1",
                "--json"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
-    name = confirmation_study_name("c", 512)
+    name = confirmation_study_name("c", 256)
     _wait_for_two_running(process, url, name)
     seconds, err = _interrupt(process)
     _assert_interrupted_quietly(process, seconds, err, "confirm")
