@@ -351,6 +351,16 @@ def test_tune_predict_confirm_on_each_format(tmp_path, kind, docs, text, bpe):
     prediction = json.loads(_invoke(["predict", "--study", "mine", "--storage", storage,
                                      "--target-width", "128", "--json"]).output)
     assert prediction["spec"]["width"] == 128
+    if kind == "parquet-text":  # the proxies' own tokenizer at the target: nothing to judge;
+        # another one of the same size: refused (only the same tokenizer was measured)
+        predict = ["predict", "--study", "mine", "--storage", storage, "--target-width",
+                   "128", "--json", "--target-tokenizer"]
+        same = json.loads(_invoke([*predict, str(bpe)]).output)
+        assert (same["hparams"], same["warnings"]) == (prediction["hparams"],
+                                                        prediction["warnings"])
+        other = train_bpe(tmp_path / "other.json", text[::-1], vocab_size=400)
+        refused = _invoke([*predict, str(other)], code=2)
+        assert "is not the proxies'" in refused.output
     result = _invoke(["confirm", "--study", "mine", "--storage", storage, "--target-width",
                       "64", "--offsets", "-1,0,1", "--threads", "1", "--json"])
     runs = json.loads(result.output)["runs"]

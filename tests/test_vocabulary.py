@@ -55,6 +55,19 @@ def test_a_change_measured_not_to_transfer_or_never_measured_is_refused(monkeypa
     assert "predicting anyway" in notes.warnings[0]
 
 
+def test_another_tokenizer_of_the_same_size_is_a_change_too():
+    a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    notes = Notes()
+    judge_vocabulary(8192, 8192, notes, proxy_tokenizer=a, target_tokenizer=a)  # the same
+    judge_vocabulary(8192, None, notes, proxy_tokenizer=None, target_tokenizer=b)  # unknown
+    assert not notes.warnings
+    with pytest.raises(PredictionError, match="tokenizer .* is not the proxies'.*8,192 tokens"):
+        judge_vocabulary(8192, 8192, Notes(), proxy_tokenizer=a, target_tokenizer=b)
+    judge_vocabulary(8192, 8192, notes, VocabularyMismatch.ACCEPT, proxy_tokenizer=a,
+                     target_tokenizer=b)
+    assert "predicting anyway" in notes.warnings[0]
+
+
 def test_the_measured_figures_are_the_recorded_ones():
     assert MEASURED, "the vocabulary measurement is recorded"
     for shift in MEASURED:

@@ -121,7 +121,8 @@ def print_prediction(prediction, *, baselines: bool = False) -> None:
                    "[default: the proxies']")
 @click.option("--target-tokenizer", type=click.Path(dir_okay=False), default=None,
               help="the target's tokenizer.json (a local file): its vocabulary, as "
-                   "--target-vocab")
+                   "--target-vocab; another tokenizer than the proxies' is judged even at "
+                   "their vocabulary size")
 @click.option("--vocab-mismatch", type=click.Choice([v.value for v in VocabularyMismatch]),
               default=VocabularyMismatch.REFUSE.value, show_default=True,
               help="a target vocabulary no measurement supports: refuse (with the fix), or "
@@ -147,10 +148,12 @@ def predict(target_width, study_name, storage, target_depth, target_tokens, targ
             fail(f"--target-tokens must be a positive whole number, got {target_tokens:g}")
         tokens = int(target_tokens)
     check_out(out, folder=False)
+    tokenizer_hash = None
     if target_tokenizer is not None:
         from hptransfer.data.tokenizer import JsonTokenizer
 
-        vocab = JsonTokenizer(target_tokenizer).vocab_size  # a bad file: CorpusError, exit 2
+        loaded = JsonTokenizer(target_tokenizer)  # a bad file: CorpusError, exit 2
+        vocab, tokenizer_hash = loaded.vocab_size, loaded.file_hash
         if target_vocab is not None and target_vocab != vocab:
             fail(f"--target-vocab {target_vocab} and --target-tokenizer {target_tokenizer} "
                  f"(vocabulary {vocab}) disagree: give one of them")
@@ -160,7 +163,8 @@ def predict(target_width, study_name, storage, target_depth, target_tokens, targ
                                  target_batch=target_batch, horizon_exponent=horizon_exponent,
                                  bootstrap=bootstrap, seed=seed, model=model,
                                  target_vocab=target_vocab,
-                                 vocab_mismatch=VocabularyMismatch(vocab_mismatch))
+                                 vocab_mismatch=VocabularyMismatch(vocab_mismatch),
+                                 target_tokenizer_hash=tokenizer_hash)
     if snippet == "hf" and not prediction.spec.model.startswith("hf-"):
         fail(f"--snippet hf builds a Hugging Face Trainer, and study {study_name!r} tuned the "
              f"{prediction.spec.model} model: use --snippet torch, or tune --model hf-llama")

@@ -76,8 +76,8 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
                         horizon_exponent: float | None = None,
                         bootstrap: int = BOOTSTRAP, seed: int = 0, band: float = BAND,
                         window: float = WINDOW_OCTAVES, target_vocab: int | None = None,
-                        vocab_mismatch: VocabularyMismatch = VocabularyMismatch.REFUSE
-                        ) -> Prediction:
+                        vocab_mismatch: VocabularyMismatch = VocabularyMismatch.REFUSE,
+                        target_tokenizer_hash: str | None = None) -> Prediction:
     """The prediction from a study's trial records and config (what
     :func:`predict_hparams` reads from storage); arguments as there."""
     if config.space.lr is None:
@@ -104,7 +104,9 @@ def predict_from_trials(records: list[TrialRecord], config: StudyConfig, target_
             f"default is {HORIZON_EXPONENT}")
     notes = Notes()
     # before any fit: a vocabulary nothing measured is refused at once, with the fix
-    judge_vocabulary(config.spec.vocab, target_vocab, notes, vocab_mismatch)
+    judge_vocabulary(config.spec.vocab, target_vocab, notes, vocab_mismatch,
+                     proxy_tokenizer=config.corpus.tokenizer_hash if config.corpus else None,
+                     target_tokenizer=target_tokenizer_hash)
     try:
         spec = ModelSpec(**{**config.spec.model_dump(), "width": target_width,
                             "depth": target_depth or config.spec.depth,
@@ -222,8 +224,8 @@ def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = N
                     target_batch: int | None = None, horizon_exponent: float | None = None,
                     bootstrap: int = BOOTSTRAP, seed: int = 0, model: str | None = None,
                     target_vocab: int | None = None,
-                    vocab_mismatch: VocabularyMismatch = VocabularyMismatch.REFUSE
-                    ) -> Prediction:
+                    vocab_mismatch: VocabularyMismatch = VocabularyMismatch.REFUSE,
+                    target_tokenizer_hash: str | None = None) -> Prediction:
     """Predict the hparams of a model of width ``target_width`` from study ``study``.
 
     ``storage`` is an Optuna storage or URL (None: ``$HPTRANSFER_HOME/studies.db``).
@@ -234,7 +236,9 @@ def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = N
     ``model``, when given, must be the model family the study was tuned on.
     ``target_vocab`` is the target's vocabulary when its tokenizer is not the proxies'
     (:mod:`hptransfer.transfer.vocabulary` says what the measurement allows;
-    ``vocab_mismatch`` whether an unsupported change is refused or predicted anyway). Raises
+    ``vocab_mismatch`` whether an unsupported change is refused or predicted anyway);
+    ``target_tokenizer_hash`` the target's ``tokenizer.json`` hash (``JsonTokenizer.file_hash``:
+    another tokenizer than the proxies', even of their size, is such a change). Raises
     :class:`PredictionError` when the study cannot support a prediction.
 
     >>> import optuna
@@ -267,4 +271,5 @@ def predict_hparams(target_width: int, *, study: str = "proxy", storage: Any = N
                                target_batch=target_batch,
                                horizon_exponent=horizon_exponent, bootstrap=bootstrap,
                                seed=seed, target_vocab=target_vocab,
-                               vocab_mismatch=vocab_mismatch)
+                               vocab_mismatch=vocab_mismatch,
+                               target_tokenizer_hash=target_tokenizer_hash)

@@ -77,22 +77,32 @@ MEASURED: tuple[VocabularyShift, ...] = (
 
 
 def judge_vocabulary(proxy_vocab: int, target_vocab: int | None, notes,
-                     mismatch: VocabularyMismatch = VocabularyMismatch.REFUSE) -> None:
+                     mismatch: VocabularyMismatch = VocabularyMismatch.REFUSE, *,
+                     proxy_tokenizer: str | None = None, target_tokenizer: str | None = None
+                     ) -> None:
     """Add the vocabulary's rule or warning to ``notes``, or raise :class:`PredictionError`
-    with the fix (module docstring)."""
-    if target_vocab is None or target_vocab == proxy_vocab:
-        return
-    if target_vocab < 2:
+    with the fix (module docstring). ``proxy_tokenizer`` / ``target_tokenizer`` are the
+    tokenizer files' hashes when known: another tokenizer of the same size is a change no
+    measurement covers either (only the same tokenizer was measured to transfer)."""
+    fix = ("tune the proxies on the target's tokenizer (hptransfer tune --data YOUR_TEXT "
+           "--tokenizer YOUR_tokenizer.json, docs/data.md), or pass --vocab-mismatch accept "
+           "to predict anyway")
+    if target_vocab is not None and target_vocab < 2:
         raise PredictionError(f"target vocabulary {target_vocab}: a vocabulary has at least "
                               f"2 tokens")
+    if target_vocab is None or target_vocab == proxy_vocab:
+        if None in (proxy_tokenizer, target_tokenizer) or proxy_tokenizer == target_tokenizer:
+            return
+        what = (f"the target's tokenizer ({target_tokenizer[:19]}…) is not the proxies' "
+                f"({proxy_tokenizer[:19]}…), though both have {proxy_vocab:,} tokens")
+        _unsupported(what, "no measurement covers another tokenizer (only the proxies' own "
+                           "was measured to transfer)", fix, notes, mismatch)
+        return
     # the measurement that covers this change: the same proxy vocabulary, and a target
     # vocabulary no larger than one measured (larger ones were never seen)
     covering = sorted((s for s in MEASURED if s.proxy_vocab == proxy_vocab
                        and proxy_vocab < target_vocab <= s.target_vocab),
                       key=lambda s: s.target_vocab)
-    fix = ("tune the proxies on the target's tokenizer (hptransfer tune --data YOUR_TEXT "
-           "--tokenizer YOUR_tokenizer.json, docs/data.md), or pass --vocab-mismatch accept "
-           "to predict anyway")
     what = (f"the target's vocabulary ({target_vocab:,}) is not the proxies' "
             f"({proxy_vocab:,})")
     if covering and covering[0].transfers:
@@ -108,6 +118,11 @@ def judge_vocabulary(proxy_vocab: int, target_vocab: int | None, notes,
         measured = ", ".join(f"{s.proxy_vocab} → {s.target_vocab}" for s in MEASURED)
         reason = ("no measurement covers this change"
                   + (f" (hptransfer measured {measured})" if measured else ""))
+    _unsupported(what, reason, fix, notes, mismatch)
+
+
+def _unsupported(what: str, reason: str, fix: str, notes,
+                 mismatch: VocabularyMismatch) -> None:
     if mismatch is VocabularyMismatch.REFUSE:
         raise PredictionError(f"{what}, and {reason}: {fix}")
     notes.warnings.append(f"{what}, and {reason}; predicting anyway (--vocab-mismatch "
