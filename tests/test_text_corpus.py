@@ -193,3 +193,12 @@ def test_cache_list_and_clear_commands(tmp_path, bpe, sample):
     load_corpus(path, tokenizer=str(bpe))
     result = runner.invoke(main, ["cache", "clear"])
     assert result.exit_code == 0 and "removed 1" in result.output and cache.entries() == []
+
+
+def test_an_unwritable_cache_is_a_clear_error(tmp_path, bpe, sample, monkeypatch):
+    path = tmp_path / "corpus.txt"
+    path.write_text(sample)
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("HPTRANSFER_HOME", str(tmp_path / "file"))  # cannot hold a cache
+    with pytest.raises(CorpusError, match="cannot write the token cache.*HPTRANSFER_HOME"):
+        load_corpus(path, tokenizer=str(bpe))

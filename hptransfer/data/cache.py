@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hptransfer.errors import CorpusError
+
 __all__ = ["CacheEntry", "cache_root", "clear", "entries", "folder_for", "write_entry"]
 
 META = "meta.json"
@@ -60,8 +62,13 @@ def write_entry(folder: Path, files: Sequence[Path], write: Callable[[Path], dic
     and returns its meta (saved as ``meta.json`` with the source ``files`` and their sizes
     and times); the scratch folder is renamed to ``folder`` once complete. Another process
     that wrote the same entry first wins (its ids are the same). Returns the entry's meta."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=_SCRATCH, dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=_SCRATCH, dir=folder.parent))
+    except OSError as error:
+        raise CorpusError(f"cannot write the token cache under {folder.parent} "
+                          f"({error.strerror or error}): set HPTRANSFER_HOME to a writable "
+                          f"folder (the cache is $HPTRANSFER_HOME/cache/tokens)") from None
     try:
         meta = write(scratch)
         meta = {**meta, "sources": [_source(f) for f in files], "created": time.time()}
