@@ -18,6 +18,8 @@ PAIRS = [
     ("**after**, 512, s0", "score_mup_w512_s0.json", "score_sp_w512_s0.json"),
     ("**after**, Perl modules, 256, s0", "score_perl_mup_w256_s0.json",
      "score_perl_sp_w256_s0.json"),
+    ("**after**, Perl modules, 256, s1", "score_perl_mup_w256_s1.json",
+     "score_perl_sp_w256_s1.json"),
 ]
 
 
