@@ -164,14 +164,17 @@ class Checkpointer:
         # it on every rank) before rank 0 has cleared an old one of the same name away
         self.ranks.shared(0.0)
         writer = dcp.FileSystemWriter(partial, thread_count=1, sync_files=True)
-        index = _collective("saving the checkpoint", lambda: dcp.save(
+        _collective("saving the checkpoint", lambda: dcp.save(
             tensors, storage_writer=writer, process_group=self.ranks.group))
         self._last_step, self._last_time = state.step, time.monotonic()
         if self.ranks.rank != 0:
             return
-        from hptransfer.training.checkpoint_reader import missing_files
+        from hptransfer.training.checkpoint_reader import missing_files, read_index
 
-        missing = missing_files(partial, index)
+        # the index as written, the one a restore reads: the Metadata dcp.save returns has
+        # no storage_data on torch 2.11 (measured: every save of the lent H200's
+        # gpu_check failed on it), though 2.13's has
+        missing = missing_files(partial, read_index(partial))
         if missing:
             raise RuntimeError(
                 f"the checkpoint folder {self.policy.folder} is not shared by the run's ranks: "
