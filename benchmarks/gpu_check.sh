@@ -3,7 +3,9 @@
 # this machine has (under 10 minutes on one H100/H200-class card).
 #
 #   throughput  the built-in model at widths 1024 and 2048, bf16, eager: tokens/s, MFU, peak memory
-#   tune        a small study, Ray Tune, 4 trials per card at once (fractional GPUs)
+#   tune        a small study, Ray Tune, 4 trials per card at once (fractional GPUs); when
+#               it fails, tune-local tunes the study again on the CPUs without Ray, so that
+#               the steps after it still check their own paths
 #   confirm     `confirm` of that study at width 1024 on one card (bf16)
 #   fsdp        the same runs through torchrun, FSDP2 from the meta device on every card (bf16)
 #   resume      a confirm with checkpoints SIGKILLed mid-run, run again: it resumes, and its
@@ -13,7 +15,7 @@
 #               last, as the step most likely to fail
 #
 # Every step runs whatever happened to the ones before (a step that needs the study is
-# marked failed when the tune failed); the script ends with a table (step, status, wall
+# marked failed when neither tune nor tune-local made one); the script ends with a table (step, status, wall
 # time, its key number), also in $OUT/summary.tsv, and exits 1 when any step failed. Every
 # output lands in $OUT (default: a new temporary folder); each step's stderr in
 # $OUT/<step>.err. Usage:
@@ -24,6 +26,9 @@
 #                                           # tests/test_gpu_check.py), not a measurement
 #   SKIP="compiled ray" ...                 # steps to leave out (reported as skipped): ray
 #                                           # skips ray-train and tunes without Ray
+#   STEP_TIMEOUT=150 ...                    # each GPU step's time limit (default 300 s)
+#   CHECK_STEPS=120 CHECK_TRIALS=6 ...      # shorter GPU runs, fewer proxy trials per width
+#                                           # (defaults 200 and 8)
 set -uo pipefail  # no -e: a failed step is recorded, and the next one runs
 
 DEVICE=${DEVICE:-cuda}
@@ -42,12 +47,14 @@ if [ "$DEVICE" = cuda ]; then
          "CUDA GPU; run it on a GPU machine with a CUDA build of torch, or DEVICE=cpu" >&2
     exit 2
   fi
-  RANKS=$CARDS WIDTHS=1024,2048 TARGET=1024 PROXIES=128,256 STEPS=200 SEQ=256 DEPTH=4 TRIALS=8
+  RANKS=$CARDS WIDTHS=1024,2048 TARGET=1024 PROXIES=128,256 SEQ=256 DEPTH=4
+  STEPS=${CHECK_STEPS:-200} TRIALS=${CHECK_TRIALS:-8}  # per run, per proxy width
   THROUGHPUT=(--widths "$WIDTHS" --steps 30)
   TUNE_DEVICE=(--gpus-per-trial 0.25 --precision bf16)
   CONFIRM_DEVICE=(--precision bf16)
-  LOCAL_DEVICE=(--device cuda) RAY_DEVICE=(--gpus-per-worker 1) TOLERANCE=1e-3 EVERY=50
-  TIMEOUT=300
+  LOCAL_DEVICE=(--device cuda) RAY_DEVICE=(--gpus-per-worker 1) TOLERANCE=1e-3
+  EVERY=$((STEPS / 4))
+  TIMEOUT=${STEP_TIMEOUT:-300}
 else
   RANKS=2 WIDTHS=64 TARGET=64 PROXIES=32,64 STEPS=24 SEQ=32 DEPTH=2 TRIALS=4
   THROUGHPUT=(--widths "$WIDTHS" --steps 4 --depth 2 --batch 4 --seq-len 32 --device cpu)
@@ -89,7 +96,7 @@ if name in ("throughput", "compiled"):
         f"w{r['width']} {r['tokens_per_s']:,.0f} tok/s MFU {100 * r['mfu_measured_peak']:.1f}%"
         + ("" if r["peak_memory_gib"] is None else f" {r['peak_memory_gib']:.2f} GiB")
         for r in data["runs"]))
-elif name == "tune":
+elif name in ("tune", "tune-local"):
     print(", ".join(f"w{w['width']} {w['complete']}/{w['finished']} complete, best "
                     f"{w['best_loss']:.4f}" for w in json.loads(text)["widths"]))
 elif name == "resume":
@@ -109,11 +116,18 @@ copy() { [ -f "$OUT/study.db" ] && cp "$OUT/study.db" "$OUT/$1.db"; }
 
 step throughput "$PYTHON" benchmarks/gpu_throughput.py "${THROUGHPUT[@]}" --json
 
-TUNE=(tune --study gpu --widths "$PROXIES" --trials "$TRIALS" --steps "$STEPS" --seq-len "$SEQ"
-      --depth "$DEPTH" --storage "$OUT/study.db" --json)
+TUNE_BASE=(tune --study gpu --widths "$PROXIES" --trials "$TRIALS" --steps "$STEPS"
+           --seq-len "$SEQ" --depth "$DEPTH" --storage "$OUT/study.db" --json)
+TUNE=("${TUNE_BASE[@]}")
 if [[ "$SKIP" == *" ray "* ]]; then TUNE+=(--backend local --workers 1)
 else TUNE+=(--backend ray --cpus-per-trial 1 "${TUNE_DEVICE[@]}"); fi
 step tune "${HPT[@]}" "${TUNE[@]}"
+# a tune that failed (Ray's start, say) would fail every step after it: the study is tuned
+# again on this machine's CPUs, in a fresh storage, so those steps still check their paths
+if ! grep -q $'^tune\tpassed' "$SUMMARY"; then
+  [ -f "$OUT/study.db" ] && mv "$OUT/study.db" "$OUT/study-failed.db"
+  step tune-local "${HPT[@]}" "${TUNE_BASE[@]}" --backend local --workers auto
+fi
 for name in confirm fsdp killed whole ray; do copy "$name"; done
 
 step confirm "${HPT[@]}" confirm "${STUDY[@]}" --storage "$OUT/confirm.db" --offsets -1,0,1 \

@@ -59,9 +59,16 @@ def measure(width: int, *, device: str, steps: int, depth: int, batch: int, seq_
     spec = ModelSpec(width=width, depth=depth, head_dim=128 if width >= 512 else 16,
                      seq_len=seq_len, base_width=min(width, 256), precision=precision)
     execution = Execution(compilation=Compilation.COMPILED if compiled else Compilation.EAGER)
-    record = train(spec, HParams(batch_size=batch, lr=2.0**-8), Budget(
+    # 2^-11: an LR this model trains at from its first step (no warm-up in 30 steps);
+    # 2^-8 ended the width-512 and wider runs as diverged at step 2 (loss 5.8 -> 9.6), and
+    # a run that stops early times 1 step instead of 29
+    record = train(spec, HParams(batch_size=batch, lr=2.0**-11), Budget(
         steps=steps, eval_every=steps, eval_tokens=batch * seq_len), device=device,
         execution=execution)
+    if record.steps < steps:  # a figure over the steps it did train would be no figure
+        raise SystemExit(f"gpu_throughput: the width-{width} run stopped after {record.steps} "
+                         f"of {steps} steps ({record.status.value}: {record.reason}); no "
+                         f"throughput is reported")
     flops_per_s = family_of(spec).flops_per_token(spec) * record.tokens_per_s
     return {"width": width, "depth": depth, "batch": batch, "seq_len": seq_len,
             "precision": precision.value, "compiled": compiled, "steps": record.steps,
