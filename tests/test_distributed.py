@@ -173,18 +173,21 @@ def _bf16_sharded(corpus) -> dict[str, object]:
         # inside the block, its parameters are all-gathered (unsharded) for the forward
         run.model.blocks[0].mlp.register_forward_pre_hook(lambda module, args: seen.update(
             compute=str(next(module.parameters()).dtype), inputs=str(args[0].dtype)))
-        reduce_scatter = dist.reduce_scatter_single  # FSDP2's reduce-scatter (torch 2.13)
+        # FSDP2's reduce-scatter: reduce_scatter_single on torch 2.13, _tensor on 2.11
+        name = ("reduce_scatter_single" if hasattr(dist, "reduce_scatter_single")
+                else "reduce_scatter_tensor")
+        reduce_scatter = getattr(dist, name)
 
         def spy(*args, **kwargs):
             seen["reduced"].add(str(kwargs.get("input", args[1] if len(args) > 1 else None)
                                     .dtype))
             return reduce_scatter(*args, **kwargs)
 
-        dist.reduce_scatter_single = spy
+        setattr(dist, name, spy)
         try:
             seen["loss"] = step(run, 0)
         finally:
-            dist.reduce_scatter_single = reduce_scatter
+            setattr(dist, name, reduce_scatter)
         seen["after"], seen["reduced"] = fp32_shards(run.model), sorted(seen["reduced"])
         compiled = setup(WIDE, WIDE_HPARAMS, BUDGET, corpus, seed=0, on=torch.device("cpu"),
                          execution=FSDP.model_copy(update={
