@@ -147,17 +147,23 @@ def confirm(target_width, study_name, storage, offsets, as_json, threads, backen
                          gpus_per_worker=gpus_per_worker, device=device, execution=execution,
                          precision=Precision(precision) if precision else None, model=model,
                          tracking=tracking)
-    if result is None:  # a torchrun rank other than 0: it trained, rank 0 reports
-        return
-    if as_json:
-        click.echo(result.model_dump_json(indent=2))
-    else:
-        print_confirmation(result)
-    failed = [run for run in result.runs if run.status.value == "error"]
-    if failed and len(failed) == len(result.runs):
-        click.echo(f"error: every confirmation run failed ({failed[0].reason}); they are "
-                   f"recorded, and the same command retries them", err=True)
-        sys.exit(1)
+    code = 0
+    if result is not None:  # (None: a torchrun rank other than 0: it trained, rank 0 reports)
+        if as_json:
+            click.echo(result.model_dump_json(indent=2))
+        else:
+            print_confirmation(result)
+        failed = [run for run in result.runs if run.status.value == "error"]
+        if failed and len(failed) == len(result.runs):
+            click.echo(f"error: every confirmation run failed ({failed[0].reason}); they "
+                       f"are recorded, and the same command retries them", err=True)
+            code = 1
+    if Backend(backend) is Backend.TORCHRUN:  # every rank has left the job by now
+        from hptransfer.confirmation.torchrun import end_process
+
+        end_process(code)
+    if code:
+        sys.exit(code)
 
 
 def print_confirmation(result) -> None:
