@@ -16,6 +16,7 @@ PAIRS = [
     ("**after**, 256, s0", "score_mup_w256_s0.json", "score_sp_w256_s0.json"),
     ("**after**, 256, s1", "score_mup_w256_s1.json", "score_sp_w256_s1.json"),
     ("**after**, 512, s0", "score_mup_w512_s0.json", "score_sp_w512_s0.json"),
+    ("**after**, 512, s1", "score_mup_w512_s1.json", "score_sp_w512_s1.json"),
     ("**after**, Perl modules, 256, s0", "score_perl_mup_w256_s0.json",
      "score_perl_sp_w256_s0.json"),
     ("**after**, Perl modules, 256, s1", "score_perl_mup_w256_s1.json",
