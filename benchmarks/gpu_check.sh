@@ -15,8 +15,9 @@
 #               last, as the step most likely to fail
 #
 # Every step runs whatever happened to the ones before (a step that needs the study is
-# marked failed when neither tune nor tune-local made one); the script ends with a table (step, status, wall
-# time, its key number), also in $OUT/summary.tsv, and exits 1 when any step failed. Every
+# marked failed when neither tune nor tune-local made one); the script ends with a table
+# (step, status, wall time, its key number), also in $OUT/summary.tsv, and exits 1 when any
+# step failed. Every
 # output lands in $OUT (default: a new temporary folder); each step's stderr in
 # $OUT/<step>.err. Usage:
 #
