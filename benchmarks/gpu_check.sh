@@ -17,9 +17,8 @@
 # Every step runs whatever happened to the ones before (a step that needs the study is
 # marked failed when neither tune nor tune-local made one); the script ends with a table
 # (step, status, wall time, its key number), also in $OUT/summary.tsv, and exits 1 when any
-# step failed. Every
-# output lands in $OUT (default: a new temporary folder); each step's stderr in
-# $OUT/<step>.err. Usage:
+# step failed. Every output lands in $OUT (default: a new temporary folder); each step's
+# stderr in $OUT/<step>.err. Usage:
 #
 #   bash benchmarks/gpu_check.sh            # on a machine with CUDA GPUs and CUDA torch
 #   DEVICE=cpu bash benchmarks/gpu_check.sh # the same steps at toy sizes on the CPU, fsdp on
