@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-# the predictor's own vertex (one level per seed group; every run here has one seed)
-from hptransfer.study.optimum import _vertex
+# the predictor's own window rule and vertex (every run here has one seed)
+from hptransfer.study.optimum import fit_window, parabola_vertex
 
 WINDOWS = (2.0, 1.0)  # octaves either side of the best run: the predictor's, the ladder's
 
@@ -39,13 +39,8 @@ def optimum(points: dict[float, float], window: float) -> float:
     x = np.array(sorted(points))
     y = np.array([points[v] for v in x])
     best = float(x[np.argmin(y)])
-    below, above = x[x < best], x[x > best]
-    keep = np.abs(x - best) <= window + 1e-9
-    if below.size:
-        keep |= x == below.max()
-    if above.size:
-        keep |= x == above.min()
-    vertex = _vertex(x[keep], y[keep])
+    keep = fit_window(x, best, window)
+    vertex = parabola_vertex(x[keep], y[keep])
     return best if math.isnan(vertex) else float(np.clip(vertex, x[keep].min(), x[keep].max()))
 
 

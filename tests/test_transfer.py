@@ -24,6 +24,7 @@ from hptransfer.space import SearchSpace
 from hptransfer.spec import ModelSpec
 from hptransfer.study.attributes import CONFIG_ATTR
 from hptransfer.study.config import StudyConfig
+from hptransfer.study.optimum import fit_window
 from hptransfer.study.schema import TrialRecord, TrialStatus
 from hptransfer.study.search import SamplerKind
 from hptransfer.transfer import (
@@ -528,3 +529,18 @@ def test_prediction_from_a_30_trial_sqlite_study(tmp_path):
     in_memory = predict_from_trials(records, config, 2048, study="stored")
     assert prediction.hparams == in_memory.hparams
     assert prediction.intervals == in_memory.intervals
+
+
+def test_the_fit_window_holds_the_best_runs_neighbours_even_beyond_the_window():
+    # the parabola is fitted to the runs within the window of the best one, and always to
+    # its nearest LR on each side, so that an octave grid still brackets the minimum
+    x = np.array([-10.0, -6.0, -5.5, -5.0, -2.0])
+    assert fit_window(x, -5.5, 1.0).tolist() == [False, True, True, True, False]
+    assert fit_window(x, -5.5, 0.25).tolist() == [False, True, True, True, False]
+    assert fit_window(x, -5.5, 5.0).tolist() == [True] * 5
+    # the neighbours come from the primary seed's LRs when the caller says so: another
+    # seed's run between them is kept only inside the window
+    primary = np.array([-10.0, -5.5, -2.0])
+    assert fit_window(x, -5.5, 0.25, primary).tolist() == [True, False, True, False, True]
+    # the best run at an edge has a neighbour on one side only
+    assert fit_window(x, -10.0, 1.0).tolist() == [True, True, False, False, False]

@@ -11,7 +11,7 @@ best loss. Each width's result is a :class:`WidthEvidence` record; its bootstrap
 
 >>> import numpy as np
 >>> x = np.log2([2.0**-8, 2.0**-6, 2.0**-4]); y = 3.0 + 0.05 * (x + 6.5) ** 2
->>> round(float(_vertex(x, y)), 3)
+>>> round(float(parabola_vertex(x, y)), 3)
 -6.5
 """
 
@@ -26,8 +26,8 @@ from hptransfer.spec import FrozenConfig
 from hptransfer.study.config import StudyConfig
 from hptransfer.study.schema import TrialRecord, TrialStatus
 
-__all__ = ["Estimate", "SeedNoise", "WidthEvidence", "WidthFit", "fit_width", "percentiles",
-           "seed_noise", "zero_code"]
+__all__ = ["Estimate", "SeedNoise", "WidthEvidence", "WidthFit", "fit_width", "fit_window",
+           "parabola_vertex", "percentiles", "seed_noise", "zero_code"]
 
 # ---- the choices, each with its reason ------------------------------------------------------
 
@@ -91,7 +91,23 @@ def _design(x: np.ndarray, groups: np.ndarray, centre: float) -> np.ndarray:
     return np.concatenate([levels, (x - centre)[:, None], ((x - centre) ** 2)[:, None]], axis=1)
 
 
-def _vertex(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> float:
+def fit_window(x: np.ndarray, best: float, window: float,
+               neighbours: np.ndarray | None = None) -> np.ndarray:
+    """Which runs the LR parabola is fitted to (a mask over ``x``, log2 lr): those within
+    ``window`` octaves of the best run's ``best``, and always the nearest LR on each side
+    of it among ``neighbours`` (default: ``x``), so that a coarse design still brackets the
+    minimum. The one place the window rule lives (benchmarks/target_optimum.py reuses it)."""
+    neighbours = x if neighbours is None else neighbours
+    keep = np.abs(x - best) <= window + 1e-9
+    below, above = neighbours[neighbours < best], neighbours[neighbours > best]
+    if below.size:
+        keep |= x == below.max()
+    if above.size:
+        keep |= x == above.min()
+    return keep
+
+
+def parabola_vertex(x: np.ndarray, y: np.ndarray, groups: np.ndarray | None = None) -> float:
     """Vertex of the least-squares parabola through (x, y), one level per seed group; nan
     when it opens downward."""
     groups = np.zeros(x.size) if groups is None else groups
@@ -158,9 +174,9 @@ def _lr_optimum(x: np.ndarray, y: np.ndarray, groups: np.ndarray, diverged: floa
     below, above = distinct[distinct < xb], distinct[distinct > xb]
     flags: list[str] = []
     if below.size and above.size:
-        keep = (np.abs(x - xb) <= window + 1e-9) | (x == below.max()) | (x == above.min())
+        keep = fit_window(x, xb, window, distinct)
         xw, yw, gw = x[keep], y[keep], groups[keep]
-        vertex = _vertex(xw, yw, gw)
+        vertex = parabola_vertex(xw, yw, gw)
         if math.isnan(vertex):
             flags.append(f"no bowl: the parabola through the LRs near the best opens "
                          f"downward; using the best trial's LR 2^{xb:.2f}, interval "
