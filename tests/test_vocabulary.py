@@ -5,6 +5,7 @@ where it does not, and the measured figures are the recorded ones."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,34 @@ def test_the_measured_figures_are_the_recorded_ones():
             assert run["target_data"]["vocab"] == shift.target_vocab
             assert run["lr_error_octaves"] == pytest.approx(error, abs=0.005)
             assert run["regret"] == pytest.approx(gap, abs=5e-5)
+
+
+def _docs_row(run: dict) -> str:
+    """The row docs/transfer.md gives a recorded vocabulary run: byte-level proxies and a
+    BPE target (run["target_data"]), or proxies and target on one BPE tokenizer."""
+    predicted, grid = run["predicted"], run["grid_optimum"]
+    best = grid["best_grid_loss"]
+    gap = (run["loss_at_prediction"] - best) / best
+    target = (f"2^{math.log2(grid['lr']):.2f} (best grid point "
+              f"2^{math.log2(grid['best_grid_lr']):g}) | {run['lr_error_octaves']:.2f} | "
+              f"{run['loss_at_prediction']:.4f} vs {best:.4f}: "
+              f"{100 * gap:+.2f}%".replace(": -", ": \u2212"))  # the docs' minus sign
+    alpha = f"2^{math.log2(predicted['lr']):.2f}"
+    if run["target_data"] is not None:
+        vocab = f"{run['target_data']['vocab'] // 1024}k"
+        return f"| {vocab}, {run['seed']} | {alpha} | {target} |"
+    return (f"| {run['seed']} | {alpha} ({predicted['weight_decay']:.2g}, "
+            f"{predicted['batch_size']}) | {target} | {run['compute_ratio']:.3f} |")
+
+
+def test_the_docs_vocabulary_tables_are_the_recorded_files():
+    # every recorded vocabulary run is a row of docs/transfer.md, with the file's numbers
+    docs = (RESULTS.parent.parent / "docs" / "transfer.md").read_text()
+    paths = sorted(RESULTS.glob("vocab_*.json"))
+    assert len(paths) >= 6
+    for path in paths:
+        row = _docs_row(json.loads(path.read_text()))
+        assert row in docs, f"{path.name}: docs/transfer.md lacks the row {row}"
 
 
 @pytest.fixture
