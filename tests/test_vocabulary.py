@@ -93,10 +93,10 @@ def _docs_row(run: dict) -> str:
               f"{100 * gap:+.2f}%".replace(": -", ": \u2212"))  # the docs' minus sign
     alpha = f"2^{math.log2(predicted['lr']):.2f}"
     if run["target_data"] is not None:
-        vocab = f"{run['target_data']['vocab'] // 1024}k"
-        return f"| {vocab}, {run['seed']} | {alpha} | {target} |"
-    return (f"| {run['seed']} | {alpha} ({predicted['weight_decay']:.2g}, "
-            f"{predicted['batch_size']}) | {target} | {run['compute_ratio']:.3f} |")
+        return f"| {run['target_data']['vocab'] // 1024}k, {run['seed']} | {alpha} | {target} |"
+    return (f"| {run['vocab'] // 1024}k, {run['seed']} | {alpha} "
+            f"({predicted['weight_decay']:.2g}, {predicted['batch_size']}) | {target} | "
+            f"{run['compute_ratio']:.3f} |")
 
 
 def test_the_docs_vocabulary_tables_are_the_recorded_files():
