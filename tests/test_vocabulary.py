@@ -17,6 +17,7 @@ from hptransfer.transfer import vocabulary
 from hptransfer.transfer.rules import Notes
 from hptransfer.transfer.vocabulary import (
     MEASURED,
+    ON_TARGET_TOKENIZER,
     VocabularyMismatch,
     VocabularyShift,
     judge_vocabulary,
@@ -71,14 +72,27 @@ def test_another_tokenizer_of_the_same_size_is_a_change_too():
 
 def test_the_measured_figures_are_the_recorded_ones():
     assert MEASURED, "the vocabulary measurement is recorded"
-    for shift in MEASURED:
+    assert ON_TARGET_TOKENIZER, "the fix's measurement is recorded"
+    for shift in MEASURED + ON_TARGET_TOKENIZER:
         runs = [json.loads((RESULTS / name).read_text()) for name in shift.results.split()]
         assert len(runs) == len(shift.lr_error_octaves) == len(shift.loss_gap)
         for run, error, gap in zip(runs, shift.lr_error_octaves, shift.loss_gap, strict=True):
             assert run["vocab"] == shift.proxy_vocab
-            assert run["target_data"]["vocab"] == shift.target_vocab
+            target = run["target_data"] or {"vocab": run["vocab"]}  # None: the proxies' own
+            assert target["vocab"] == shift.target_vocab
             assert run["lr_error_octaves"] == pytest.approx(error, abs=0.005)
-            assert run["regret"] == pytest.approx(gap, abs=5e-5)
+            best = run["grid_optimum"]["best_grid_loss"]
+            assert (run["loss_at_prediction"] - best) / best == pytest.approx(gap, abs=5e-5)
+    # the same-tokenizer files are exactly ON_TARGET_TOKENIZER's, the others MEASURED's
+    recorded = {p.name for p in RESULTS.glob("vocab_bpe*_w256_s*.json")}
+    assert recorded == {n for s in ON_TARGET_TOKENIZER for n in s.results.split()}
+
+
+def test_the_refusal_gives_the_fixs_measured_accuracy():
+    with pytest.raises(PredictionError, match=r"tune the proxies on the target's tokenizer "
+                                              r"\(measured on BPE tokenizers of 8,192 and "
+                                              r"32,768 tokens: LR error at most 0\.15 octave"):
+        judge_vocabulary(256, 32768, Notes())
 
 
 def _docs_row(run: dict) -> str:

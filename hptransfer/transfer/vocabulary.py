@@ -15,7 +15,8 @@ differs from the proxies' (``predict --target-vocab`` / ``--target-tokenizer``):
 that was measured to transfer within the benchmark's tolerance gets a warning with the
 measured effect; a change that was measured not to, or that nothing measured (a larger
 vocabulary than any measured, or proxies that are not byte-level), is refused with the fix
-— tune the proxies on the target's tokenizer — unless the caller accepts it
+— tune the proxies on the target's tokenizer, itself measured (:data:`ON_TARGET_TOKENIZER`)
+and quoted in the refusal — unless the caller accepts it
 (:attr:`VocabularyMismatch.ACCEPT`, which keeps the warning).
 """
 
@@ -26,7 +27,8 @@ from typing import NamedTuple
 
 from hptransfer.errors import PredictionError
 
-__all__ = ["MEASURED", "VocabularyMismatch", "VocabularyShift", "judge_vocabulary"]
+__all__ = ["MEASURED", "ON_TARGET_TOKENIZER", "VocabularyMismatch", "VocabularyShift",
+           "judge_vocabulary"]
 
 # what the benchmark counts as a transfer: |log2 error| of the LR within 0.3 octave (issue
 # 21's criterion) and the loss at the prediction within 1% of the target grid's best
@@ -47,7 +49,9 @@ class VocabularyShift(NamedTuple):
     proxy_vocab: int
     target_vocab: int
     lr_error_octaves: tuple[float, ...]  # per seed: |log2(predicted α / target optimum)|
-    loss_gap: tuple[float, ...]  # per seed: (loss at the prediction − grid best) / best
+    # per seed: (loss at the prediction − grid best) / best; negative where the run at the
+    # prediction beat every grid point
+    loss_gap: tuple[float, ...]
     results: str  # the recorded files under studies/results
 
     @property
@@ -78,6 +82,26 @@ MEASURED: tuple[VocabularyShift, ...] = (
 )
 
 
+# studies/results/vocab_bpe*_w256_s*.json: proxies *and* target on one BPE tokenizer — the fix
+# the refusal below gives, measured: LR error at most 0.15 octave, the run at the prediction
+# within 0.07% of the target grid's best (below every grid point at 8k)
+ON_TARGET_TOKENIZER: tuple[VocabularyShift, ...] = (
+    VocabularyShift(8192, 8192, (0.0014, 0.1511), (-0.001014, -0.001269),
+                    "vocab_bpe8k_w256_s0.json vocab_bpe8k_w256_s1.json"),
+    VocabularyShift(32768, 32768, (0.0974,), (0.000654,), "vocab_bpe32k_w256_s0.json"),
+)
+
+
+def _fix_measured() -> str:
+    """What the fix (proxies on the target's tokenizer) was measured to achieve."""
+    vocabs = " and ".join(f"{s.target_vocab:,}" for s in ON_TARGET_TOKENIZER)
+    error = max(e for s in ON_TARGET_TOKENIZER for e in s.lr_error_octaves)
+    gap = max(g for s in ON_TARGET_TOKENIZER for g in s.loss_gap)
+    return (f"measured on BPE tokenizers of {vocabs} tokens: LR error at most {error:.2f} "
+            f"octave, loss at the prediction at most {100 * gap:+.2f}% from the target "
+            f"grid's best")
+
+
 def judge_vocabulary(proxy_vocab: int, target_vocab: int | None, notes,
                      mismatch: VocabularyMismatch = VocabularyMismatch.REFUSE, *,
                      proxy_tokenizer: str | None = None, target_tokenizer: str | None = None
@@ -86,9 +110,9 @@ def judge_vocabulary(proxy_vocab: int, target_vocab: int | None, notes,
     with the fix (module docstring). ``proxy_tokenizer`` / ``target_tokenizer`` are the
     tokenizer files' hashes when known: another tokenizer of the same size is a change no
     measurement covers either (only the same tokenizer was measured to transfer)."""
-    fix = ("tune the proxies on the target's tokenizer (hptransfer tune --data YOUR_TEXT "
-           "--tokenizer YOUR_tokenizer.json, docs/data.md), or pass --vocab-mismatch accept "
-           "to predict anyway")
+    fix = (f"tune the proxies on the target's tokenizer ({_fix_measured()}; hptransfer "
+           f"tune --data YOUR_TEXT --tokenizer YOUR_tokenizer.json, docs/data.md), or pass "
+           f"--vocab-mismatch accept to predict anyway")
     if target_vocab is not None and target_vocab < 2:
         raise PredictionError(f"target vocabulary {target_vocab}: a vocabulary has at least "
                               f"2 tokens")
