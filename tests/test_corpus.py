@@ -14,6 +14,7 @@ from hptransfer.data.corpus import (
     Corpus,
     CorpusError,
     CorpusSource,
+    CorpusWarning,
     builtin_corpus_files,
     is_builtin_validation_file,
     load_corpus,
@@ -159,7 +160,9 @@ def test_text_file_keeps_bytes_that_are_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "latin1.txt"
     data = "café ".encode("latin-1") * 50
     path.write_bytes(data)
-    corpus = load_corpus(path)
+    # the user is told, once, that the file is not UTF-8 and where its first bad byte is
+    with pytest.warns(CorpusWarning, match="not valid UTF-8 \\(first bad byte at 3\\)"):
+        corpus = load_corpus(path)
     ids = np.concatenate([corpus.train, corpus.validation])
     assert ids.astype(np.uint8).tobytes() == data
 
