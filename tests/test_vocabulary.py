@@ -70,6 +70,13 @@ def test_another_tokenizer_of_the_same_size_is_a_change_too():
     assert "predicting anyway" in notes.warnings[0]
 
 
+def _loss_gap(run: dict) -> float:
+    """(loss at the prediction − the target grid's best) / best, signed (negative: the run at
+    the prediction beat every grid point; the file's ``regret`` clamps it at 0)."""
+    best = run["grid_optimum"]["best_grid_loss"]
+    return (run["loss_at_prediction"] - best) / best
+
+
 def test_the_measured_figures_are_the_recorded_ones():
     assert MEASURED, "the vocabulary measurement is recorded"
     assert ON_TARGET_TOKENIZER, "the fix's measurement is recorded"
@@ -81,8 +88,7 @@ def test_the_measured_figures_are_the_recorded_ones():
             target = run["target_data"] or {"vocab": run["vocab"]}  # None: the proxies' own
             assert target["vocab"] == shift.target_vocab
             assert run["lr_error_octaves"] == pytest.approx(error, abs=0.005)
-            best = run["grid_optimum"]["best_grid_loss"]
-            assert (run["loss_at_prediction"] - best) / best == pytest.approx(gap, abs=5e-5)
+            assert _loss_gap(run) == pytest.approx(gap, abs=5e-5)
     # the same-tokenizer files are exactly ON_TARGET_TOKENIZER's, the others MEASURED's
     recorded = {p.name for p in RESULTS.glob("vocab_bpe*_w256_s*.json")}
     assert recorded == {n for s in ON_TARGET_TOKENIZER for n in s.results.split()}
@@ -99,12 +105,10 @@ def _docs_row(run: dict) -> str:
     """The row docs/transfer.md gives a recorded vocabulary run: byte-level proxies and a
     BPE target (run["target_data"]), or proxies and target on one BPE tokenizer."""
     predicted, grid = run["predicted"], run["grid_optimum"]
-    best = grid["best_grid_loss"]
-    gap = (run["loss_at_prediction"] - best) / best
     target = (f"2^{math.log2(grid['lr']):.2f} (best grid point "
               f"2^{math.log2(grid['best_grid_lr']):g}) | {run['lr_error_octaves']:.2f} | "
-              f"{run['loss_at_prediction']:.4f} vs {best:.4f}: "
-              f"{100 * gap:+.2f}%".replace(": -", ": \u2212"))  # the docs' minus sign
+              f"{run['loss_at_prediction']:.4f} vs {grid['best_grid_loss']:.4f}: "
+              f"{100 * _loss_gap(run):+.2f}%".replace(": -", ": \u2212"))  # the docs' minus
     alpha = f"2^{math.log2(predicted['lr']):.2f}"
     if run["target_data"] is not None:
         return f"| {run['target_data']['vocab'] // 1024}k, {run['seed']} | {alpha} | {target} |"
